@@ -1,0 +1,74 @@
+"""The `memcollab` command.
+
+Sub-command groups live next to the code they drive (`eval/commands.py`,
+`lm/commands.py`, `memory/commands.py`, `programs/commands.py`); this module
+assembles them and turns every :class:`MemCollabError` into one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from memcollab import __version__
+from memcollab.errors import MemCollabError
+
+app = typer.Typer(
+    name="memcollab",
+    help=(
+        "MemCollab: different LLM agents share one memory, distilled by contrasting a "
+        "success and a failure on the same task.\n\n"
+        "Typical flow: `memcollab data check` -> `memcollab models prepare` -> "
+        "`memcollab run` (or `build-memory` then `evaluate`)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"memcollab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """MemCollab command line."""
+
+
+def _register() -> None:
+    from memcollab.eval.commands import data_app
+    from memcollab.lm.commands import models_app
+    from memcollab.memory.commands import memory_app
+    from memcollab.programs.commands import register as register_pipeline
+
+    app.add_typer(data_app, name="data", help="Benchmark data: load, inspect and check the graders.")
+    app.add_typer(models_app, name="models", help="Embedded local models: list, prepare, serve.")
+    app.add_typer(memory_app, name="memory", help="Inspect, export and import a memory store.")
+    register_pipeline(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point: run the app, print user errors as one line."""
+    try:
+        app()
+    except MemCollabError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted", highlight=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""memcollab.eval"""

@@ -1,0 +1,3 @@
+"""Placeholder: replaced by the eval owner."""
+import typer
+memory_app = typer.Typer(no_args_is_help=True)
