@@ -1,4 +1,193 @@
-"""Placeholder: pipeline commands (run, build-memory, evaluate)."""
+"""Pipeline commands: `run` (the main job), `build-memory` and `evaluate`.
+
+Each is a thin layer over `memcollab.eval.experiment`: options become a RunConfig,
+the Experiment does the work, and a rich table shows the outcome.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+BENCH_HELP = "gsm8k | math500 | mbpp | humaneval (humaneval builds memory from MBPP train)"
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _config(**kwargs):
+    from memcollab.eval.experiment import RunConfig
+
+    return RunConfig(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def print_results(summaries, title: str = "results") -> None:
+    table = Table(title=title)
+    for column in ("agent", "memory", "n", "accuracy", "95% CI", "turns", "tokens/task", "format errors"):
+        table.add_column(column, justify="right" if column not in ("agent", "memory") else "left")
+    for s in summaries:
+        table.add_row(
+            s.agent, s.condition, str(s.n), f"{s.accuracy:.1%}", f"{s.ci_low:.0%}-{s.ci_high:.0%}",
+            f"{s.mean_turns:.2f}", f"{s.mean_tokens:.0f}", str(s.format_errors),
+        )
+    console.print(table)
+
+
+def print_build(report, store_size: int) -> None:
+    stats = report.pair_stats
+    accuracy = ", ".join(f"{a} {v:.0%}" for a, v in report.accuracy_by_agent.items())
+    console.print(
+        f"memory build: {stats.tasks} tasks ({accuracy}); {len(report.pairs)} contrast pairs, "
+        f"{stats.both_correct} both correct, {stats.both_wrong} both wrong; {report.proposed} constraints proposed, "
+        f"{report.added} added, {report.merged} merged into existing; memory size {store_size}"
+    )
+
+
+def run_command(
+    benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
+    build_limit: int = typer.Option(20, help="memory-building tasks (first N of the build split)"),
+    eval_limit: int = typer.Option(20, help="evaluation tasks (first N of the evaluation split)"),
+    sample: bool = typer.Option(False, help="take a seeded random sample instead of the first N"),
+    seed: int = typer.Option(0, help="seed for --sample and the MATH500 split"),
+    build_agents: str = typer.Option("weak,strong", help="agents that solve the build tasks (comma-separated)"),
+    eval_agents: str = typer.Option("weak,other", help="agents evaluated with and without memory"),
+    distiller: Optional[str] = typer.Option(None, help="agent that distills pairs (default: last build agent)"),
+    classifier: Optional[str] = typer.Option(None, help="agent that classifies tasks (default: the distiller)"),
+    agents_file: Optional[Path] = typer.Option(None, help="agents YAML (default: configs/agents.yaml)"),
+    k: int = typer.Option(3, help="memories retrieved per task"),
+    max_turns: int = typer.Option(3, help="code tasks: turns with execution feedback"),
+    samples: int = typer.Option(0, help="extra sampled attempts for tasks without a contrast"),
+    gold_categories: bool = typer.Option(False, help="use the data's categories (MATH subjects) instead of the classifier"),
+    workers: int = typer.Option(4, help="concurrent LM calls"),
+    run_dir: Path = typer.Option(Path("runs/default"), help="where results, memory and caches go (a rerun resumes)"),
+    data_dir: Optional[Path] = typer.Option(None, help="benchmark data directory (default: ../shared/data)"),
+    max_tokens: Optional[int] = typer.Option(None, help="override every agent's max tokens"),
+    backend: Optional[str] = typer.Option(None, help="override embedded agents' backend: local | server"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: sqlite in the run dir)"),
+    track: bool = typer.Option(True, help="log to MLflow"),
+    cache: bool = typer.Option(True, help="DSPy LM cache under the run dir"),
+) -> None:
+    """The main job: build a shared memory with two agents, then evaluate agents with and without it.
+
+    Defaults: qwen2.5-coder-0.5b (weak) and qwen2.5-coder-1.5b (strong) build memory on 20 GSM8K
+    train tasks; the weak agent and smollm2-135m (another family) are evaluated on 20 GSM8K test
+    tasks with and without the memory.
+    """
+    from memcollab.eval.experiment import Experiment, estimate_seconds
+
+    cfg = _config(
+        benchmark=benchmark, build_limit=build_limit, eval_limit=eval_limit, sample=sample, seed=seed,
+        build_agents=_csv(build_agents), eval_agents=_csv(eval_agents), distiller=distiller, classifier=classifier,
+        agents_file=agents_file, k=k, max_turns=max_turns, samples=samples, gold_categories=gold_categories,
+        workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend,
+        tracking_uri=tracking_uri, track=track, cache=cache,
+    )
+    with Experiment(cfg) as exp:
+        exp.ensure_agents([*cfg.build_agents, *cfg.eval_agents, cfg.distiller or "", cfg.classifier or ""])
+        estimate = estimate_seconds(cfg, exp.agents)
+        if estimate:
+            err.print(f"estimated time: about {estimate / 60:.0f} min (from measured tokens/s; cached calls are free)")
+        with exp.tracker.run("run", params=cfg.model_dump(mode="json"), tags={"command": "run"}):
+            report = exp.build_memory()
+            print_build(report, len(exp.store))
+            summaries = exp.evaluate(cfg.eval_agents)
+            summary_path = exp.write_summary({"pairs": len(report.pairs), "constraints_proposed": report.proposed})
+    print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
+    console.print(f"wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in exp.timings.items()))
+    console.print(f"results: {summary_path}")
+
+
+def build_memory_command(
+    benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
+    agents: str = typer.Option("weak,strong", help="agents that solve the build tasks"),
+    limit: int = typer.Option(20, help="number of build tasks"),
+    sample: bool = typer.Option(False, help="seeded random sample instead of the first N"),
+    seed: int = typer.Option(0),
+    distiller: Optional[str] = typer.Option(None, help="distilling agent (default: last of --agents)"),
+    classifier: Optional[str] = typer.Option(None, help="classifying agent (default: the distiller)"),
+    samples: int = typer.Option(0, help="extra sampled attempts for tasks without a contrast"),
+    memory: Optional[Path] = typer.Option(None, help="memory file to write (default: <run-dir>/memory.sqlite)"),
+    agents_file: Optional[Path] = typer.Option(None),
+    workers: int = typer.Option(4),
+    run_dir: Path = typer.Option(Path("runs/default")),
+    data_dir: Optional[Path] = typer.Option(None),
+    max_tokens: Optional[int] = typer.Option(None),
+    backend: Optional[str] = typer.Option(None),
+    tracking_uri: Optional[str] = typer.Option(None),
+    track: bool = typer.Option(True),
+    cache: bool = typer.Option(True),
+) -> None:
+    """Build (or extend) a shared memory from contrast pairs of the given agents."""
+    from memcollab.eval.experiment import Experiment
+
+    cfg = _config(
+        benchmark=benchmark, build_agents=_csv(agents), build_limit=limit, sample=sample, seed=seed, distiller=distiller,
+        classifier=classifier, samples=samples, memory_path=memory, agents_file=agents_file, workers=workers,
+        run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend, tracking_uri=tracking_uri,
+        track=track, cache=cache,
+    )
+    with Experiment(cfg) as exp:
+        with exp.tracker.run("build-memory", params=cfg.model_dump(mode="json"), tags={"command": "build-memory"}):
+            report = exp.build_memory()
+        print_build(report, len(exp.store))
+        console.print(f"memory: {cfg.memory_file}")
+
+
+def evaluate_command(
+    benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
+    agent: str = typer.Option("weak", help="agent(s) to evaluate, comma-separated"),
+    memory: Optional[Path] = typer.Option(None, help="memory file; omit to evaluate without memory"),
+    limit: int = typer.Option(20, help="number of evaluation tasks"),
+    sample: bool = typer.Option(False),
+    seed: int = typer.Option(0),
+    k: int = typer.Option(3, help="memories retrieved per task"),
+    baseline: bool = typer.Option(True, help="with --memory, also evaluate without memory"),
+    classifier: Optional[str] = typer.Option(None, help="classifying agent (default: the evaluated agent)"),
+    gold_categories: bool = typer.Option(False),
+    fallback: str = typer.Option("none", help="too few memories in the category: none | domain | all"),
+    allow_overlap: bool = typer.Option(False, help="allow evaluation tasks that are in the memory's provenance"),
+    max_turns: int = typer.Option(3),
+    agents_file: Optional[Path] = typer.Option(None),
+    workers: int = typer.Option(4),
+    run_dir: Path = typer.Option(Path("runs/default")),
+    data_dir: Optional[Path] = typer.Option(None),
+    max_tokens: Optional[int] = typer.Option(None),
+    backend: Optional[str] = typer.Option(None),
+    tracking_uri: Optional[str] = typer.Option(None),
+    track: bool = typer.Option(True),
+    cache: bool = typer.Option(True),
+) -> None:
+    """Evaluate agents on a benchmark's evaluation split, with a memory file and/or without."""
+    from memcollab.errors import ConfigError
+    from memcollab.eval.experiment import Experiment
+
+    if memory is not None and not memory.is_file():
+        raise ConfigError(f"memory file not found: {memory}")
+    names = _csv(agent)
+    cfg = _config(
+        benchmark=benchmark, eval_agents=names, eval_limit=limit, sample=sample, seed=seed, k=k,
+        classifier=classifier or names[0], gold_categories=gold_categories, fallback=fallback,
+        allow_overlap=allow_overlap, max_turns=max_turns, memory_path=memory or Path(":memory:"),
+        build_agents=[], agents_file=agents_file, workers=workers, run_dir=run_dir, data_dir=data_dir,
+        max_tokens=max_tokens, backend=backend, tracking_uri=tracking_uri, track=track, cache=cache,
+    )
+    conditions = (False,) if memory is None else ((False, True) if baseline else (True,))
+    with Experiment(cfg) as exp:
+        with exp.tracker.run("evaluate", params=cfg.model_dump(mode="json"), tags={"command": "evaluate"}):
+            summaries = exp.evaluate(names, conditions)
+            exp.write_summary()
+    print_results(summaries, title=f"{benchmark} evaluation")
+
+
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("run")(run_command)
+    app.command("build-memory")(build_memory_command)
+    app.command("evaluate")(evaluate_command)

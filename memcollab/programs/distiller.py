@@ -1,0 +1,131 @@
+"""The contrast-distiller: turns (task, tau+, tau-) into abstract, agent-agnostic memory entries."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import dspy
+
+from memcollab.programs.calls import call
+from memcollab.records import ContrastPair, MemoryEntry, Provenance, Task, Trajectory
+from memcollab.signatures import ContrastDistill, Reflect
+from memcollab.signatures.distill import Constraint
+from memcollab.taxonomy import Taxonomy
+
+MAX_SOLUTION_CHARS = 3000
+_RULE = re.compile(r"when\s+(?P<when>.+?),?\s+enforce:?\s+(?P<enforce>.+?)[;,.]?\s+avoid:?\s+(?P<avoid>.+)", re.I | re.S)
+
+
+def render_trajectory(trajectory: Trajectory) -> str:
+    """A trajectory as the distiller reads it: each turn's reasoning, output and verdict, truncated."""
+    parts = []
+    for i, turn in enumerate(trajectory.turns, 1):
+        head = f"Turn {i}" if len(trajectory.turns) > 1 else "Solution"
+        verdict = "correct" if turn.verdict.correct else f"wrong ({turn.verdict.error_type})"
+        parts.append(f"{head}:\n{turn.reasoning.strip()}\nOutput: {turn.output.strip()}\nGraded: {verdict}")
+    return "\n\n".join(parts)[-MAX_SOLUTION_CHARS:]
+
+
+def render_verdict(trajectory: Trajectory) -> str:
+    verdict = trajectory.verdict
+    return f"{verdict.error_type or 'wrong'}: {verdict.feedback}".strip()[:800]
+
+
+def parse_lenient(raw: str) -> list[Constraint]:
+    """Constraints from free text when the adapter could not parse them: JSON objects, then 'when/enforce/avoid' lines."""
+    found: list[Constraint] = []
+    for blob in re.findall(r"\{[^{}]*\}", raw or ""):
+        try:
+            found.append(Constraint(**{k: str(v) for k, v in json.loads(blob).items()}))
+        except Exception:
+            continue
+    if found:
+        return found
+    for match in _RULE.finditer(raw or ""):
+        found.append(Constraint(when=match["when"], enforce=match["enforce"], avoid=match["avoid"].split("\n")[0], error_type="other"))
+    return found
+
+
+def is_transferable(constraint: Constraint, task: Task, agent_names: list[str]) -> bool:
+    """Reject empty rules, rules naming an agent, and rules quoting this task's specific numbers."""
+    text = " ".join([constraint.when, constraint.enforce, constraint.avoid])
+    if not (constraint.when.strip() and constraint.enforce.strip() and constraint.avoid.strip()):
+        return False
+    lowered = text.lower()
+    if any(name and name.lower() in lowered for name in agent_names):
+        return False
+    task_numbers = {n for n in re.findall(r"\d+(?:\.\d+)?", task.prompt) if len(n.replace(".", "")) >= 2}
+    return not any(n in task_numbers for n in re.findall(r"\d+(?:\.\d+)?", text))
+
+
+def to_entries(
+    constraints: list[Constraint], task: Task, category: str, taxonomy: Taxonomy, provenance: Provenance, agent_names: list[str]
+) -> list[MemoryEntry]:
+    entries = []
+    for constraint in constraints:
+        if not is_transferable(constraint, task, agent_names):
+            continue
+        entry = MemoryEntry(
+            when=constraint.when.strip(),
+            enforce=constraint.enforce.strip(),
+            avoid=constraint.avoid.strip(),
+            category=category,
+            error_type=taxonomy.normalize_error_type(constraint.error_type),
+            domain=taxonomy.domain,
+            provenance=provenance,
+        )
+        entries.append(entry.model_copy(update={"id": entry.content_key()}))
+    return entries
+
+
+class Distiller(dspy.Module):
+    """Contrasts a success and a failure of different agents on one task and writes constraints."""
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        super().__init__()
+        self.taxonomy = taxonomy
+        self.distill = dspy.ChainOfThought(ContrastDistill)
+
+    def forward(self, pair: ContrastPair, task: Task, category: str) -> dspy.Prediction:
+        result = call(
+            self.distill,
+            task=task.prompt,
+            category=category,
+            successful_solution=render_trajectory(pair.positive),
+            failed_solution=render_trajectory(pair.negative),
+            failure_verdict=render_verdict(pair.negative),
+            error_types=self.taxonomy.render_error_types(),
+        )
+        constraints = result.outputs.get("constraints") or parse_lenient(result.raw)
+        provenance = Provenance(
+            task_ids=[task.id], positive_agents=[pair.positive.agent], negative_agents=[pair.negative.agent]
+        )
+        agents = [pair.positive.agent, pair.negative.agent]
+        entries = to_entries(list(constraints), task, category, self.taxonomy, provenance, agents)
+        return dspy.Prediction(entries=entries, proposed=len(constraints), tokens=result.tokens)
+
+
+class Reflector(dspy.Module):
+    """Self-memory baseline: one agent reflects on its own single trajectory (no contrast)."""
+
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        super().__init__()
+        self.taxonomy = taxonomy
+        self.reflect = dspy.ChainOfThought(Reflect)
+
+    def forward(self, trajectory: Trajectory, task: Task, category: str) -> dspy.Prediction:
+        verdict = "correct" if trajectory.correct else f"wrong: {render_verdict(trajectory)}"
+        result = call(
+            self.reflect,
+            task=task.prompt,
+            category=category,
+            solution=render_trajectory(trajectory),
+            verdict=verdict,
+            error_types=self.taxonomy.render_error_types(),
+        )
+        constraints = result.outputs.get("constraints") or parse_lenient(result.raw)
+        side = {"positive_agents": [trajectory.agent]} if trajectory.correct else {"negative_agents": [trajectory.agent]}
+        provenance = Provenance(task_ids=[task.id], **side)
+        entries = to_entries(list(constraints), task, category, self.taxonomy, provenance, [trajectory.agent])
+        return dspy.Prediction(entries=entries, proposed=len(constraints), tokens=result.tokens)

@@ -1,0 +1,203 @@
+"""The MemCollab pipeline: collect trajectories, contrast, distill into a shared memory, solve with it.
+
+`build(tasks, agents)` runs every agent on the memory-building tasks, pairs a success
+with a failure of another agent on the same task, and distills each pair into abstract
+constraints stored with their category, error type and provenance. `solve(task, agent)`
+classifies the task, retrieves the top-k memories of that category and solves with them.
+Every LM result is persisted under a key the moment it exists, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from memcollab.eval.results import ResultStore, record_key
+from memcollab.memory import MemoryStore, retrieve
+from memcollab.programs.classifier import Classifier
+from memcollab.programs.distiller import Distiller
+from memcollab.programs.pairs import PairStats, build_pairs
+from memcollab.programs.solver import Solver, render_guidance
+from memcollab.progress import parallel_map
+from memcollab.records import ContrastPair, MemoryEntry, Task, Trajectory
+from memcollab.taxonomy import Taxonomy
+
+PROGRAM_VERSION = "memcollab-v1"
+
+
+@dataclass
+class Agent:
+    """A configured agent at run time: its name, its DSPy LM and the config that defines it."""
+
+    name: str
+    lm: dspy.BaseLM
+    config: dict[str, Any] = field(default_factory=dict)
+    adapter: Any = None
+
+    def context(self, **lm_overrides: Any):
+        lm = self.lm.copy(**lm_overrides) if lm_overrides else self.lm
+        return dspy.context(lm=lm, adapter=self.adapter) if self.adapter else dspy.context(lm=lm)
+
+
+@dataclass
+class BuildReport:
+    """What a memory build did, for the run table and MLflow."""
+
+    trajectories: list[Trajectory]
+    pairs: list[ContrastPair]
+    pair_stats: PairStats
+    proposed: int = 0
+    added: int = 0
+    merged: int = 0
+    accuracy_by_agent: dict[str, float] = field(default_factory=dict)
+
+
+class MemCollab:
+    """The method end to end, over one taxonomy, one memory store and one result store."""
+
+    def __init__(
+        self,
+        taxonomy: Taxonomy,
+        store: MemoryStore,
+        results: ResultStore,
+        distiller: Agent | None = None,
+        classifier_agent: Agent | None = None,
+        k: int = 3,
+        max_turns: int = 3,
+        workers: int = 1,
+        fallback: str = "none",
+        use_gold_categories: bool = False,
+        show_progress: bool = True,
+    ) -> None:
+        self.taxonomy = taxonomy
+        self.store = store
+        self.results = results
+        self.distiller_agent = distiller
+        self.classifier_agent = classifier_agent or distiller
+        self.k = k
+        self.workers = workers
+        self.fallback = fallback
+        self.show_progress = show_progress
+        self.solver = Solver(max_turns=max_turns)
+        self.classifier = Classifier(taxonomy, use_gold=use_gold_categories)
+        self.distiller = Distiller(taxonomy)
+        self.settings = {"k": k, "max_turns": max_turns, "fallback": fallback, "taxonomy": taxonomy.name}
+
+    # ----- trajectories -------------------------------------------------------------------
+    def attempt(self, task: Task, agent: Agent, attempt: int = 0, temperature: float | None = None, guidance: str = "",
+                memory_ids: list[str] | None = None, category: str = "", memory_hash: str = "") -> Trajectory:
+        """One agent's trajectory on one task (cached by key)."""
+        settings = {**self.settings, "attempt": attempt, "temperature": temperature, "guided": bool(guidance)}
+        key = record_key("trajectory", task.id, agent.config, PROGRAM_VERSION, settings, memory_hash)
+        cached = self.results.get(key)
+        if cached is not None:
+            return Trajectory(**cached)
+        overrides: dict[str, Any] = {}
+        if temperature is not None:
+            overrides = {"temperature": temperature, "rollout_id": attempt}
+        with agent.context(**overrides):
+            trajectory = self.solver(task=task, guidance=guidance, agent=agent.name).trajectory
+        trajectory.attempt = attempt
+        trajectory.category = category or task.category
+        trajectory.memory_ids = list(memory_ids or [])
+        self.results.put(key, "trajectory", task.id, agent.name, trajectory.model_dump())
+        return trajectory
+
+    def collect(self, tasks: list[Task], agents: list[Agent], samples: int = 0, temperature: float = 0.7) -> list[Trajectory]:
+        """Every agent solves every task at temperature 0; tasks without a contrast get up to `samples` extra tries."""
+        jobs = [(task, agent) for task in tasks for agent in agents]
+        trajectories = self._map(lambda job: self.attempt(job[0], job[1]), jobs, "solving (memory build)")
+        for attempt in range(1, samples + 1):
+            paired = {pair.task_id for pair in build_pairs(trajectories)[0]}
+            retry = [(t, a) for t in tasks if t.id not in paired for a in agents]
+            if not retry:
+                break
+            trajectories += self._map(
+                lambda job, n=attempt: self.attempt(job[0], job[1], attempt=n, temperature=temperature),
+                retry,
+                f"sampling attempt {attempt} ({len(retry) // max(len(agents), 1)} tasks without a contrast)",
+            )
+        return trajectories
+
+    # ----- memory building ----------------------------------------------------------------
+    def classify(self, task: Task) -> str:
+        """The task's category (cached per task and classifier)."""
+        agent = self.classifier_agent
+        if self.classifier.use_gold and task.category in self.taxonomy.categories:
+            return task.category
+        if agent is None:
+            raise ValueError("a classifier agent is required unless gold categories are used")
+        key = record_key("category", task.id, agent.config, PROGRAM_VERSION, {"taxonomy": self.taxonomy.name,
+                         "gold": self.classifier.use_gold})
+        cached = self.results.get(key)
+        if cached is not None:
+            return cached["category"]
+        with agent.context():
+            prediction = self.classifier(task=task)
+        self.results.put(key, "category", task.id, agent.name, {"category": prediction.category, "raw": prediction.raw})
+        return prediction.category
+
+    def distill_pair(self, pair: ContrastPair, task: Task) -> tuple[list[MemoryEntry], int]:
+        """Constraints from one pair (cached by key)."""
+        if self.distiller_agent is None:
+            raise ValueError("a distiller agent is required to build memory")
+        category = self.classify(task)
+        key = record_key("distill", task.id, self.distiller_agent.config, PROGRAM_VERSION,
+                         {"category": category, "pos": pair.positive.model_dump(), "neg": pair.negative.model_dump()})
+        cached = self.results.get(key)
+        if cached is not None:
+            return [MemoryEntry(**e) for e in cached["entries"]], cached["proposed"]
+        with self.distiller_agent.context():
+            prediction = self.distiller(pair=pair, task=task, category=category)
+        self.results.put(key, "distill", task.id, self.distiller_agent.name,
+                         {"entries": [e.model_dump() for e in prediction.entries], "proposed": prediction.proposed})
+        return prediction.entries, prediction.proposed
+
+    def build(self, tasks: list[Task], agents: list[Agent], samples: int = 0, temperature: float = 0.7) -> BuildReport:
+        """Collect, pair, distill and store; returns what happened at each step."""
+        trajectories = self.collect(tasks, agents, samples=samples, temperature=temperature)
+        pairs, stats = build_pairs(trajectories)
+        by_id = {task.id: task for task in tasks}
+        report = BuildReport(trajectories=trajectories, pairs=pairs, pair_stats=stats)
+        for agent in agents:
+            own = [t for t in trajectories if t.agent == agent.name and t.attempt == 0]
+            report.accuracy_by_agent[agent.name] = sum(t.correct for t in own) / max(len(own), 1)
+
+        def store_entries(_: int, result: tuple[list[MemoryEntry], int]) -> None:
+            entries, proposed = result
+            report.proposed += proposed
+            for entry in entries:
+                _, is_new = self.store.add(entry)
+                report.added += int(is_new)
+                report.merged += int(not is_new)
+
+        self._map(lambda pair: self.distill_pair(pair, by_id[pair.task_id]), pairs, "distilling contrast pairs",
+                  on_result=store_entries)
+        return report
+
+    # ----- inference ----------------------------------------------------------------------
+    def guidance_for(self, task: Task) -> tuple[str, list[str], str]:
+        """(rendered guidance, memory ids, predicted category) for a task."""
+        category = self.classify(task)
+        entries = retrieve(self.store, task.prompt, category, k=self.k, fallback=self.fallback, domain=self.taxonomy.domain)
+        return render_guidance([e.text for e in entries]), [e.id for e in entries], category
+
+    def solve(self, task: Task, agent: Agent, use_memory: bool = True) -> Trajectory:
+        """One task with (or without) the shared memory's guidance."""
+        if not use_memory:
+            return self.attempt(task, agent)
+        guidance, ids, category = self.guidance_for(task)
+        return self.attempt(task, agent, guidance=guidance, memory_ids=ids, category=category,
+                            memory_hash=self.store.content_hash())
+
+    def evaluate(self, tasks: list[Task], agent: Agent, use_memory: bool = True) -> list[Trajectory]:
+        label = "with memory" if use_memory else "no memory"
+        if use_memory:  # classify first (one LM), so the solve phase only uses the agent's LM
+            self._map(self.classify, tasks, "classifying tasks")
+        return self._map(lambda task: self.solve(task, agent, use_memory), tasks, f"{agent.name} {label}")
+
+    def _map(self, fn, items, description, on_result=None):
+        return parallel_map(fn, items, workers=self.workers, description=description, on_result=on_result,
+                            show=self.show_progress)
