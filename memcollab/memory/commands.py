@@ -1,3 +1,155 @@
-"""Placeholder: replaced by the eval owner."""
+"""`memcollab memory ...`: look into, export and import a memory store.
+
+Read commands never create a store: a mistyped --store path is an error, not
+a silently empty memory. Imports live inside the commands so `memcollab
+--help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
 import typer
-memory_app = typer.Typer(no_args_is_help=True)
+
+if TYPE_CHECKING:
+    from memcollab.memory.store import MemoryStore
+
+DEFAULT_STORE = Path("runs/memory.sqlite")
+
+memory_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+StoreOption = typer.Option(
+    DEFAULT_STORE, "--store", "-s", envvar="MEMCOLLAB_STORE", help="Memory store file (SQLite).", show_default=True
+)
+
+
+def _open(path: Path, create: bool = False) -> MemoryStore:
+    from memcollab.memory.store import MemoryStore
+
+    return MemoryStore(path, create=create)
+
+
+def _truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@memory_app.command("list")
+def list_cmd(
+    store: Path = StoreOption,
+    category: Optional[str] = typer.Option(None, "--category", "-c", help="Only this category."),
+    limit: int = typer.Option(50, "--limit", "-n", min=0, help="Show at most N entries (0 = all)."),
+) -> None:
+    """List memories: id, category, error type, support and the (truncated) constraint."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _open(store) as mem:
+        entries = mem.entries(category=category)
+    shown = entries if limit == 0 else entries[:limit]
+    table = Table(title=f"{store} - {len(entries)} memories" + (f" in {category}" if category else ""))
+    for column in ("id", "category", "error type", "support", "text"):
+        table.add_column(column, justify="right" if column == "support" else "left", overflow="fold")
+    for e in shown:
+        table.add_row(e.id, e.category, e.error_type, str(e.support), _truncate(e.text, 90))
+    console = Console()
+    console.print(table)
+    if len(shown) < len(entries):
+        console.print(f"showing {len(shown)} of {len(entries)}; use --limit 0 for all")
+
+
+@memory_app.command("show")
+def show_cmd(
+    memory_id: str = typer.Argument(..., metavar="ID", help="Memory id (see `memcollab memory list`)."),
+    store: Path = StoreOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the entry as one JSON object."),
+) -> None:
+    """Show one memory with everything stored about it, provenance included."""
+    from rich.console import Console
+
+    from memcollab.errors import MemoryStoreError
+
+    with _open(store) as mem:
+        entry = mem.get(memory_id)
+    if entry is None:
+        raise MemoryStoreError(f"no memory with id {memory_id!r} in {store}; see `memcollab memory list`")
+    if as_json:
+        typer.echo(entry.model_dump_json(indent=2))
+        return
+    console = Console()
+    fields = {
+        "id": entry.id,
+        "category": entry.category,
+        "error type": entry.error_type,
+        "domain": entry.domain or "-",
+        "support": entry.support,
+        "created at": entry.created_at,
+        "when": entry.when,
+        "enforce": entry.enforce,
+        "avoid": entry.avoid,
+        "rendered": entry.text,
+        "tasks": ", ".join(entry.provenance.task_ids) or "-",
+        "positive agents": ", ".join(entry.provenance.positive_agents) or "-",
+        "negative agents": ", ".join(entry.provenance.negative_agents) or "-",
+    }
+    for key, value in fields.items():
+        console.print(f"[bold]{key:>16}[/]  {value}", highlight=False, soft_wrap=True)
+
+
+@memory_app.command("stats")
+def stats_cmd(
+    store: Path = StoreOption,
+    heatmap: Optional[Path] = typer.Option(
+        None, "--heatmap", help="Also save the category x error-type distribution heatmap as a PNG."
+    ),
+) -> None:
+    """Counts per category x error type, totals and total support."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _open(store) as mem:
+        stats = mem.stats()
+        entries = mem.entries() if heatmap else []
+    table = Table(title=f"{store} - {stats['entries']} memories, total support {stats['total_support']}")
+    error_types = list(stats["error_types"])
+    table.add_column("category")
+    for et in error_types:
+        table.add_column(et, justify="right")
+    table.add_column("total", justify="right", style="bold")
+    for category, row in stats["matrix"].items():
+        table.add_row(category, *(str(row.get(et, 0)) for et in error_types), str(stats["categories"][category]))
+    table.add_row("total", *(str(stats["error_types"][et]) for et in error_types), str(stats["entries"]), style="bold")
+    console = Console()
+    console.print(table)
+    if heatmap:
+        from memcollab.eval.clustering import error_type_matrix, plot_heatmap
+
+        path = plot_heatmap(*error_type_matrix(entries), heatmap)
+        console.print(f"heatmap written to {path}")
+
+
+@memory_app.command("export")
+def export_cmd(
+    out: Path = typer.Argument(..., metavar="OUT.jsonl", help="File to write, one JSON entry per line."),
+    store: Path = StoreOption,
+) -> None:
+    """Export every memory as JSON lines (ids, support, provenance and timestamps kept)."""
+    with _open(store) as mem:
+        count = mem.export_jsonl(out)
+    typer.echo(f"exported {count} memories to {out}")
+
+
+@memory_app.command("import")
+def import_cmd(
+    source: Path = typer.Argument(..., metavar="IN.jsonl", help="A file written by `memcollab memory export`."),
+    store: Path = StoreOption,
+) -> None:
+    """Import memories from JSON lines; creates the store if needed, merges entries with known ids."""
+    from memcollab.errors import MemoryStoreError
+
+    if not source.is_file():  # checked before opening, so a typo does not leave an empty store behind
+        raise MemoryStoreError(f"import file not found: {source}")
+    with _open(store, create=True) as mem:
+        added, merged = mem.import_jsonl(source)
+        total = len(mem)
+    typer.echo(f"imported {source}: {added} added, {merged} merged; {store} now holds {total} memories")

@@ -1,0 +1,382 @@
+"""The shared memory: MemoryEntry rows in one SQLite file.
+
+Why SQLite: one portable file that several agents (threads, or processes of a
+run) can append to at once, with transactions so a crash never leaves half an
+entry. WAL mode lets readers work while a writer commits.
+
+Near-duplicates are folded instead of stored twice: a new constraint whose
+wording is close to an existing one of the *same category* raises that entry's
+`support` and merges its provenance. Similarity is the cosine of hashed
+character 3-5-gram vectors of `when | enforce | avoid` (see `_similarities`):
+  * character n-grams survive small rewordings ("dividing by" / "division by"),
+    which is what two distillations of the same lesson look like;
+  * hashing is stateless, so whether A and B are duplicates never depends on
+    what else is in the store (a TF-IDF fit would shift with every insert);
+  * it is a sparse dot product, far cheaper than difflib's quadratic ratio.
+The prompt template words ("When", "enforce", "avoid") are left out, so they do
+not inflate the similarity of unrelated constraints.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from pydantic import ValidationError
+
+from memcollab.errors import MemoryStoreError
+from memcollab.records import MemoryEntry, Provenance, stable_hash
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS memories (
+    id          TEXT PRIMARY KEY,
+    when_       TEXT NOT NULL,
+    enforce     TEXT NOT NULL,
+    avoid       TEXT NOT NULL,
+    category    TEXT NOT NULL,
+    error_type  TEXT NOT NULL,
+    domain      TEXT NOT NULL DEFAULT '',
+    support     INTEGER NOT NULL DEFAULT 1,
+    provenance  TEXT NOT NULL DEFAULT '{}',
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS memories_category ON memories (category);
+CREATE INDEX IF NOT EXISTS memories_domain ON memories (domain);
+"""
+
+_COLUMNS = "id, when_, enforce, avoid, category, error_type, domain, support, provenance, created_at"
+
+
+def _dedup_text(entry: MemoryEntry) -> str:
+    """The content compared for near-duplicates (template words left out)."""
+    return f"{entry.when} | {entry.enforce} | {entry.avoid}"
+
+
+def _union(first: Iterable[str], second: Iterable[str]) -> list[str]:
+    """Order-preserving union: existing items first, then new ones."""
+    return list(dict.fromkeys([*first, *second]))
+
+
+def merge_provenance(a: Provenance, b: Provenance) -> Provenance:
+    """Union of task ids and agents on each side, keeping first-seen order."""
+    return Provenance(
+        task_ids=_union(a.task_ids, b.task_ids),
+        positive_agents=_union(a.positive_agents, b.positive_agents),
+        negative_agents=_union(a.negative_agents, b.negative_agents),
+    )
+
+
+class MemoryStore:
+    """MemoryEntry rows in one SQLite file (or ``":memory:"`` for tests).
+
+    One connection shared by all threads behind a lock: SQLite serialises
+    writers anyway, and a lock keeps `add` (read candidates, then insert or
+    update) atomic within a process. `BEGIN IMMEDIATE` makes it atomic across
+    processes writing the same file too.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = str(path)
+        in_memory = self.path == ":memory:"
+        if not in_memory:
+            file = Path(self.path)
+            if not file.exists():
+                if not create:
+                    raise MemoryStoreError(
+                        f"memory store not found: {file} (build one with `memcollab build-memory` or pass --store)"
+                    )
+                file.parent.mkdir(parents=True, exist_ok=True)
+            elif file.is_dir():
+                raise MemoryStoreError(f"memory store path is a directory: {file}; pass a .sqlite file")
+        self._lock = threading.RLock()
+        self._vectors: dict[str, Any] = {}  # id -> hashed n-gram vector; content of an id never changes
+        try:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._init_schema(in_memory)
+        except sqlite3.DatabaseError as exc:
+            raise MemoryStoreError(f"cannot open memory store {self.path}: {exc}") from None
+
+    # ------------------------------------------------------------------ setup
+    def _init_schema(self, in_memory: bool) -> None:
+        conn = self._conn
+        if not in_memory:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "schema_version" not in tables:
+            if tables:
+                self._conn.close()
+                raise MemoryStoreError(
+                    f"{self.path} is an SQLite file but not a MemCollab memory store; pass another --store path"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-check inside the write lock: another process may have created it meanwhile.
+                if not conn.execute("SELECT name FROM sqlite_master WHERE name='schema_version'").fetchone():
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        found = row[0] if row else None
+        if found != SCHEMA_VERSION:
+            self._conn.close()
+            raise MemoryStoreError(
+                f"memory store {self.path} has schema version {found}, this MemCollab reads version "
+                f"{SCHEMA_VERSION}; export it with the matching MemCollab version or use a new --store path"
+            )
+
+    # ------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM memories").fetchone()[0]
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({self.path!r})"
+
+    # ------------------------------------------------------------ row <-> entry
+    @staticmethod
+    def _row_to_entry(row: tuple) -> MemoryEntry:
+        id_, when, enforce, avoid, category, error_type, domain, support, prov, created_at = row
+        return MemoryEntry(
+            id=id_,
+            when=when,
+            enforce=enforce,
+            avoid=avoid,
+            category=category,
+            error_type=error_type,
+            domain=domain,
+            support=support,
+            provenance=Provenance.model_validate_json(prov),
+            created_at=created_at,
+        )
+
+    @staticmethod
+    def _entry_to_row(entry: MemoryEntry) -> tuple:
+        return (
+            entry.id,
+            entry.when,
+            entry.enforce,
+            entry.avoid,
+            entry.category,
+            entry.error_type,
+            entry.domain,
+            entry.support,
+            entry.provenance.model_dump_json(),
+            entry.created_at,
+        )
+
+    def _insert(self, entry: MemoryEntry) -> None:
+        self._conn.execute(f"INSERT INTO memories ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", self._entry_to_row(entry))
+
+    def _update_merge(self, existing: MemoryEntry, incoming: MemoryEntry) -> MemoryEntry:
+        merged = existing.model_copy(
+            update={
+                "support": existing.support + incoming.support,
+                "provenance": merge_provenance(existing.provenance, incoming.provenance),
+                "domain": existing.domain or incoming.domain,
+            }
+        )
+        self._conn.execute(
+            "UPDATE memories SET support=?, provenance=?, domain=? WHERE id=?",
+            (merged.support, merged.provenance.model_dump_json(), merged.domain, merged.id),
+        )
+        return merged
+
+    def _get_unlocked(self, id_: str) -> MemoryEntry | None:
+        row = self._conn.execute(f"SELECT {_COLUMNS} FROM memories WHERE id=?", (id_,)).fetchone()
+        return self._row_to_entry(row) if row else None
+
+    # ------------------------------------------------------------ similarity
+    def _similarities(self, entry: MemoryEntry, candidates: list[MemoryEntry]) -> list[float]:
+        """Cosine of hashed char 3-5-gram vectors between `entry` and each candidate."""
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        vectorizer = HashingVectorizer(
+            analyzer="char_wb", ngram_range=(3, 5), n_features=2**18, alternate_sign=False, norm="l2"
+        )
+        missing = [c for c in candidates if c.id not in self._vectors]
+        if missing:
+            for cand, vec in zip(missing, vectorizer.transform([_dedup_text(c) for c in missing])):
+                self._vectors[cand.id] = vec
+        query = vectorizer.transform([_dedup_text(entry)])
+        return [float(query.multiply(self._vectors[c.id]).sum()) for c in candidates]
+
+    # ----------------------------------------------------------------- write
+    def add(self, entry: MemoryEntry, dedup_threshold: float | None = 0.8) -> tuple[MemoryEntry, bool]:
+        """Store `entry`, or fold it into an existing one; returns (stored entry, is_new).
+
+        The id is `entry.id` or, if empty, `entry.content_key()`, so the same
+        content always lands on the same row. An entry with a known id, or one
+        whose similarity to an entry of the same category is >= `dedup_threshold`
+        (None disables the near-duplicate check), raises that entry's support by
+        `entry.support` (1 for a fresh distillation) and merges provenance.
+        """
+        entry = entry.model_copy(update={"id": entry.id or entry.content_key()})
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                stored, is_new = self._add_unlocked(entry, dedup_threshold)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return stored, is_new
+
+    def _add_unlocked(self, entry: MemoryEntry, dedup_threshold: float | None) -> tuple[MemoryEntry, bool]:
+        existing = self._get_unlocked(entry.id)
+        if existing is not None:
+            return self._update_merge(existing, entry), False
+        if dedup_threshold is not None:
+            same_category = self._select("WHERE category=?", (entry.category,))
+            if same_category:
+                sims = self._similarities(entry, same_category)
+                best_sim, best = min(zip(sims, same_category), key=lambda pair: (-pair[0], pair[1].id))
+                if best_sim >= dedup_threshold:
+                    return self._update_merge(best, entry), False
+        self._insert(entry)
+        return entry, True
+
+    def import_jsonl(self, path: str | Path) -> tuple[int, int]:
+        """Add the entries of a JSONL export; returns (added, merged).
+
+        Ids are kept, so export -> import into an empty store round-trips
+        exactly. An entry whose id already exists is merged (support summed,
+        provenance united) unless it is identical, in which case it is left as
+        is - re-importing the same file is a no-op. No near-duplicate folding:
+        the exporting store already decided what is distinct. The whole file is
+        validated first and applied in one transaction (all or nothing).
+        """
+        file = Path(path)
+        if not file.is_file():
+            raise MemoryStoreError(f"import file not found: {file}")
+        entries: list[MemoryEntry] = []
+        with file.open(encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = MemoryEntry.model_validate_json(line)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first.get("loc", ())) or "line"
+                    raise MemoryStoreError(
+                        f"{file}:{lineno}: not a memory entry ({where}: {first.get('msg', 'invalid')})"
+                    ) from None
+                entries.append(entry.model_copy(update={"id": entry.id or entry.content_key()}))
+        added = merged = 0
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in entries:
+                    existing = self._get_unlocked(entry.id)
+                    if existing is None:
+                        self._insert(entry)
+                        added += 1
+                    else:
+                        if existing != entry:
+                            self._update_merge(existing, entry)
+                        merged += 1
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return added, merged
+
+    # ------------------------------------------------------------------ read
+    def _select(self, where: str = "", params: tuple = ()) -> list[MemoryEntry]:
+        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM memories {where} ORDER BY rowid", params).fetchall()
+        return [self._row_to_entry(row) for row in rows]
+
+    def get(self, id_: str) -> MemoryEntry | None:
+        with self._lock:
+            return self._get_unlocked(id_)
+
+    def entries(self, category: str | None = None, domain: str | None = None) -> list[MemoryEntry]:
+        """Entries in insertion order, optionally of one category and/or domain."""
+        clauses, params = [], []
+        if category is not None:
+            clauses.append("category=?")
+            params.append(category)
+        if domain is not None:
+            clauses.append("domain=?")
+            params.append(domain)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self._lock:
+            return self._select(where, tuple(params))
+
+    def __iter__(self) -> Iterator[MemoryEntry]:
+        return iter(self.entries())
+
+    def categories(self) -> dict[str, int]:
+        """Number of entries per category, sorted by category name."""
+        with self._lock:
+            rows = self._conn.execute("SELECT category, COUNT(*) FROM memories GROUP BY category ORDER BY category")
+            return {cat: n for cat, n in rows}
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per category, per error type and per (category, error type), plus total support."""
+        entries = self.entries()
+        matrix: dict[str, Counter[str]] = {}
+        for e in entries:
+            matrix.setdefault(e.category, Counter())[e.error_type] += 1
+        return {
+            "entries": len(entries),
+            "total_support": sum(e.support for e in entries),
+            "categories": dict(sorted(Counter(e.category for e in entries).items())),
+            "error_types": dict(sorted(Counter(e.error_type for e in entries).items())),
+            "domains": dict(sorted(Counter(e.domain for e in entries).items())),
+            "matrix": {cat: dict(sorted(c.items())) for cat, c in sorted(matrix.items())},
+        }
+
+    def provenance_task_ids(self) -> set[str]:
+        """Every task id any memory was distilled from (for the build/eval overlap check)."""
+        return {tid for e in self.entries() for tid in e.provenance.task_ids}
+
+    def content_hash(self) -> str:
+        """Stable hash of what a solver can see: content, category, domain and support of every entry.
+
+        Provenance and created_at are left out: they do not change any prompt,
+        so two stores that differ only there give the same run keys.
+        """
+        payload = sorted(
+            [e.id, e.when, e.enforce, e.avoid, e.category, e.error_type, e.domain, e.support] for e in self.entries()
+        )
+        return stable_hash(payload)
+
+    def export_jsonl(self, path: str | Path) -> int:
+        """Write every entry as one JSON line (insertion order); returns the count."""
+        file = Path(path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        entries = self.entries()
+        with file.open("w", encoding="utf-8") as handle:
+            for entry in entries:
+                handle.write(entry.model_dump_json() + "\n")
+        return len(entries)
+
+    def integrity_ok(self) -> bool:
+        """SQLite's own integrity check, for tests and `memory stats`."""
+        with self._lock:
+            return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+__all__ = ["SCHEMA_VERSION", "MemoryStore", "merge_provenance"]

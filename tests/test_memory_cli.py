@@ -1,0 +1,124 @@
+"""`memcollab memory ...`: one-line errors via the real console script, happy paths via CliRunner."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from memcollab.memory import MemoryStore
+from memcollab.memory.commands import memory_app
+from memcollab.records import MemoryEntry, Provenance
+
+runner = CliRunner()
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("memcollab")
+    if exe is None:
+        pytest.fail("console script `memcollab` not on PATH; run `pip install -e . --no-deps`")
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("MEMCOLLAB_STORE", None)
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def store_path(tmp_path) -> Path:
+    path = tmp_path / "mem.sqlite"
+    with MemoryStore(path) as store:
+        store.add(MemoryEntry(
+            when="solving a quadratic equation", enforce="check each root", avoid="losing a negative root",
+            category="algebra", error_type="sign_error", domain="math",
+            provenance=Provenance(task_ids=["math500/12"], positive_agents=["qwen"], negative_agents=["smol"]),
+        ))
+        store.add(MemoryEntry(when="slicing strings", enforce="use s[-1]", avoid="s[len(s)]",
+                              category="strings", error_type="off_by_one", domain="code"))
+    return path
+
+
+def test_read_commands_refuse_a_missing_store(tmp_path):
+    for args in (["list"], ["stats"], ["show", "m-x"], ["export", "out.jsonl"]):
+        proc = run_cli("memory", *args, "--store", "absent.sqlite", cwd=tmp_path)
+        assert_one_line_error(proc, "absent.sqlite", "not found")
+    assert not (tmp_path / "absent.sqlite").exists()
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_default_store_path_is_runs_memory_sqlite(tmp_path):
+    assert_one_line_error(run_cli("memory", "list", cwd=tmp_path), "runs/memory.sqlite")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_id_schema_mismatch_and_malformed_import(tmp_path, store_path):
+    assert_one_line_error(run_cli("memory", "show", "m-nope", "--store", str(store_path), cwd=tmp_path), "m-nope")
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"when": "w", "enforce": "e", "avoid": "a", "category": "c", "error_type": "t"}\nnot json\n')
+    proc = run_cli("memory", "import", str(bad), "--store", str(store_path), cwd=tmp_path)
+    assert_one_line_error(proc, "bad.jsonl:2:")
+
+    missing = run_cli("memory", "import", "nope.jsonl", "--store", "new.sqlite", cwd=tmp_path)
+    assert_one_line_error(missing, "nope.jsonl")
+    assert not (tmp_path / "new.sqlite").exists()
+
+    with sqlite3.connect(store_path) as conn:
+        conn.execute("UPDATE schema_version SET version = 7")
+    assert_one_line_error(run_cli("memory", "stats", "--store", str(store_path), cwd=tmp_path), "schema version 7")
+
+
+def test_console_script_lists_entries(tmp_path, store_path):
+    proc = run_cli("memory", "list", "--store", str(store_path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "algebra" in proc.stdout and "strings" in proc.stdout and "sign_error" in proc.stdout
+
+
+def test_list_show_stats(store_path, tmp_path):
+    result = runner.invoke(memory_app, ["list", "--store", str(store_path), "--category", "algebra"])
+    assert result.exit_code == 0, result.output
+    assert "algebra" in result.output and "strings" not in result.output
+
+    result = runner.invoke(memory_app, ["list", "--store", str(store_path), "--limit", "1"])
+    assert result.exit_code == 0 and "showing 1 of 2" in result.output
+
+    with MemoryStore(store_path) as store:
+        entry_id = store.entries(category="algebra")[0].id
+    result = runner.invoke(memory_app, ["show", entry_id, "--store", str(store_path)])
+    assert result.exit_code == 0, result.output
+    for text in ("math500/12", "qwen", "smol", "check each root", "sign_error"):
+        assert text in result.output
+
+    result = runner.invoke(memory_app, ["show", entry_id, "--store", str(store_path), "--json"])
+    assert json.loads(result.output)["provenance"]["task_ids"] == ["math500/12"]
+
+    png = tmp_path / "heat.png"
+    result = runner.invoke(memory_app, ["stats", "--store", str(store_path), "--heatmap", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "off_by_one" in result.output and "sign_error" in result.output
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_then_import_round_trips(store_path, tmp_path):
+    out = tmp_path / "dump.jsonl"
+    result = runner.invoke(memory_app, ["export", str(out), "--store", str(store_path)])
+    assert result.exit_code == 0 and "exported 2" in result.output
+    copy = tmp_path / "copy" / "mem.sqlite"
+    result = runner.invoke(memory_app, ["import", str(out), "--store", str(copy)])
+    assert result.exit_code == 0 and "2 added, 0 merged" in result.output
+    with MemoryStore(copy) as imported, MemoryStore(store_path) as original:
+        assert imported.entries() == original.entries()
