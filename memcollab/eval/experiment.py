@@ -9,14 +9,16 @@ directory, and log everything to MLflow.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
 from memcollab.errors import ConfigError, OverlapError
 from memcollab.eval.metrics import EvalSummary, summarize, task_rows
+from memcollab.progress import console as progress_console
 from memcollab.records import Task
 
 #: Default memory-building and evaluation splits per benchmark (disjoint by construction).
@@ -87,22 +89,42 @@ def check_overlap(eval_tasks: list[Task], memory_task_ids: set[str], allow: bool
         )
 
 
-def prepare_agents(names: list[str], cfg: RunConfig) -> dict[str, Any]:
-    """Resolve, check (fail fast) and build every named agent once."""
-    from memcollab.lm.agents import apply_overrides, build_lm, check_agent, load_agents, resolve_agent
+def resolve_backend(requested: str | None) -> tuple[str, str]:
+    """Backend for embedded agents: `server` when llama-server is installed, else in-process; and why."""
+    if requested and requested != "auto":
+        return requested, f"--backend {requested}"
+    from memcollab.errors import ServerError
+    from memcollab.lm.server_build import find_server_binary
+
+    try:
+        binary = find_server_binary()
+    except ServerError:
+        return "local", "llama-server is not installed (memcollab models build-server): in-process llama-cpp-python"
+    return "server", f"llama-server found at {binary}: parallel slots for concurrent calls"
+
+
+def prepare_agents(names: list[str], cfg: RunConfig, announce: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Resolve, check (fail fast, before any LM call) and build every named agent once."""
+    from memcollab.lm.agents import apply_overrides, build_adapter, build_lm, check_agent, load_agents, resolve_agent
     from memcollab.programs.pipeline import Agent
 
     declared = load_agents(cfg.agents_file)
-    configs = {}
-    for name in dict.fromkeys(names):
-        agent = resolve_agent(name, declared)
-        if cfg.max_tokens or cfg.backend:
-            agent = apply_overrides(agent, max_tokens=cfg.max_tokens, backend=cfg.backend)
-        configs[name] = agent
+    configs = {name: resolve_agent(name, declared) for name in dict.fromkeys(names)}
+    if any(agent.backend in ("local", "server") for agent in configs.values()):
+        backend, why = resolve_backend(cfg.backend)
+        if announce:
+            announce(f"embedded models: {backend} backend ({why})")
+        configs = {
+            name: apply_overrides(agent, backend=backend if agent.backend in ("local", "server") else None)
+            for name, agent in configs.items()
+        }
+    if cfg.max_tokens:
+        configs = {name: apply_overrides(agent, max_tokens=cfg.max_tokens) for name, agent in configs.items()}
     for agent in configs.values():
         check_agent(agent)
     return {
-        name: Agent(name=agent.name, lm=build_lm(agent), config=agent.model_dump(mode="json"))
+        name: Agent(name=agent.name, lm=build_lm(agent, cache=cfg.cache), config=agent.model_dump(mode="json"),
+                    adapter=build_adapter(agent))
         for name, agent in configs.items()
     }
 
@@ -135,10 +157,15 @@ class Experiment:
         self.agents: dict[str, Any] = {}
         self.summaries: list[EvalSummary] = []
         self.timings: dict[str, float] = {}
+        self.announce: Callable[[str], None] = progress_console.print
 
     def close(self) -> None:
+        """Close the stores and stop any llama-server this run started (no orphan processes)."""
         self.results.close()
         self.store.close()
+        server = sys.modules.get("memcollab.lm.server")
+        if server is not None:
+            server.shutdown_all()
 
     def __enter__(self) -> "Experiment":
         return self
@@ -165,7 +192,7 @@ class Experiment:
     def ensure_agents(self, names: list[str]) -> None:
         missing = [n for n in dict.fromkeys(names) if n and n not in self.agents]
         if missing:
-            self.agents.update(prepare_agents(missing, self.cfg))
+            self.agents.update(prepare_agents(missing, self.cfg, announce=self.announce))
 
     # ----- steps ---------------------------------------------------------------------------
     def build_memory(self):

@@ -70,7 +70,7 @@ def run_command(
     run_dir: Path = typer.Option(Path("runs/default"), help="where results, memory and caches go (a rerun resumes)"),
     data_dir: Optional[Path] = typer.Option(None, help="benchmark data directory (default: ../shared/data)"),
     max_tokens: Optional[int] = typer.Option(None, help="override every agent's max tokens"),
-    backend: Optional[str] = typer.Option(None, help="override embedded agents' backend: local | server"),
+    backend: Optional[str] = typer.Option(None, help="embedded agents' backend: auto (server if llama-server is installed) | local | server"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: sqlite in the run dir)"),
     track: bool = typer.Option(True, help="log to MLflow"),
     cache: bool = typer.Option(True, help="DSPy LM cache under the run dir"),
@@ -81,8 +81,6 @@ def run_command(
     train tasks; the weak agent and smollm2-135m (another family) are evaluated on 20 GSM8K test
     tasks with and without the memory.
     """
-    from memcollab.eval.experiment import Experiment, estimate_seconds
-
     cfg = _config(
         benchmark=benchmark, build_limit=build_limit, eval_limit=eval_limit, sample=sample, seed=seed,
         build_agents=_csv(build_agents), eval_agents=_csv(eval_agents), distiller=distiller, classifier=classifier,
@@ -90,19 +88,27 @@ def run_command(
         workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend,
         tracking_uri=tracking_uri, track=track, cache=cache,
     )
+    summaries, exp = run_experiment(cfg, name="run")
+    print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
+    console.print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in exp.timings.items()))
+    console.print(f"results: {cfg.run_dir / 'summary.json'}")
+
+
+def run_experiment(cfg, name: str):
+    """Build memory, then evaluate with and without it, in one MLflow run; returns (summaries, experiment)."""
+    from memcollab.eval.experiment import Experiment, estimate_seconds
+
     with Experiment(cfg) as exp:
         exp.ensure_agents([*cfg.build_agents, *cfg.eval_agents, cfg.distiller or "", cfg.classifier or ""])
         estimate = estimate_seconds(cfg, exp.agents)
         if estimate:
             err.print(f"estimated time: about {estimate / 60:.0f} min (from measured tokens/s; cached calls are free)")
-        with exp.tracker.run("run", params=cfg.model_dump(mode="json"), tags={"command": "run"}):
+        with exp.tracker.run(name, params=cfg.model_dump(mode="json"), tags={"command": name}):
             report = exp.build_memory()
             print_build(report, len(exp.store))
             summaries = exp.evaluate(cfg.eval_agents)
-            summary_path = exp.write_summary({"pairs": len(report.pairs), "constraints_proposed": report.proposed})
-    print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
-    console.print(f"wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in exp.timings.items()))
-    console.print(f"results: {summary_path}")
+            exp.write_summary({"pairs": len(report.pairs), "constraints_proposed": report.proposed})
+    return summaries, exp
 
 
 def build_memory_command(
@@ -187,7 +193,30 @@ def evaluate_command(
     print_results(summaries, title=f"{benchmark} evaluation")
 
 
+def experiment_command(
+    config: Path = typer.Argument(..., help="YAML file of RunConfig fields (see configs/experiments/)"),
+    run_dir: Optional[Path] = typer.Option(None, help="override the config's run_dir"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: sqlite in the run dir)"),
+) -> None:
+    """Run a whole experiment (build memory + evaluate) from a YAML configuration."""
+    import yaml
+    from pydantic import ValidationError
+
+    from memcollab.errors import ConfigError
+
+    if not config.is_file():
+        raise ConfigError(f"experiment config not found: {config}")
+    try:
+        fields = yaml.safe_load(config.read_text()) or {}
+        cfg = _config(**{**fields, "run_dir": run_dir or fields.get("run_dir"), "tracking_uri": tracking_uri})
+    except (yaml.YAMLError, ValidationError, TypeError) as exc:
+        raise ConfigError(f"invalid experiment config {config}: {str(exc).splitlines()[0]}") from None
+    summaries, _ = run_experiment(cfg, name=config.stem)
+    print_results(summaries, title=f"{config.stem}: accuracy without and with shared memory")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("experiment")(experiment_command)
     app.command("run")(run_command)
     app.command("build-memory")(build_memory_command)
     app.command("evaluate")(evaluate_command)
