@@ -1,3 +1,108 @@
-"""Placeholder: replaced by the eval owner."""
+"""`memcollab data ...`: inspect benchmark tasks and check the graders against the reference solutions.
+
+Heavy modules (datasets, sympy, sklearn) are imported inside the commands so
+that `memcollab --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
 import typer
-data_app = typer.Typer(no_args_is_help=True)
+
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="Benchmark data: load, inspect and check the graders.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_DATA_DIR_HELP = "Directory with the benchmark JSONL files (default: MEMCOLLAB_DATA_DIR, ../shared/data, else the HF hub)."
+
+
+@data_app.command("check")
+def check(
+    benchmark: list[str] | None = typer.Option(
+        None, "--benchmark", "-b", help="Benchmark to check (repeatable): math500, gsm8k, humaneval, mbpp. Default: all."
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Parallel graders (default: CPU count)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
+) -> None:
+    """Grade every reference solution with the real graders; exit 1 if any is graded wrong."""
+    from rich.console import Console
+
+    from memcollab.eval.data_check import check_references, summary_lines
+
+    console = Console(highlight=False, soft_wrap=True)
+    start = time.monotonic()
+    results = check_references(benchmark, data_dir=data_dir, workers=workers, show_progress=not no_progress)
+    for line in summary_lines(results):
+        console.print(line, markup=False)
+    console.print(f"wall time: {time.monotonic() - start:.1f} s", markup=False)
+    if not all(r.ok for r in results):
+        raise typer.Exit(code=1)
+
+
+def _ids(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _clip(text: str, full: bool, limit: int = 600) -> str:
+    text = text.rstrip()
+    return text if full or len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters; --full shows all)"
+
+
+@data_app.command("show")
+def show(
+    benchmark: str = typer.Argument(..., help="math500, gsm8k, humaneval or mbpp."),
+    split: str | None = typer.Option(None, "--split", "-s", help="Split (default: the benchmark's test split)."),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Show the first N tasks (default 3)."),
+    ids: list[str] | None = typer.Option(None, "--ids", help="Task ids, comma-separated or repeated; full or the tail."),
+    sample: int | None = typer.Option(None, "--sample", help="Show a seeded random sample of N tasks."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --sample."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+    full: bool = typer.Option(False, "--full", help="Do not shorten long prompts, solutions and tests."),
+) -> None:
+    """Print a few tasks of a benchmark split as MemCollab sees them."""
+    from rich.console import Console
+    from rich.rule import Rule
+
+    from memcollab.errors import DataError
+    from memcollab.eval.benchmarks import load_tasks
+
+    chosen = [name for name, value in (("--limit", limit), ("--ids", ids), ("--sample", sample)) if value]
+    if len(chosen) > 1:
+        raise DataError(f"use only one of {', '.join(chosen)}")
+    if not chosen and limit is None:
+        limit = 3
+    tasks = load_tasks(benchmark, split, data_dir=data_dir, limit=limit, ids=_ids(ids), sample=sample, seed=seed)
+
+    console = Console(highlight=False, soft_wrap=True)
+    for task in tasks:
+        meta = [f"split {task.split}", f"kind {task.kind}"]
+        if task.category:
+            meta.append(f"category {task.category}")
+        if task.level is not None:
+            meta.append(f"level {task.level}")
+        console.print(Rule(f"{task.id}  ({', '.join(meta)})", align="left"))
+        console.print("[bold]prompt[/]")
+        console.print(_clip(task.prompt, full), markup=False)
+        if task.kind == "math":
+            console.print("[bold]answer[/] ", end="")
+            console.print(task.answer, markup=False)
+        else:
+            console.print("[bold]entry point[/] ", end="")
+            console.print(task.entry_point, markup=False)
+            if task.setup.strip():
+                console.print("[bold]setup[/]")
+                console.print(_clip(task.setup, full), markup=False)
+            console.print("[bold]tests[/]")
+            console.print(_clip(task.tests, full), markup=False)
+        if full:
+            console.print("[bold]solution[/]")
+            console.print(task.solution.rstrip(), markup=False)
+    console.print(f"{len(tasks)} task(s)", markup=False)

@@ -1,0 +1,186 @@
+"""Grade code answers: extract the program, run it with the task's tests in the sandbox, classify the outcome.
+
+A run passes only when the process exits 0 AND prints a random sentinel that
+the harness appends after the tests, so `os._exit(0)` or `sys.exit(0)` before
+the tests finish is a failure, not a pass.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import warnings
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from memcollab.eval.code_extract import candidate_program
+from memcollab.eval.sandbox import ExecResult, SandboxLimits, SandboxPool, run_program
+from memcollab.records import Task, Verdict
+
+FEEDBACK_CHARS = 600
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$")
+_SIMPLE_TYPES = {
+    "SyntaxError": "syntax_error",
+    "IndentationError": "syntax_error",
+    "TabError": "syntax_error",
+    "NameError": "name_error",
+    "UnboundLocalError": "name_error",
+    "TypeError": "type_error",
+    "AssertionError": "assertion_failure",
+}
+
+
+def _clip(text: str, limit: int = FEEDBACK_CHARS) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
+
+
+def _syntax_verdict(program: str) -> Verdict | None:
+    """Catch syntax errors here, without a subprocess."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(program, "program.py", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        where = f"line {exc.lineno}: " if exc.lineno else ""
+        line = f"\n    {exc.text.strip()}" if exc.text else ""
+        return Verdict(correct=False, error_type="syntax_error", feedback=_clip(f"SyntaxError: {where}{exc.msg}{line}"))
+    except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
+        return Verdict(correct=False, error_type="syntax_error", feedback=f"the code cannot be parsed: {type(exc).__name__}")
+    return None
+
+
+def build_program(task: Task, candidate: str, sentinel: str) -> str:
+    """Candidate, then the task's setup, then its tests, then the sentinel print."""
+    parts = [candidate.rstrip(), task.setup.strip(), task.tests.rstrip(), f"print({sentinel!r}, flush=True)"]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _exception(stderr: str) -> tuple[str, str]:
+    """(exception name, message) from the last line of a traceback."""
+    for line in reversed(stderr.strip().splitlines()):
+        if line.startswith((" ", "\t")) or not line.strip():
+            continue
+        match = _EXC_LINE.match(line.strip())
+        if match:
+            return match.group(1).rsplit(".", 1)[-1], match.group(2) or ""
+        break
+    return "", ""
+
+
+_CARETS = re.compile(r"^\s*[\^~]+\s*$")
+
+
+def _traceback_feedback(stderr: str) -> str:
+    """The last traceback lines (failing test line, failing code line, error), whole lines, within the budget."""
+    lines = [
+        ln.rstrip()
+        for ln in stderr.strip().splitlines()
+        if ln.strip() and not ln.startswith("Traceback (most recent call last)") and not _CARETS.match(ln)
+    ]
+    kept: list[str] = []
+    size = 0
+    for line in reversed(lines):
+        if kept and size + len(line) + 1 > FEEDBACK_CHARS:
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return _clip("\n".join(reversed(kept)))
+
+
+def verdict_from_result(result: ExecResult, sentinel: str, limits: SandboxLimits) -> Verdict:
+    """Classify a sandbox run of candidate + tests into a verdict with model-readable feedback."""
+    if result.status == "ok" and sentinel in result.stdout:
+        return Verdict(correct=True)
+    if result.status == "ok":
+        return Verdict(
+            correct=False,
+            error_type="runtime_error:EarlyExit",
+            feedback="the program exited (status 0) before the tests finished; do not call exit()/os._exit()",
+        )
+    if result.status == "timeout":
+        return Verdict(
+            correct=False,
+            error_type="timeout",
+            feedback=f"time limit exceeded ({limits.wall_s:g} s wall / {limits.cpu_s:g} s CPU): infinite loop or too slow",
+        )
+    if result.status == "memory_limit":
+        return Verdict(correct=False, error_type="memory_limit", feedback=f"memory limit exceeded ({limits.memory_mb} MB)")
+    if result.status == "output_limit":
+        return Verdict(
+            correct=False,
+            error_type="output_limit",
+            feedback=f"too much output (over {limits.output_bytes} bytes); remove debug prints",
+        )
+    if result.status == "killed":
+        return Verdict(correct=False, error_type="killed", feedback=f"the program was killed (exit status {result.returncode})")
+    name, _ = _exception(result.stderr)
+    if not name:
+        return Verdict(
+            correct=False,
+            error_type="runtime_error:Unknown",
+            feedback=_clip(result.stderr) or f"exit status {result.returncode}",
+        )
+    error_type = _SIMPLE_TYPES.get(name, f"runtime_error:{name}")
+    return Verdict(correct=False, error_type=error_type, feedback=_traceback_feedback(result.stderr))
+
+
+class Prepared(NamedTuple):
+    """A candidate ready to run, or the verdict when there is nothing to run."""
+
+    candidate: str
+    program: str
+    sentinel: str
+    early: Verdict | None
+
+
+def prepare(task: Task, text: str) -> Prepared:
+    """Extract the candidate and build the test program; `early` is set for no code / syntax errors."""
+    candidate = candidate_program(task, text)
+    if not candidate.strip():
+        return Prepared("", "", "", Verdict(correct=False, error_type="no_code", feedback="no Python code found in the answer"))
+    early = _syntax_verdict(candidate)
+    if early is not None:
+        return Prepared(candidate, "", "", early.model_copy(update={"extracted": candidate}))
+    sentinel = "__memcollab_tests_passed_" + secrets.token_hex(8)
+    return Prepared(candidate, build_program(task, candidate, sentinel), sentinel, None)
+
+
+def grade_code(task: Task, text: str, limits: SandboxLimits | None = None) -> Verdict:
+    """Grade one code answer; never raises for anything in `text`."""
+    limits = limits or SandboxLimits()
+    prep = prepare(task, text)
+    if prep.early is not None:
+        return prep.early
+    verdict = verdict_from_result(run_program(prep.program, limits), prep.sentinel, limits)
+    return verdict.model_copy(update={"extracted": prep.candidate})
+
+
+def grade_code_many(
+    pairs: Sequence[tuple[Task, str]],
+    workers: int | None = None,
+    limits: SandboxLimits | None = None,
+    on_result: Callable[[int, Verdict], None] | None = None,
+) -> list[Verdict]:
+    """Grade (task, text) pairs concurrently through a :class:`SandboxPool`; verdicts in input order."""
+    limits = limits or SandboxLimits()
+    verdicts: list[Verdict | None] = [None] * len(pairs)
+    runnable: list[tuple[int, Prepared]] = []
+    for i, (task, text) in enumerate(pairs):
+        prep = prepare(task, text)
+        if prep.early is not None:
+            verdicts[i] = prep.early
+            if on_result is not None:
+                on_result(i, prep.early)
+        else:
+            runnable.append((i, prep))
+
+    def finished(j: int, result: ExecResult) -> None:
+        index, prep = runnable[j]
+        verdict = verdict_from_result(result, prep.sentinel, limits).model_copy(update={"extracted": prep.candidate})
+        verdicts[index] = verdict
+        if on_result is not None:
+            on_result(index, verdict)
+
+    SandboxPool(workers=workers, limits=limits).run_many([prep.program for _, prep in runnable], on_result=finished)
+    return verdicts  # type: ignore[return-value]
