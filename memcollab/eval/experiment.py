@@ -59,6 +59,7 @@ class RunConfig(BaseModel):
     allow_overlap: bool = False
     max_tokens: int | None = None
     backend: str | None = None
+    classifier_program: Path | None = None
 
     @property
     def memory_file(self) -> Path:
@@ -187,6 +188,7 @@ class Experiment:
             workers=self.cfg.workers,
             fallback=self.cfg.fallback,
             use_gold_categories=self.cfg.gold_categories,
+            classifier_program=self.cfg.classifier_program,
         )
 
     def ensure_agents(self, names: list[str]) -> None:
@@ -203,7 +205,10 @@ class Experiment:
         self.ensure_agents([*cfg.build_agents, distiller, classifier])
         tasks = load_split(bench, split, cfg.build_limit, cfg)
         start = time.perf_counter()
-        report = self.pipeline(distiller, classifier).build(
+        pipeline = self.pipeline(distiller, classifier)
+        for name in ("solver", "classifier", "distiller"):
+            self.tracker.log_program(getattr(pipeline, name), name)
+        report = pipeline.build(
             tasks, [self.agents[n] for n in cfg.build_agents], samples=cfg.samples, temperature=cfg.sample_temperature
         )
         self.timings["build_s"] = time.perf_counter() - start
@@ -257,6 +262,31 @@ class Experiment:
         self.tracker.log_transfer_matrix(matrix, "accuracy")
         self.summaries.extend(summaries)
         return summaries
+
+    def compile_classifier(self, agent: str, optimizer: str, train: int, dev: int, out: Path) -> dict[str, float]:
+        """Compile the classifier on the build split's gold categories; compare with zero-shot on the eval split."""
+        from memcollab.programs.classifier import Classifier
+        from memcollab.programs.compile import classifier_examples, compile_classifier, evaluate_classifier, save_classifier
+
+        build_bench, build_split, eval_bench, eval_split = split_names(self.cfg.benchmark)
+        trainset = classifier_examples(load_split(build_bench, build_split, train, self.cfg), self.taxonomy)
+        devset = classifier_examples(load_split(eval_bench, eval_split, dev, self.cfg), self.taxonomy)
+        if not trainset or not devset:
+            raise ConfigError(f"{self.cfg.benchmark} has no gold categories to compile a classifier on (try math500)")
+        self.ensure_agents([agent])
+        handle = self.agents[agent]
+        with handle.context():
+            zero_shot = Classifier(self.taxonomy)
+            baseline = evaluate_classifier(zero_shot, devset, self.cfg.workers)
+            compiled = compile_classifier(self.taxonomy, trainset, optimizer=optimizer)
+            accuracy = evaluate_classifier(compiled, devset, self.cfg.workers)
+        save_classifier(compiled, out)
+        metrics = {"classifier.zero_shot.accuracy": baseline, f"classifier.{optimizer}.accuracy": accuracy,
+                   "classifier.train": len(trainset), "classifier.dev": len(devset)}
+        self.tracker.log_metrics(metrics)
+        self.tracker.log_program(zero_shot, "classifier_zero_shot")
+        self.tracker.log_program(compiled, f"classifier_{optimizer}")
+        return metrics
 
     def write_summary(self, extra: dict[str, Any] | None = None) -> Path:
         path = self.cfg.run_dir / "summary.json"

@@ -74,6 +74,7 @@ def run_command(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: sqlite in the run dir)"),
     track: bool = typer.Option(True, help="log to MLflow"),
     cache: bool = typer.Option(True, help="DSPy LM cache under the run dir"),
+    classifier_program: Optional[Path] = typer.Option(None, help="a compiled classifier (memcollab compile-classifier)"),
 ) -> None:
     """The main job: build a shared memory with two agents, then evaluate agents with and without it.
 
@@ -86,7 +87,7 @@ def run_command(
         build_agents=_csv(build_agents), eval_agents=_csv(eval_agents), distiller=distiller, classifier=classifier,
         agents_file=agents_file, k=k, max_turns=max_turns, samples=samples, gold_categories=gold_categories,
         workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend,
-        tracking_uri=tracking_uri, track=track, cache=cache,
+        tracking_uri=tracking_uri, track=track, cache=cache, classifier_program=classifier_program,
     )
     summaries, exp = run_experiment(cfg, name="run")
     print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
@@ -215,8 +216,50 @@ def experiment_command(
     print_results(summaries, title=f"{config.stem}: accuracy without and with shared memory")
 
 
+def compile_classifier_command(
+    benchmark: str = typer.Option("math500", help="a benchmark with gold categories (math500)"),
+    agent: str = typer.Option("strong", help="the agent whose classifier is compiled"),
+    optimizer: str = typer.Option("bootstrap", help="bootstrap (BootstrapFewShot) | labeled (LabeledFewShot)"),
+    train: int = typer.Option(40, help="training tasks from the build split"),
+    dev: int = typer.Option(60, help="held-out tasks from the evaluation split"),
+    out: Optional[Path] = typer.Option(None, help="compiled program file (default: <run-dir>/classifier_<optimizer>.json)"),
+    agents_file: Optional[Path] = typer.Option(None),
+    workers: int = typer.Option(4),
+    run_dir: Path = typer.Option(Path("runs/classifier")),
+    data_dir: Optional[Path] = typer.Option(None),
+    backend: Optional[str] = typer.Option(None),
+    tracking_uri: Optional[str] = typer.Option(None),
+    track: bool = typer.Option(True),
+    cache: bool = typer.Option(True),
+) -> None:
+    """Compile the task classifier with a DSPy optimizer and compare it with the zero-shot one.
+
+    Use the result with `memcollab run --classifier-program FILE`.
+    """
+    from memcollab.eval.experiment import Experiment
+    from memcollab.programs.compile import OPTIMIZERS
+    from memcollab.errors import ConfigError
+
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    cfg = _config(benchmark=benchmark, agents_file=agents_file, workers=workers, run_dir=run_dir, data_dir=data_dir,
+                  backend=backend, tracking_uri=tracking_uri, track=track, cache=cache, memory_path=Path(":memory:"),
+                  build_agents=[], eval_agents=[])
+    out = out or run_dir / f"classifier_{optimizer}.json"
+    with Experiment(cfg) as exp:
+        with exp.tracker.run("compile-classifier", params={**cfg.model_dump(mode="json"), "optimizer": optimizer,
+                                                           "agent": agent, "train": train, "dev": dev}):
+            metrics = exp.compile_classifier(agent, optimizer, train, dev, out)
+    console.print(
+        f"classifier accuracy on {int(metrics['classifier.dev'])} held-out tasks: zero-shot "
+        f"{metrics['classifier.zero_shot.accuracy']:.1%}, {optimizer} {metrics[f'classifier.{optimizer}.accuracy']:.1%}"
+    )
+    console.print(f"compiled program: {out}")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("experiment")(experiment_command)
     app.command("run")(run_command)
     app.command("build-memory")(build_memory_command)
     app.command("evaluate")(evaluate_command)
+    app.command("experiment")(experiment_command)
+    app.command("compile-classifier")(compile_classifier_command)

@@ -10,6 +10,7 @@ Every LM result is persisted under a key the moment it exists, so a rerun resume
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -21,7 +22,7 @@ from memcollab.programs.distiller import Distiller
 from memcollab.programs.pairs import PairStats, build_pairs
 from memcollab.programs.solver import Solver, render_guidance
 from memcollab.progress import parallel_map
-from memcollab.records import ContrastPair, MemoryEntry, Task, Trajectory
+from memcollab.records import ContrastPair, MemoryEntry, Task, Trajectory, stable_hash
 from memcollab.taxonomy import Taxonomy
 
 PROGRAM_VERSION = "memcollab-v1"
@@ -70,6 +71,7 @@ class MemCollab:
         fallback: str = "none",
         use_gold_categories: bool = False,
         show_progress: bool = True,
+        classifier_program: Path | None = None,
     ) -> None:
         self.taxonomy = taxonomy
         self.store = store
@@ -82,6 +84,10 @@ class MemCollab:
         self.show_progress = show_progress
         self.solver = Solver(max_turns=max_turns)
         self.classifier = Classifier(taxonomy, use_gold=use_gold_categories)
+        self.classifier_version = "zero-shot"
+        if classifier_program is not None:  # a compiled variant (memcollab compile-classifier)
+            self.classifier.load(str(classifier_program))
+            self.classifier_version = stable_hash(Path(classifier_program).read_text())
         self.distiller = Distiller(taxonomy)
         self.settings = {"k": k, "max_turns": max_turns, "fallback": fallback, "taxonomy": taxonomy.name}
 
@@ -130,7 +136,7 @@ class MemCollab:
         if agent is None:
             raise ValueError("a classifier agent is required unless gold categories are used")
         key = record_key("category", task.id, agent.config, PROGRAM_VERSION, {"taxonomy": self.taxonomy.name,
-                         "gold": self.classifier.use_gold})
+                         "gold": self.classifier.use_gold, "program": self.classifier_version})
         cached = self.results.get(key)
         if cached is not None:
             return cached["category"]
