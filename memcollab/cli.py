@@ -46,10 +46,12 @@ def _root(
 def _register() -> None:
     from memcollab.eval.commands import data_app
     from memcollab.lm.commands import models_app
+    from memcollab.lm.server_build import build_server_command
     from memcollab.memory.commands import memory_app
     from memcollab.programs.commands import register as register_pipeline
 
     app.add_typer(data_app, name="data", help="Benchmark data: load, inspect and check the graders.")
+    models_app.command("build-server")(build_server_command)
     app.add_typer(models_app, name="models", help="Embedded local models: list, prepare, serve.")
     app.add_typer(memory_app, name="memory", help="Inspect, export and import a memory store.")
     register_pipeline(app)

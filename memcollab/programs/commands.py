@@ -18,6 +18,19 @@ err = Console(stderr=True)
 
 BENCH_HELP = "gsm8k | math500 | mbpp | humaneval (humaneval builds memory from MBPP train)"
 
+# Options shared by every pipeline command (typer reads these markers; one definition, one help text).
+AGENTS_FILE = typer.Option(None, "--agents-file", help="agents YAML (default: configs/agents.yaml)")
+WORKERS = typer.Option(4, "--workers", help="concurrent LM calls")
+DATA_DIR = typer.Option(None, "--data-dir", help="benchmark data directory (default: ../shared/data)")
+MAX_TOKENS = typer.Option(None, "--max-tokens", help="override every agent's max tokens")
+BACKEND = typer.Option(None, "--backend", help="embedded agents' backend: auto (server if llama-server is installed) | local | server")
+TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow URI (default: sqlite in the run dir)")
+TRACK = typer.Option(True, "--track/--no-track", help="log to MLflow")
+CACHE = typer.Option(True, "--cache/--no-cache", help="DSPy LM cache under the run dir")
+SAMPLE = typer.Option(False, "--sample/--no-sample", help="take a seeded random sample instead of the first N")
+SEED = typer.Option(0, "--seed", help="seed for --sample")
+RUN_DIR = typer.Option(Path("runs/default"), "--run-dir", help="where results, memory and caches go (a rerun resumes)")
+
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -55,25 +68,25 @@ def run_command(
     benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
     build_limit: int = typer.Option(20, help="memory-building tasks (first N of the build split)"),
     eval_limit: int = typer.Option(20, help="evaluation tasks (first N of the evaluation split)"),
-    sample: bool = typer.Option(False, help="take a seeded random sample instead of the first N"),
-    seed: int = typer.Option(0, help="seed for --sample and the MATH500 split"),
+    sample: bool = SAMPLE,
+    seed: int = SEED,
     build_agents: str = typer.Option("weak,strong", help="agents that solve the build tasks (comma-separated)"),
     eval_agents: str = typer.Option("weak,other", help="agents evaluated with and without memory"),
     distiller: Optional[str] = typer.Option(None, help="agent that distills pairs (default: last build agent)"),
     classifier: Optional[str] = typer.Option(None, help="agent that classifies tasks (default: the distiller)"),
-    agents_file: Optional[Path] = typer.Option(None, help="agents YAML (default: configs/agents.yaml)"),
+    agents_file: Optional[Path] = AGENTS_FILE,
     k: int = typer.Option(3, help="memories retrieved per task"),
     max_turns: int = typer.Option(3, help="code tasks: turns with execution feedback"),
     samples: int = typer.Option(0, help="extra sampled attempts for tasks without a contrast"),
     gold_categories: bool = typer.Option(False, help="use the data's categories (MATH subjects) instead of the classifier"),
-    workers: int = typer.Option(4, help="concurrent LM calls"),
-    run_dir: Path = typer.Option(Path("runs/default"), help="where results, memory and caches go (a rerun resumes)"),
-    data_dir: Optional[Path] = typer.Option(None, help="benchmark data directory (default: ../shared/data)"),
-    max_tokens: Optional[int] = typer.Option(None, help="override every agent's max tokens"),
-    backend: Optional[str] = typer.Option(None, help="embedded agents' backend: auto (server if llama-server is installed) | local | server"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: sqlite in the run dir)"),
-    track: bool = typer.Option(True, help="log to MLflow"),
-    cache: bool = typer.Option(True, help="DSPy LM cache under the run dir"),
+    workers: int = WORKERS,
+    run_dir: Path = RUN_DIR,
+    data_dir: Optional[Path] = DATA_DIR,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    backend: Optional[str] = BACKEND,
+    tracking_uri: Optional[str] = TRACKING_URI,
+    track: bool = TRACK,
+    cache: bool = CACHE,
     classifier_program: Optional[Path] = typer.Option(None, help="a compiled classifier (memcollab compile-classifier)"),
 ) -> None:
     """The main job: build a shared memory with two agents, then evaluate agents with and without it.
@@ -116,21 +129,21 @@ def build_memory_command(
     benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
     agents: str = typer.Option("weak,strong", help="agents that solve the build tasks"),
     limit: int = typer.Option(20, help="number of build tasks"),
-    sample: bool = typer.Option(False, help="seeded random sample instead of the first N"),
-    seed: int = typer.Option(0),
+    sample: bool = SAMPLE,
+    seed: int = SEED,
     distiller: Optional[str] = typer.Option(None, help="distilling agent (default: last of --agents)"),
     classifier: Optional[str] = typer.Option(None, help="classifying agent (default: the distiller)"),
     samples: int = typer.Option(0, help="extra sampled attempts for tasks without a contrast"),
     memory: Optional[Path] = typer.Option(None, help="memory file to write (default: <run-dir>/memory.sqlite)"),
-    agents_file: Optional[Path] = typer.Option(None),
-    workers: int = typer.Option(4),
-    run_dir: Path = typer.Option(Path("runs/default")),
-    data_dir: Optional[Path] = typer.Option(None),
-    max_tokens: Optional[int] = typer.Option(None),
-    backend: Optional[str] = typer.Option(None),
-    tracking_uri: Optional[str] = typer.Option(None),
-    track: bool = typer.Option(True),
-    cache: bool = typer.Option(True),
+    agents_file: Optional[Path] = AGENTS_FILE,
+    workers: int = WORKERS,
+    run_dir: Path = RUN_DIR,
+    data_dir: Optional[Path] = DATA_DIR,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    backend: Optional[str] = BACKEND,
+    tracking_uri: Optional[str] = TRACKING_URI,
+    track: bool = TRACK,
+    cache: bool = CACHE,
 ) -> None:
     """Build (or extend) a shared memory from contrast pairs of the given agents."""
     from memcollab.eval.experiment import Experiment
@@ -153,8 +166,8 @@ def evaluate_command(
     agent: str = typer.Option("weak", help="agent(s) to evaluate, comma-separated"),
     memory: Optional[Path] = typer.Option(None, help="memory file; omit to evaluate without memory"),
     limit: int = typer.Option(20, help="number of evaluation tasks"),
-    sample: bool = typer.Option(False),
-    seed: int = typer.Option(0),
+    sample: bool = SAMPLE,
+    seed: int = SEED,
     k: int = typer.Option(3, help="memories retrieved per task"),
     baseline: bool = typer.Option(True, help="with --memory, also evaluate without memory"),
     classifier: Optional[str] = typer.Option(None, help="classifying agent (default: the evaluated agent)"),
@@ -162,15 +175,15 @@ def evaluate_command(
     fallback: str = typer.Option("none", help="too few memories in the category: none | domain | all"),
     allow_overlap: bool = typer.Option(False, help="allow evaluation tasks that are in the memory's provenance"),
     max_turns: int = typer.Option(3),
-    agents_file: Optional[Path] = typer.Option(None),
-    workers: int = typer.Option(4),
-    run_dir: Path = typer.Option(Path("runs/default")),
-    data_dir: Optional[Path] = typer.Option(None),
-    max_tokens: Optional[int] = typer.Option(None),
-    backend: Optional[str] = typer.Option(None),
-    tracking_uri: Optional[str] = typer.Option(None),
-    track: bool = typer.Option(True),
-    cache: bool = typer.Option(True),
+    agents_file: Optional[Path] = AGENTS_FILE,
+    workers: int = WORKERS,
+    run_dir: Path = RUN_DIR,
+    data_dir: Optional[Path] = DATA_DIR,
+    max_tokens: Optional[int] = MAX_TOKENS,
+    backend: Optional[str] = BACKEND,
+    tracking_uri: Optional[str] = TRACKING_URI,
+    track: bool = TRACK,
+    cache: bool = CACHE,
 ) -> None:
     """Evaluate agents on a benchmark's evaluation split, with a memory file and/or without."""
     from memcollab.errors import ConfigError
@@ -197,7 +210,7 @@ def evaluate_command(
 def experiment_command(
     config: Path = typer.Argument(..., help="YAML file of RunConfig fields (see configs/experiments/)"),
     run_dir: Optional[Path] = typer.Option(None, help="override the config's run_dir"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow URI (default: sqlite in the run dir)"),
+    tracking_uri: Optional[str] = TRACKING_URI,
 ) -> None:
     """Run a whole experiment (build memory + evaluate) from a YAML configuration."""
     import yaml
@@ -223,14 +236,14 @@ def compile_classifier_command(
     train: int = typer.Option(40, help="training tasks from the build split"),
     dev: int = typer.Option(60, help="held-out tasks from the evaluation split"),
     out: Optional[Path] = typer.Option(None, help="compiled program file (default: <run-dir>/classifier_<optimizer>.json)"),
-    agents_file: Optional[Path] = typer.Option(None),
-    workers: int = typer.Option(4),
+    agents_file: Optional[Path] = AGENTS_FILE,
+    workers: int = WORKERS,
     run_dir: Path = typer.Option(Path("runs/classifier")),
-    data_dir: Optional[Path] = typer.Option(None),
-    backend: Optional[str] = typer.Option(None),
-    tracking_uri: Optional[str] = typer.Option(None),
-    track: bool = typer.Option(True),
-    cache: bool = typer.Option(True),
+    data_dir: Optional[Path] = DATA_DIR,
+    backend: Optional[str] = BACKEND,
+    tracking_uri: Optional[str] = TRACKING_URI,
+    track: bool = TRACK,
+    cache: bool = CACHE,
 ) -> None:
     """Compile the task classifier with a DSPy optimizer and compare it with the zero-shot one.
 

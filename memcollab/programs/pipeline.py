@@ -113,18 +113,21 @@ class MemCollab:
 
     def collect(self, tasks: list[Task], agents: list[Agent], samples: int = 0, temperature: float = 0.7) -> list[Trajectory]:
         """Every agent solves every task at temperature 0; tasks without a contrast get up to `samples` extra tries."""
-        jobs = [(task, agent) for task in tasks for agent in agents]
-        trajectories = self._map(lambda job: self.attempt(job[0], job[1]), jobs, "solving (memory build)")
+        # One agent at a time: two embedded models decoding at once would fight over the same cores.
+        trajectories: list[Trajectory] = []
+        for agent in agents:
+            trajectories += self._map(lambda task, a=agent: self.attempt(task, a), tasks, f"{agent.name} solving build tasks")
         for attempt in range(1, samples + 1):
             paired = {pair.task_id for pair in build_pairs(trajectories)[0]}
-            retry = [(t, a) for t in tasks if t.id not in paired for a in agents]
+            retry = [t for t in tasks if t.id not in paired]
             if not retry:
                 break
-            trajectories += self._map(
-                lambda job, n=attempt: self.attempt(job[0], job[1], attempt=n, temperature=temperature),
-                retry,
-                f"sampling attempt {attempt} ({len(retry) // max(len(agents), 1)} tasks without a contrast)",
-            )
+            for agent in agents:
+                trajectories += self._map(
+                    lambda task, a=agent, n=attempt: self.attempt(task, a, attempt=n, temperature=temperature),
+                    retry,
+                    f"{agent.name} sampling attempt {attempt} ({len(retry)} tasks without a contrast)",
+                )
         return trajectories
 
     # ----- memory building ----------------------------------------------------------------
