@@ -304,10 +304,10 @@ class Experiment:
 
 #: Generation tokens/s measured on this project's 2-core reference machine (portable llama.cpp build):
 #: in-process single stream, and llama-server with parallel slots and concurrent workers.
-MEASURED_TOKENS_PER_S = {
-    "smollm2-135m": {"local": 80.0, "server": 150.0},
-    "qwen2.5-coder-0.5b": {"local": 21.0, "server": 55.0},
-    "qwen2.5-coder-1.5b": {"local": 12.0, "server": 25.0},
+MEASURED_TOKENS_PER_S = {  # benchmarks/README.md, "Local serving" (best slot setting for the server)
+    "smollm2-135m": {"local": 138.0, "server": 195.0},
+    "qwen2.5-coder-0.5b": {"local": 50.0, "server": 85.0},
+    "qwen2.5-coder-1.5b": {"local": 27.0, "server": 33.0},
 }
 #: Rough generated tokens per call of each kind (chain-of-thought solve, distill, classify + prompt cost).
 TOKENS_PER_CALL = {"solve": 200, "distill": 350, "classify": 40}
