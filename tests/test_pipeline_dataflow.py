@@ -170,3 +170,22 @@ def test_memory_entry_provenance_roundtrip(tmp_path):
 def store_get(path, id_):
     with MemoryStore(path) as store:
         return store.get(id_)
+
+
+def test_transferability_filter_rejects_names_template_copies_and_cleans_lead_words():
+    from memcollab.programs.distiller import clean_field, is_transferable
+    from memcollab.signatures.distill import Constraint
+
+    task = math_task(1).model_copy(update={"prompt": "Natalia sold clips to 48 friends in April and half as many in May."})
+
+    def ok(when: str, enforce: str = "compute derived quantities first", avoid: str = "summing only given ones") -> bool:
+        return is_transferable(Constraint(when=when, enforce=enforce, avoid=avoid, error_type="x"), task, ["weak"])
+
+    assert ok("a quantity is given relative to another ('half as many')")
+    assert not ok("sales in April and May are combined")  # this task's names
+    assert not ok("48 items are sold")  # this task's numbers
+    assert not ok("a total is asked", enforce="the step or invariant that the successful solution respected")
+    assert not ok("the weak solver adds")  # an agent's name
+    assert ok("it may be asked for a total")  # a lower-case modal verb is not the month
+    assert clean_field("When when the total is asked.") == "the total is asked"
+    assert clean_field("enforce: add both parts;") == "add both parts"

@@ -47,13 +47,39 @@ def parse_lenient(raw: str) -> list[Constraint]:
     return found
 
 
+_LEAD = re.compile(r"^\s*(when|enforce|avoid)\b[:,]?\s*", re.I)
+_TEMPLATE_PHRASES = tuple(
+    field.description.lower()[:40] for field in Constraint.model_fields.values() if field.description
+)
+
+
+def clean_field(text: str) -> str:
+    """Drop repeated lead words ('When when ...', 'enforce: enforce ...') and trailing punctuation."""
+    previous, text = None, text.strip()
+    while previous != text:
+        previous, text = text, _LEAD.sub("", text).strip()
+    return text.rstrip(".;,")
+
+
+def task_names(prompt: str) -> set[str]:
+    """Capitalised words that are not sentence-initial: the names and places of this particular task."""
+    words = re.findall(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]{2,})\b", prompt)
+    return set(words)
+
+
 def is_transferable(constraint: Constraint, task: Task, agent_names: list[str]) -> bool:
-    """Reject empty rules, rules naming an agent, and rules quoting this task's specific numbers."""
-    text = " ".join([constraint.when, constraint.enforce, constraint.avoid])
-    if not (constraint.when.strip() and constraint.enforce.strip() and constraint.avoid.strip()):
+    """Reject empty rules, rules naming an agent, copies of the field descriptions, and rules that quote
+    this task's specific numbers or names (they cannot transfer to other tasks)."""
+    fields = [clean_field(constraint.when), clean_field(constraint.enforce), clean_field(constraint.avoid)]
+    if not all(fields):
         return False
+    text = " ".join(fields)
     lowered = text.lower()
     if any(name and name.lower() in lowered for name in agent_names):
+        return False
+    if any(phrase in lowered for phrase in _TEMPLATE_PHRASES):
+        return False
+    if task_names(task.prompt) & set(re.findall(r"\b[A-Z][a-z]{2,}\b", text)):
         return False
     task_numbers = {n for n in re.findall(r"\d+(?:\.\d+)?", task.prompt) if len(n.replace(".", "")) >= 2}
     return not any(n in task_numbers for n in re.findall(r"\d+(?:\.\d+)?", text))
@@ -67,9 +93,9 @@ def to_entries(
         if not is_transferable(constraint, task, agent_names):
             continue
         entry = MemoryEntry(
-            when=constraint.when.strip(),
-            enforce=constraint.enforce.strip(),
-            avoid=constraint.avoid.strip(),
+            when=clean_field(constraint.when),
+            enforce=clean_field(constraint.enforce),
+            avoid=clean_field(constraint.avoid),
             category=category,
             error_type=taxonomy.normalize_error_type(constraint.error_type),
             domain=taxonomy.domain,
