@@ -105,10 +105,10 @@ def throughput(name: str, n_ctx: int, threads: int | None, pp_tokens: int = 512,
 # ---------------------------------------------------------------- GSM8K accuracy
 
 
-def gsm8k_tasks(n: int, data_dir: str | None) -> list[Any]:
+def gsm8k_tasks(n: int, data_dir: str | None, start: int = 0) -> list[Any]:
     from memcollab.eval.benchmarks import load_tasks
 
-    return load_tasks("gsm8k", "test", data_dir=data_dir, limit=n)
+    return load_tasks("gsm8k", "test", data_dir=data_dir, limit=start + n)[start:]
 
 
 def grade(task: Any, answer: str) -> bool:
@@ -178,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="", help="comma-separated catalogue names (default: every ready model)")
     parser.add_argument("--n", type=int, default=20, help="GSM8K test problems (the first N)")
+    parser.add_argument("--start", type=int, default=0, help="skip the first START problems (to resume a run)")
     parser.add_argument("--adapters", default="json,chat", help="json and/or chat")
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--n-ctx", type=int, default=4096)
@@ -199,7 +200,7 @@ def main() -> None:
     missing = [m for m in models if m not in ready]
     if missing:
         sys.exit(f"not ready: {', '.join(missing)} (memcollab models prepare NAME)")
-    tasks = gsm8k_tasks(args.n, args.data_dir)
+    tasks = gsm8k_tasks(args.n, args.data_dir, args.start)
     import llama_cpp
 
     report: dict[str, Any] = {

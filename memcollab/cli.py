@@ -52,7 +52,7 @@ def _register() -> None:
 
     app.add_typer(data_app, name="data", help="Benchmark data: load, inspect and check the graders.")
     models_app.command("build-server")(build_server_command)
-    app.add_typer(models_app, name="models", help="Embedded local models: list, prepare, serve.")
+    app.add_typer(models_app, name="models", help="Embedded local models: list, prepare, build the llama-server.")
     app.add_typer(memory_app, name="memory", help="Inspect, export and import a memory store.")
     register_pipeline(app)
 
