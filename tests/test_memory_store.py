@@ -56,8 +56,10 @@ def test_exact_same_content_gets_same_id_and_support(store):
     a, _ = store.add(entry(*QUAD, task="t1"))
     b, is_new = store.add(entry(*QUAD, task="t1"))
     assert not is_new and a.id == b.id == entry(*QUAD).content_key()
-    assert store.get(a.id).support == 2
-    assert store.get(a.id).provenance.task_ids == ["t1"]  # union, not a duplicate task id
+    assert store.get(a.id).support == 1  # the same evidence again (e.g. a resumed build) is not new support
+    c, is_new = store.add(entry(*QUAD, task="t2"))
+    assert not is_new and c.id == a.id and store.get(a.id).support == 2
+    assert store.get(a.id).provenance.task_ids == ["t1", "t2"]  # union, not a duplicate task id
 
 
 def test_distinct_constraint_same_category_is_kept(store):

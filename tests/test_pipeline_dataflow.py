@@ -189,3 +189,15 @@ def test_transferability_filter_rejects_names_template_copies_and_cleans_lead_wo
     assert ok("it may be asked for a total")  # a lower-case modal verb is not the month
     assert clean_field("When when the total is asked.") == "the total is asked"
     assert clean_field("enforce: add both parts;") == "add both parts"
+
+
+def test_support_counts_distinct_tasks_so_a_rerun_does_not_inflate_it(tmp_path):
+    e = entry("rates_and_time", "speed is distance over time")
+    first = e.model_copy(update={"provenance": Provenance(task_ids=["t1"], positive_agents=["s"], negative_agents=["w"])})
+    second = e.model_copy(update={"provenance": Provenance(task_ids=["t2"], positive_agents=["s"], negative_agents=["w"])})
+    with MemoryStore(tmp_path / "m.sqlite") as store:
+        store.add(first)
+        store.add(first)  # the same evidence again (a resumed build)
+        assert store.get(e.id).support == 1
+        store.add(second)
+        assert store.get(e.id).support == 2 and store.get(e.id).provenance.task_ids == ["t1", "t2"]

@@ -189,6 +189,11 @@ class MemoryStore:
         self._conn.execute(f"INSERT INTO memories ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", self._entry_to_row(entry))
 
     def _update_merge(self, existing: MemoryEntry, incoming: MemoryEntry) -> MemoryEntry:
+        # Support counts distinct evidence: a constraint from tasks already in the entry's provenance (a rerun
+        # re-applying cached distillations, or near-copies from one pair) does not raise it again.
+        incoming_tasks = set(incoming.provenance.task_ids)
+        if incoming_tasks and incoming_tasks <= set(existing.provenance.task_ids):
+            return existing
         merged = existing.model_copy(
             update={
                 "support": existing.support + incoming.support,
