@@ -193,19 +193,21 @@ class MemCollab:
         entries = retrieve(self.store, task.prompt, category, k=self.k, fallback=self.fallback, domain=self.taxonomy.domain)
         return render_guidance([e.text for e in entries]), [e.id for e in entries], category
 
-    def solve(self, task: Task, agent: Agent, use_memory: bool = True) -> Trajectory:
-        """One task with (or without) the shared memory's guidance."""
+    def solve(self, task: Task, agent: Agent, use_memory: bool = True, memory_hash: str | None = None) -> Trajectory:
+        """One task with (or without) the shared memory's guidance (`memory_hash`: the store's, if known)."""
         if not use_memory:
             return self.attempt(task, agent)
         guidance, ids, category = self.guidance_for(task)
         return self.attempt(task, agent, guidance=guidance, memory_ids=ids, category=category,
-                            memory_hash=self.store.content_hash())
+                            memory_hash=memory_hash or self.store.content_hash())
 
     def evaluate(self, tasks: list[Task], agent: Agent, use_memory: bool = True) -> list[Trajectory]:
         label = "with memory" if use_memory else "no memory"
+        memory_hash = None
         if use_memory:  # classify first (one LM), so the solve phase only uses the agent's LM
             self._map(self.classify, tasks, "classifying tasks")
-        return self._map(lambda task: self.solve(task, agent, use_memory), tasks, f"{agent.name} {label}")
+            memory_hash = self.store.content_hash()  # the store does not change while evaluating: hash it once
+        return self._map(lambda task: self.solve(task, agent, use_memory, memory_hash), tasks, f"{agent.name} {label}")
 
     def _map(self, fn, items, description, on_result=None):
         return parallel_map(fn, items, workers=self.workers, description=description, on_result=on_result,

@@ -35,7 +35,7 @@ class Solver(dspy.Module):
     def _math_turn(self, task: Task, guidance: str, trajectory: Trajectory) -> None:
         result = call(self.solve_math, problem=task.prompt, guidance=guidance)
         answer = str(result.outputs.get("answer", "") or "")
-        verdict = grade(task, answer) if answer.strip() else Verdict(correct=False, error_type="no_answer")
+        verdict = grade(task, answer)
         if verdict.error_type == "no_answer":
             # The answer field was empty or unparsable: grade the full text, as a human grader would.
             verdict = grade(task, result.raw or answer)
