@@ -341,11 +341,12 @@ _PREVIOUS_HANDLERS: dict[int, Any] = {}
 
 
 def _stop_live() -> None:
-    # A generous grace period: under CPU contention one decode step can take seconds, and the
-    # server only exits gracefully after finishing it (it is SIGKILLed after the timeout anyway).
+    # A short grace period: llama-server holds off its exit while a client still waits on an
+    # in-flight request (here: our own worker threads, which a signal handler cannot close), so a
+    # long wait only delays Ctrl-C. It keeps no state worth a graceful exit; SIGKILL follows.
     for server in list(_LIVE):
         try:
-            server.stop(timeout=10.0)
+            server.stop(timeout=3.0)
         except Exception:  # best effort at exit: keep stopping the others
             pass
 
