@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from dspy.utils.dummies import DummyLM
@@ -148,6 +149,35 @@ def test_distiller_drops_agent_names_and_task_numbers(stores):
     assert [e.when for e in store.entries()] == ["a quantity is bought at a unit price"]
 
 
+def test_cached_distillation_is_filtered_by_the_current_rules(stores, monkeypatch):
+    """The distiller's raw constraints are kept: a rebuild re-applies today's filter without an LM call."""
+    import memcollab.programs.distiller as distiller_module
+
+    store, results = stores
+    tasks = [math_task(1)]
+    weak = agent("weak", {tasks[0].prompt: {"reasoning": "guess", "answer": "7"}})
+    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [
+                                  constraint_json("items are bought at a unit price"),
+                                  constraint_json("a discount applies to a total"),
+                              ]},
+                              tasks[0].prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"}})
+    MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False).build(tasks, [weak, strong])
+    assert len(store.entries()) == 2
+    calls = len(strong.lm.history)
+
+    original = distiller_module.is_transferable
+    monkeypatch.setattr(distiller_module, "is_transferable",
+                        lambda c, task, names: original(c, task, names) and "discount" not in c.when)
+    fresh = MemoryStore(Path(store.path).parent / "rebuilt.sqlite")
+    try:
+        report = MemCollab(TAXONOMY, fresh, results, distiller=strong, workers=1, show_progress=False).build(tasks, [weak, strong])
+        assert len(strong.lm.history) == calls, "the rebuild must come from the result store"
+        assert report.proposed == 2
+        assert [e.when for e in fresh.entries()] == ["items are bought at a unit price"]
+    finally:
+        fresh.close()
+
+
 def test_overlap_guard_refuses_leaked_tasks():
     tasks = [math_task(1), math_task(2)]
     with pytest.raises(OverlapError, match="allow-overlap"):
@@ -186,6 +216,9 @@ def test_transferability_filter_rejects_names_template_copies_and_cleans_lead_wo
     assert not ok("48 items are sold")  # this task's numbers
     assert not ok("a total is asked", enforce="the step or invariant that the successful solution respected")
     assert not ok("the weak solver adds")  # an agent's name
+    assert not ok("the successful solution respects the order of steps")  # about the pair, not the task
+    assert not ok("a total is asked", avoid="what the failed attempt did")
+    assert ok("a total is asked", avoid="a wrong formula for the total")
     assert ok("it may be asked for a total")  # a lower-case modal verb is not the month
     assert clean_field("When when the total is asked.") == "the total is asked"
     assert clean_field("enforce: add both parts;") == "add both parts"

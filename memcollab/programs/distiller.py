@@ -53,6 +53,9 @@ _TEMPLATE_PHRASES = tuple(
 )
 
 
+_PAIR_REFERENCE = re.compile(r"\b(successful|failed|failing|correct|wrong|incorrect) (solution|attempt|trajectory)\b|τ|\btau\b")
+
+
 def clean_field(text: str) -> str:
     """Drop repeated lead words ('When when ...', 'enforce: enforce ...') and trailing punctuation."""
     previous, text = None, text.strip()
@@ -78,6 +81,8 @@ def is_transferable(constraint: Constraint, task: Task, agent_names: list[str]) 
     if any(name and name.lower() in lowered for name in agent_names):
         return False
     if any(phrase in lowered for phrase in _TEMPLATE_PHRASES):
+        return False
+    if _PAIR_REFERENCE.search(lowered):  # describes the two trajectories, not the task
         return False
     if task_names(task.prompt) & set(re.findall(r"\b[A-Z][a-z]{2,}\b", text)):
         return False
@@ -123,13 +128,18 @@ class Distiller(dspy.Module):
             failure_verdict=render_verdict(pair.negative),
             error_types=self.taxonomy.render_error_types(),
         )
-        constraints = result.outputs.get("constraints") or parse_lenient(result.raw)
+        constraints = list(result.outputs.get("constraints") or parse_lenient(result.raw))
+        entries = self.entries_for(constraints, pair, task, category)
+        return dspy.Prediction(constraints=constraints, entries=entries, proposed=len(constraints), tokens=result.tokens)
+
+    def entries_for(self, constraints: list[Constraint], pair: ContrastPair, task: Task, category: str) -> list[MemoryEntry]:
+        """The transferable constraints as memory entries; kept apart from the LM call so that a cached
+        distillation is filtered by the current rules, not the ones in force when it was made."""
         provenance = Provenance(
             task_ids=[task.id], positive_agents=[pair.positive.agent], negative_agents=[pair.negative.agent]
         )
         agents = [pair.positive.agent, pair.negative.agent]
-        entries = to_entries(list(constraints), task, category, self.taxonomy, provenance, agents)
-        return dspy.Prediction(entries=entries, proposed=len(constraints), tokens=result.tokens)
+        return to_entries(constraints, task, category, self.taxonomy, provenance, agents)
 
 
 class Reflector(dspy.Module):

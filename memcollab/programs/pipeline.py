@@ -23,6 +23,7 @@ from memcollab.programs.pairs import PairStats, build_pairs
 from memcollab.programs.solver import Solver, render_guidance
 from memcollab.progress import parallel_map
 from memcollab.records import ContrastPair, MemoryEntry, Task, Trajectory, stable_hash
+from memcollab.signatures.distill import Constraint
 from memcollab.taxonomy import Taxonomy
 
 PROGRAM_VERSION = "memcollab-v1"
@@ -156,12 +157,14 @@ class MemCollab:
         key = record_key("distill", task.id, self.distiller_agent.config, PROGRAM_VERSION,
                          {"category": category, "pos": pair.positive.model_dump(), "neg": pair.negative.model_dump()})
         cached = self.results.get(key)
-        if cached is not None:
-            return [MemoryEntry(**e) for e in cached["entries"]], cached["proposed"]
+        if cached is not None and "constraints" in cached:  # the distiller's raw output, re-filtered below
+            constraints = [Constraint(**c) for c in cached["constraints"]]
+            return self.distiller.entries_for(constraints, pair, task, category), len(constraints)
         with self.distiller_agent.context():
             prediction = self.distiller(pair=pair, task=task, category=category)
         self.results.put(key, "distill", task.id, self.distiller_agent.name,
-                         {"entries": [e.model_dump() for e in prediction.entries], "proposed": prediction.proposed})
+                         {"constraints": [c.model_dump() for c in prediction.constraints],
+                          "entries": [e.model_dump() for e in prediction.entries], "proposed": prediction.proposed})
         return prediction.entries, prediction.proposed
 
     def build(self, tasks: list[Task], agents: list[Agent], samples: int = 0, temperature: float = 0.7) -> BuildReport:
