@@ -7,6 +7,7 @@ error-path tests need neither.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -204,6 +205,22 @@ def test_plain_dspy_openai_lm_against_local_server(smollm_server):
     with dspy.context(lm=lm):
         pred = dspy.Predict("question -> answer")(question="What is 2 + 3? Reply with a number.")
     assert isinstance(pred.answer, str) and pred.answer.strip()
+
+
+def test_json_adapter_output_is_grammar_constrained_through_the_server(smollm_server):
+    """DSPy's JSONAdapter sends its schema to llama-server, which enforces it: even a 135M model returns one
+    JSON object with exactly the signature's output fields (no fences, no Python quoting)."""
+    import dspy
+
+    agent = SimpleNamespace(model=MODEL, backend="server", temperature=0.0, seed=0, max_tokens=200,
+                            server_url=smollm_server.url, cache=False)
+    lm = srv.server_lm(agent)
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        pred = dspy.ChainOfThought("task -> code")(task="Write a Python function add(a, b) that returns a + b.")
+    raw = lm.history[-1]["outputs"][0]
+    raw = raw if isinstance(raw, str) else raw.get("text", "")
+    assert set(json.loads(raw)) == {"reasoning", "code"}, raw
+    assert isinstance(pred.code, str)
 
 
 def test_agent_seed_reaches_the_server(smollm_server):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import ctypes
+import functools
 import json
 import os
 import queue
@@ -452,6 +453,25 @@ def check_server(agent: Any) -> None:
         find_server_binary()
 
 
+@functools.lru_cache(maxsize=None)
+def _server_lm_class() -> type:
+    """dspy.LM that tells DSPy's JSONAdapter it may send a JSON schema: llama-server turns the schema into
+    a grammar. Without this, DSPy sees an unknown `openai/` model, sends no `response_format`, and small
+    models wrap their JSON in fences or Python triple quotes that no parser accepts."""
+    import dspy
+
+    class ServerLM(dspy.LM):
+        @property
+        def supported_params(self) -> set[str]:
+            return set(super().supported_params) | {"response_format", "seed"}
+
+        @property
+        def supports_response_schema(self) -> bool:
+            return True
+
+    return ServerLM
+
+
 def server_lm(
     agent: Any, *, cache: bool | None = None, model_dir: str | os.PathLike[str] | None = None
 ) -> dspy.LM:
@@ -462,8 +482,6 @@ def server_lm(
     carries `memcollab_serving` (url, n_parallel, seed, ...) for run records.
     `cache` (DSPy's response cache) defaults to `agent.cache`, else True.
     """
-    import dspy
-
     external = _agent_value(agent, "server_url") or _agent_value(agent, "api_base")
     if external:
         if not server_healthy(external):
@@ -483,7 +501,7 @@ def server_lm(
         url, name, serving = server.url, server.alias, server.info()
     seed = _agent_value(agent, "seed")
     extra: dict[str, Any] = {"seed": seed} if seed is not None else {}
-    lm = dspy.LM(
+    lm = _server_lm_class()(
         f"openai/{name}",
         model_type="chat",
         api_base=url,
