@@ -121,6 +121,29 @@ def test_build_distills_tags_and_stores_with_provenance_and_dedups(stores):
     assert stored.provenance.positive_agents == ["strong"] and stored.provenance.negative_agents == ["weak"]
 
 
+def test_verification_keeps_only_constraints_that_fix_the_failed_task(stores):
+    store, results = stores
+    tasks = [math_task(1)]
+    fixes, useless = "items are bought at a unit price", "a discount applies to a total"
+    weak = agent("weak", {  # first key found in the prompt wins: guided prompts before the bare task
+        fixes: {"reasoning": "5*8+2", "answer": "42"},
+        useless: {"reasoning": "guess", "answer": "7"},
+        tasks[0].prompt: {"reasoning": "guess", "answer": "7"},
+    })
+    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [
+                                  constraint_json(fixes), constraint_json(useless)]},
+                              tasks[0].prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"}})
+
+    report = MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False,
+                       verify=True).build(tasks, [weak, strong])
+
+    assert (report.proposed, report.added, report.unverified) == (2, 1, 1)
+    assert [e.when for e in store.entries()] == [fixes]
+    verify_prompts = [json.dumps(h["messages"]) for h in weak.lm.history[1:]]
+    assert len(verify_prompts) == 2, "one verification solve per constraint, by the agent that failed"
+    assert all((fixes in p) != (useless in p) for p in verify_prompts), "each check sees its constraint alone"
+
+
 def test_rebuild_resumes_from_persisted_results(stores):
     store, results = stores
     tasks = [math_task(1)]

@@ -60,6 +60,7 @@ class RunConfig(BaseModel):
     max_tokens: int | None = None
     backend: str | None = None
     classifier_program: Path | None = None
+    verify_memory: bool = False
 
     @property
     def memory_file(self) -> Path:
@@ -189,6 +190,7 @@ class Experiment:
             fallback=self.cfg.fallback,
             use_gold_categories=self.cfg.gold_categories,
             classifier_program=self.cfg.classifier_program,
+            verify=self.cfg.verify_memory,
         )
 
     def ensure_agents(self, names: list[str]) -> None:
@@ -224,6 +226,7 @@ class Experiment:
                 "build.constraints_proposed": report.proposed,
                 "build.memories_added": report.added,
                 "build.memories_merged": report.merged,
+                "build.memories_unverified": report.unverified,
                 "memory.size": len(self.store),
                 "build.seconds": self.timings["build_s"],
                 **{f"build.accuracy.{a}": v for a, v in report.accuracy_by_agent.items()},

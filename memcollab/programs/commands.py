@@ -29,6 +29,11 @@ TRACK = typer.Option(True, "--track/--no-track", help="log to MLflow")
 CACHE = typer.Option(True, "--cache/--no-cache", help="DSPy LM cache under the run dir")
 SAMPLE = typer.Option(False, "--sample/--no-sample", help="take a seeded random sample instead of the first N")
 SEED = typer.Option(0, "--seed", help="seed for --sample")
+VERIFY = typer.Option(
+    False, "--verify-memory/--no-verify-memory",
+    help="store a distilled constraint only if, given alone as guidance, it lets the agent that failed the source "
+    "task solve it (one extra solve per constraint; beyond the paper)",
+)
 RUN_DIR = typer.Option(Path("runs/default"), "--run-dir", help="where results, memory and caches go (a rerun resumes)")
 
 
@@ -60,7 +65,9 @@ def print_build(report, store_size: int) -> None:
     console.print(
         f"memory build: {stats.tasks} tasks ({accuracy}); {len(report.pairs)} contrast pairs, "
         f"{stats.both_correct} both correct, {stats.both_wrong} both wrong; {report.proposed} constraints proposed, "
-        f"{report.added} added, {report.merged} merged into existing; memory size {store_size}"
+        f"{report.added} added, {report.merged} merged into existing"
+        + (f", {report.unverified} failed verification" if report.unverified else "")
+        + f"; memory size {store_size}"
     )
 
 
@@ -88,6 +95,7 @@ def run_command(
     track: bool = TRACK,
     cache: bool = CACHE,
     classifier_program: Optional[Path] = typer.Option(None, help="a compiled classifier (memcollab compile-classifier)"),
+    verify_memory: bool = VERIFY,
 ) -> None:
     """The main job: build a shared memory with two agents, then evaluate agents with and without it.
 
@@ -101,6 +109,7 @@ def run_command(
         agents_file=agents_file, k=k, max_turns=max_turns, samples=samples, gold_categories=gold_categories,
         workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend,
         tracking_uri=tracking_uri, track=track, cache=cache, classifier_program=classifier_program,
+        verify_memory=verify_memory,
     )
     summaries, exp = run_experiment(cfg, name="run")
     print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
@@ -121,7 +130,8 @@ def run_experiment(cfg, name: str):
             report = exp.build_memory()
             print_build(report, len(exp.store))
             summaries = exp.evaluate(cfg.eval_agents)
-            exp.write_summary({"pairs": len(report.pairs), "constraints_proposed": report.proposed})
+            exp.write_summary({"pairs": len(report.pairs), "constraints_proposed": report.proposed,
+                               "constraints_unverified": report.unverified})
     return summaries, exp
 
 
@@ -134,6 +144,7 @@ def build_memory_command(
     distiller: Optional[str] = typer.Option(None, help="distilling agent (default: last of --agents)"),
     classifier: Optional[str] = typer.Option(None, help="classifying agent (default: the distiller)"),
     samples: int = typer.Option(0, help="extra sampled attempts for tasks without a contrast"),
+    verify_memory: bool = VERIFY,
     memory: Optional[Path] = typer.Option(None, help="memory file to write (default: <run-dir>/memory.sqlite)"),
     agents_file: Optional[Path] = AGENTS_FILE,
     workers: int = WORKERS,
@@ -152,7 +163,7 @@ def build_memory_command(
         benchmark=benchmark, build_agents=_csv(agents), build_limit=limit, sample=sample, seed=seed, distiller=distiller,
         classifier=classifier, samples=samples, memory_path=memory, agents_file=agents_file, workers=workers,
         run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend, tracking_uri=tracking_uri,
-        track=track, cache=cache,
+        track=track, cache=cache, verify_memory=verify_memory,
     )
     with Experiment(cfg) as exp:
         with exp.tracker.run("build-memory", params=cfg.model_dump(mode="json"), tags={"command": "build-memory"}):

@@ -2,7 +2,9 @@
 
 `build(tasks, agents)` runs every agent on the memory-building tasks, pairs a success
 with a failure of another agent on the same task, and distills each pair into abstract
-constraints stored with their category, error type and provenance. `solve(task, agent)`
+constraints stored with their category, error type and provenance; with `verify=True` a
+constraint is stored only if it lets the failing agent solve its source task (beyond the
+paper: a grounding check against rules that do not fix anything). `solve(task, agent)`
 classifies the task, retrieves the top-k memories of that category and solves with them.
 Every LM result is persisted under a key the moment it exists, so a rerun resumes.
 """
@@ -53,6 +55,7 @@ class BuildReport:
     proposed: int = 0
     added: int = 0
     merged: int = 0
+    unverified: int = 0
     accuracy_by_agent: dict[str, float] = field(default_factory=dict)
 
 
@@ -73,6 +76,7 @@ class MemCollab:
         use_gold_categories: bool = False,
         show_progress: bool = True,
         classifier_program: Path | None = None,
+        verify: bool = False,
     ) -> None:
         self.taxonomy = taxonomy
         self.store = store
@@ -82,6 +86,7 @@ class MemCollab:
         self.k = k
         self.workers = workers
         self.fallback = fallback
+        self.verify = verify
         self.show_progress = show_progress
         self.solver = Solver(max_turns=max_turns)
         self.classifier = Classifier(taxonomy, use_gold=use_gold_categories)
@@ -177,17 +182,38 @@ class MemCollab:
             own = [t for t in trajectories if t.agent == agent.name and t.attempt == 0]
             report.accuracy_by_agent[agent.name] = sum(t.correct for t in own) / max(len(own), 1)
 
-        def store_entries(_: int, result: tuple[list[MemoryEntry], int]) -> None:
-            entries, proposed = result
-            report.proposed += proposed
-            for entry in entries:
-                _, is_new = self.store.add(entry)
-                report.added += int(is_new)
-                report.merged += int(not is_new)
-
-        self._map(lambda pair: self.distill_pair(pair, by_id[pair.task_id]), pairs, "distilling contrast pairs",
-                  on_result=store_entries)
+        distilled = self._map(lambda pair: self.distill_pair(pair, by_id[pair.task_id]), pairs,
+                              "distilling contrast pairs")
+        report.proposed = sum(proposed for _, proposed in distilled)
+        candidates = [(entry, pair) for pair, (entries, _) in zip(pairs, distilled) for entry in entries]
+        if self.verify:
+            candidates = self._verified(candidates, by_id, {agent.name: agent for agent in agents}, report)
+        for entry, _ in candidates:
+            _, is_new = self.store.add(entry)
+            report.added += int(is_new)
+            report.merged += int(not is_new)
         return report
+
+    def verify_entry(self, entry: MemoryEntry, task: Task, agent: Agent) -> bool:
+        """Grounding check: with this constraint alone as guidance, the agent that failed the source task
+        must now solve it. A rule that does not fix the failure it was written from is not stored."""
+        trajectory = self.attempt(task, agent, guidance=render_guidance([entry.text]), memory_ids=[entry.id],
+                                  category=entry.category, memory_hash=f"verify:{entry.id}")
+        return trajectory.correct
+
+    def _verified(self, candidates: list[tuple[MemoryEntry, ContrastPair]], tasks: dict[str, Task],
+                  agents: dict[str, Agent], report: BuildReport) -> list[tuple[MemoryEntry, ContrastPair]]:
+        """The candidates that pass `verify_entry`, checked one failing agent at a time (one model per phase)."""
+        passed: dict[int, bool] = {}
+        for name, agent in agents.items():
+            mine = [i for i, (_, pair) in enumerate(candidates) if pair.negative.agent == name]
+            if mine:
+                verdicts = self._map(
+                    lambda i, a=agent: self.verify_entry(candidates[i][0], tasks[candidates[i][1].task_id], a),
+                    mine, f"{name} verifying {len(mine)} constraints on their source tasks")
+                passed.update(zip(mine, verdicts))
+        report.unverified = sum(not ok for ok in passed.values())
+        return [c for i, c in enumerate(candidates) if passed.get(i)]
 
     # ----- inference ----------------------------------------------------------------------
     def guidance_for(self, task: Task) -> tuple[str, list[str], str]:
