@@ -38,6 +38,7 @@ _ANSWER_IS = re.compile(r"(?i)answer\s*(?:is\s*:?|:|=)\s*([^\n]+)")
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_PROSE_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}\b")  # an English word, not a LaTeX command
 
 
 def _last_boxed(text: str) -> str | None:
@@ -81,11 +82,20 @@ def extract_answer(text: str) -> str:
     if hashes and _clean(hashes[-1]):
         return _clean(hashes[-1])[:_MAX_ANSWER_CHARS]
     for snippet in reversed(_ANSWER_IS.findall(text)):
-        cleaned = _clean(snippet)
+        cleaned = _leading_answer(_clean(snippet))
         if cleaned:
             return cleaned[:_MAX_ANSWER_CHARS]
     numbers = _NUMBER.findall(text)
     return numbers[-1].replace(",", "") if numbers else ""
+
+
+def _leading_answer(snippet: str) -> str:
+    """'answer is 24 liters, and 15 liters of ...' -> '24': in a snippet that reads as prose, the first number
+    is the answer (math-verify would otherwise pick any number of the sentence); a formula is kept whole."""
+    if len(_PROSE_WORD.findall(snippet)) < 3:
+        return snippet
+    number = _NUMBER.search(snippet)
+    return number.group(0).replace(",", "") if number else snippet
 
 
 def _normalize(answer: str) -> str:
