@@ -257,3 +257,37 @@ def test_support_counts_distinct_tasks_so_a_rerun_does_not_inflate_it(tmp_path):
         assert store.get(e.id).support == 1
         store.add(second)
         assert store.get(e.id).support == 2 and store.get(e.id).provenance.task_ids == ["t1", "t2"]
+
+
+@pytest.mark.parametrize("bench_name", ["gsm8k", "math500", "mbpp"])
+def test_distiller_examples_are_valid_demos_of_their_taxonomy(bench_name):
+    from memcollab.programs.distiller import Distiller, load_examples, to_entries
+
+    taxonomy = taxonomy_for(bench_name)
+    examples = load_examples(taxonomy.domain)
+    assert examples, f"no worked examples for domain {taxonomy.domain}"
+    for example in examples:
+        task = Task(id="demo", benchmark=bench_name, split="train", kind="math", prompt=example.task)
+        assert all(c.error_type in taxonomy.error_types for c in example.constraints)
+        # The demos must pass the filter the real constraints face, or they teach what gets rejected.
+        kept = to_entries(example.constraints, task, example.category, taxonomy, Provenance(), ["weak", "strong"])
+        assert len(kept) == len(example.constraints), example.task
+    assert len(Distiller(taxonomy).distill.predict.demos) == len(examples)
+    assert not Distiller(taxonomy, use_examples=False).distill.predict.demos
+
+
+def test_distillation_with_examples_shows_them_and_is_cached_apart(stores):
+    store, results = stores
+    tasks = [math_task(1)]
+    weak = agent("weak", {tasks[0].prompt: {"reasoning": "guess", "answer": "7"}})
+    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [constraint_json("items at a unit price")]},
+                              tasks[0].prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"}})
+    MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False,
+              distill_examples=False).build(tasks, [weak, strong])
+    plain_calls = len(strong.lm.history)
+    assert "pencils" not in json.dumps(strong.lm.history[-1]["messages"])
+
+    MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False,
+              distill_examples=True).build(tasks, [weak, strong])
+    assert len(strong.lm.history) == plain_calls + 1, "a distillation without examples must not be reused"
+    assert "pencils" in json.dumps(strong.lm.history[-1]["messages"]), "the worked examples precede the pair"

@@ -61,6 +61,7 @@ class RunConfig(BaseModel):
     backend: str | None = None
     classifier_program: Path | None = None
     verify_memory: bool = False
+    distill_examples: bool = False
 
     @property
     def memory_file(self) -> Path:
@@ -191,6 +192,7 @@ class Experiment:
             use_gold_categories=self.cfg.gold_categories,
             classifier_program=self.cfg.classifier_program,
             verify=self.cfg.verify_memory,
+            distill_examples=self.cfg.distill_examples,
         )
 
     def ensure_agents(self, names: list[str]) -> None:

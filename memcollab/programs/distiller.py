@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 
 import dspy
+import yaml
+from pydantic import BaseModel
 
+from memcollab.errors import ConfigError
+from memcollab.paths import config_dir
 from memcollab.programs.calls import call
-from memcollab.records import ContrastPair, MemoryEntry, Provenance, Task, Trajectory
+from memcollab.records import ContrastPair, MemoryEntry, Provenance, Task, Trajectory, stable_hash
 from memcollab.signatures import ContrastDistill, Reflect
 from memcollab.signatures.distill import Constraint
 from memcollab.taxonomy import Taxonomy
@@ -110,13 +115,47 @@ def to_entries(
     return entries
 
 
-class Distiller(dspy.Module):
-    """Contrasts a success and a failure of different agents on one task and writes constraints."""
+class DistillExample(BaseModel):
+    """A worked contrast and the constraints a good distiller writes for it, shown as a DSPy demo."""
 
-    def __init__(self, taxonomy: Taxonomy) -> None:
+    task: str
+    category: str
+    successful_solution: str
+    failed_solution: str
+    failure_verdict: str
+    reasoning: str
+    constraints: list[Constraint]
+
+
+@lru_cache(maxsize=None)
+def load_examples(domain: str) -> tuple[DistillExample, ...]:
+    """The worked examples of a domain (`configs/distill_examples/<domain>.yaml`); none if the file is absent."""
+    path = config_dir() / "distill_examples" / f"{domain}.yaml"
+    if not path.is_file():
+        return ()
+    try:
+        return tuple(DistillExample(**item) for item in yaml.safe_load(path.read_text()) or [])
+    except Exception as exc:  # yaml or validation error -> one line
+        raise ConfigError(f"invalid distiller examples {path}: {str(exc).splitlines()[0]}") from None
+
+
+class Distiller(dspy.Module):
+    """Contrasts a success and a failure of different agents on one task and writes constraints.
+
+    With `use_examples`, the domain's worked examples precede every pair as demos: a small distiller
+    otherwise tends to restate the task ("when the pizzas are sliced ...") instead of abstracting it.
+    """
+
+    def __init__(self, taxonomy: Taxonomy, use_examples: bool = True) -> None:
         super().__init__()
         self.taxonomy = taxonomy
         self.distill = dspy.ChainOfThought(ContrastDistill)
+        examples = load_examples(taxonomy.domain) if use_examples else ()
+        self.distill.predict.demos = [
+            dspy.Example(**dict(example), error_types=taxonomy.render_error_types()) for example in examples
+        ]
+        #: Part of the cache key of a distillation: a different prompt must not reuse old outputs.
+        self.version = stable_hash([example.model_dump() for example in examples]) if examples else ""
 
     def forward(self, pair: ContrastPair, task: Task, category: str) -> dspy.Prediction:
         result = call(

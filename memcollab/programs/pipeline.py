@@ -77,6 +77,7 @@ class MemCollab:
         show_progress: bool = True,
         classifier_program: Path | None = None,
         verify: bool = False,
+        distill_examples: bool = True,
     ) -> None:
         self.taxonomy = taxonomy
         self.store = store
@@ -94,7 +95,7 @@ class MemCollab:
         if classifier_program is not None:  # a compiled variant (memcollab compile-classifier)
             self.classifier.load(str(classifier_program))
             self.classifier_version = stable_hash(Path(classifier_program).read_text())
-        self.distiller = Distiller(taxonomy)
+        self.distiller = Distiller(taxonomy, use_examples=distill_examples)
         self.settings = {"k": k, "max_turns": max_turns, "fallback": fallback, "taxonomy": taxonomy.name}
 
     # ----- trajectories -------------------------------------------------------------------
@@ -159,8 +160,10 @@ class MemCollab:
         if self.distiller_agent is None:
             raise ValueError("a distiller agent is required to build memory")
         category = self.classify(task)
-        key = record_key("distill", task.id, self.distiller_agent.config, PROGRAM_VERSION,
-                         {"category": category, "pos": pair.positive.model_dump(), "neg": pair.negative.model_dump()})
+        settings = {"category": category, "pos": pair.positive.model_dump(), "neg": pair.negative.model_dump()}
+        if self.distiller.version:  # distillations made without worked examples keep their old keys
+            settings["examples"] = self.distiller.version
+        key = record_key("distill", task.id, self.distiller_agent.config, PROGRAM_VERSION, settings)
         cached = self.results.get(key)
         if cached is not None and "constraints" in cached:  # the distiller's raw output, re-filtered below
             constraints = [Constraint(**c) for c in cached["constraints"]]
