@@ -208,6 +208,9 @@ class Experiment:
         classifier = cfg.classifier or distiller
         self.ensure_agents([*cfg.build_agents, distiller, classifier])
         tasks = load_split(bench, split, cfg.build_limit, cfg)
+        if len(self.store):
+            self.announce(f"{cfg.memory_file} already holds {len(self.store)} memories: this build adds to them "
+                          "(a new --run-dir or --memory starts an empty memory)")
         start = time.perf_counter()
         pipeline = self.pipeline(distiller, classifier)
         for name in ("solver", "classifier", "distiller"):
@@ -333,10 +336,11 @@ def estimate_seconds(cfg: RunConfig, agents: dict[str, Any]) -> float | None:
 
     distiller = cfg.distiller or (cfg.build_agents[-1] if cfg.build_agents else "")
     classifier = cfg.classifier or distiller
-    parts = [seconds(a, cfg.build_limit, "solve") for a in cfg.build_agents]
+    turns = cfg.max_turns if cfg.benchmark in ("mbpp", "humaneval") else 1  # code: up to T calls per task
+    parts = [seconds(a, cfg.build_limit * turns, "solve") for a in cfg.build_agents]
     parts.append(seconds(distiller, 0.4 * cfg.build_limit, "distill"))
     parts.append(seconds(classifier, 0.4 * cfg.build_limit + cfg.eval_limit, "classify"))
-    parts += [seconds(a, 2 * cfg.eval_limit, "solve") for a in cfg.eval_agents]
+    parts += [seconds(a, 2 * cfg.eval_limit * turns, "solve") for a in cfg.eval_agents]
     if any(p is None for p in parts):
         return None
     return float(sum(parts))
