@@ -272,8 +272,8 @@ def test_distiller_examples_are_valid_demos_of_their_taxonomy(bench_name):
         # The demos must pass the filter the real constraints face, or they teach what gets rejected.
         kept = to_entries(example.constraints, task, example.category, taxonomy, Provenance(), ["weak", "strong"])
         assert len(kept) == len(example.constraints), example.task
-    assert len(Distiller(taxonomy).distill.predict.demos) == len(examples)
-    assert not Distiller(taxonomy, use_examples=False).distill.predict.demos
+    assert len(Distiller(taxonomy, use_examples=True).distill.predict.demos) == len(examples)
+    assert not Distiller(taxonomy).distill.predict.demos
 
 
 def test_distillation_with_examples_shows_them_and_is_cached_apart(stores):

@@ -77,7 +77,7 @@ class MemCollab:
         show_progress: bool = True,
         classifier_program: Path | None = None,
         verify: bool = False,
-        distill_examples: bool = True,
+        distill_examples: bool = False,
     ) -> None:
         self.taxonomy = taxonomy
         self.store = store
