@@ -144,6 +144,30 @@ def test_verification_keeps_only_constraints_that_fix_the_failed_task(stores):
     assert all((fixes in p) != (useless in p) for p in verify_prompts), "each check sees its constraint alone"
 
 
+@pytest.mark.parametrize("verify_tasks", [0, 3])
+def test_verification_rejects_a_constraint_that_breaks_a_solved_task(stores, verify_tasks):
+    store, results = stores
+    source, solved = math_task(1), math_task(2, answer="43")
+    hint = "the shop sells apples"  # fixes its own task (answer 42) but misleads on the other one (43)
+    weak = agent("weak", {hint: {"reasoning": "r", "answer": "42"},
+                          source.prompt: {"reasoning": "guess", "answer": "7"},
+                          solved.prompt: {"reasoning": "r", "answer": "43"}})
+    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [constraint_json(hint)]},
+                              source.prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"},
+                              solved.prompt: {"reasoning": "ok", "answer": "43", "category": "money_and_shopping"}})
+
+    report = MemCollab(TAXONOMY, store, results, distiller=strong, classifier_agent=strong, workers=1,
+                       show_progress=False, verify=True, verify_tasks=verify_tasks).build([source, solved], [weak, strong])
+
+    assert report.proposed == 1 and len(report.pairs) == 1
+    if verify_tasks:
+        assert (report.added, report.unverified) == (0, 1), "it breaks a task the weak agent solved without it"
+        assert any(hint in json.dumps(h["messages"]) and solved.prompt in json.dumps(h["messages"])
+                   for h in weak.lm.history)
+    else:
+        assert (report.added, report.unverified) == (1, 0), "the source-task check alone keeps it"
+
+
 def test_rebuild_resumes_from_persisted_results(stores):
     store, results = stores
     tasks = [math_task(1)]

@@ -61,6 +61,7 @@ class RunConfig(BaseModel):
     backend: str | None = None
     classifier_program: Path | None = None
     verify_memory: bool = False
+    verify_tasks: int = 3
     distill_examples: bool = False
 
     @property
@@ -192,6 +193,7 @@ class Experiment:
             use_gold_categories=self.cfg.gold_categories,
             classifier_program=self.cfg.classifier_program,
             verify=self.cfg.verify_memory,
+            verify_tasks=self.cfg.verify_tasks,
             distill_examples=self.cfg.distill_examples,
         )
 

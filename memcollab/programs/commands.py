@@ -32,7 +32,11 @@ SEED = typer.Option(0, "--seed", help="seed for --sample")
 VERIFY = typer.Option(
     False, "--verify-memory/--no-verify-memory",
     help="store a distilled constraint only if, given alone as guidance, it lets the agent that failed the source "
-    "task solve it (one extra solve per constraint; beyond the paper)",
+    "task solve it and breaks none of --verify-tasks build tasks of its category that the agents solved without it "
+    "(beyond the paper)",
+)
+VERIFY_TASKS = typer.Option(
+    3, "--verify-tasks", help="with --verify-memory: solved build tasks per agent a constraint must not break (0: skip)"
 )
 EXAMPLES = typer.Option(
     False, "--distill-examples/--no-distill-examples",
@@ -100,6 +104,7 @@ def run_command(
     cache: bool = CACHE,
     classifier_program: Optional[Path] = typer.Option(None, help="a compiled classifier (memcollab compile-classifier)"),
     verify_memory: bool = VERIFY,
+    verify_tasks: int = VERIFY_TASKS,
     distill_examples: bool = EXAMPLES,
 ) -> None:
     """The main job: build a shared memory with two agents, then evaluate agents with and without it.
@@ -114,7 +119,7 @@ def run_command(
         agents_file=agents_file, k=k, max_turns=max_turns, samples=samples, gold_categories=gold_categories,
         workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend,
         tracking_uri=tracking_uri, track=track, cache=cache, classifier_program=classifier_program,
-        verify_memory=verify_memory, distill_examples=distill_examples,
+        verify_memory=verify_memory, verify_tasks=verify_tasks, distill_examples=distill_examples,
     )
     summaries, exp = run_experiment(cfg, name="run")
     print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
@@ -150,6 +155,7 @@ def build_memory_command(
     classifier: Optional[str] = typer.Option(None, help="classifying agent (default: the distiller)"),
     samples: int = typer.Option(0, help="extra sampled attempts for tasks without a contrast"),
     verify_memory: bool = VERIFY,
+    verify_tasks: int = VERIFY_TASKS,
     distill_examples: bool = EXAMPLES,
     memory: Optional[Path] = typer.Option(None, help="memory file to write (default: <run-dir>/memory.sqlite)"),
     agents_file: Optional[Path] = AGENTS_FILE,
@@ -170,7 +176,7 @@ def build_memory_command(
         classifier=classifier, samples=samples, memory_path=memory, agents_file=agents_file, workers=workers,
         run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend, tracking_uri=tracking_uri,
         track=track, cache=cache, verify_memory=verify_memory,
-        distill_examples=distill_examples,
+        verify_tasks=verify_tasks, distill_examples=distill_examples,
     )
     with Experiment(cfg) as exp:
         with exp.tracker.run("build-memory", params=cfg.model_dump(mode="json"), tags={"command": "build-memory"}):

@@ -3,8 +3,9 @@
 `build(tasks, agents)` runs every agent on the memory-building tasks, pairs a success
 with a failure of another agent on the same task, and distills each pair into abstract
 constraints stored with their category, error type and provenance; with `verify=True` a
-constraint is stored only if it lets the failing agent solve its source task (beyond the
-paper: a grounding check against rules that do not fix anything). `solve(task, agent)`
+constraint is stored only if it lets the failing agent solve its source task and breaks none
+of a few build tasks of its category that the agents solved without it (beyond the paper: a
+grounding check against rules that fix nothing or only restate their task). `solve(task, agent)`
 classifies the task, retrieves the top-k memories of that category and solves with them.
 Every LM result is persisted under a key the moment it exists, so a rerun resumes.
 """
@@ -77,6 +78,7 @@ class MemCollab:
         show_progress: bool = True,
         classifier_program: Path | None = None,
         verify: bool = False,
+        verify_tasks: int = 3,
         distill_examples: bool = False,
     ) -> None:
         self.taxonomy = taxonomy
@@ -88,6 +90,7 @@ class MemCollab:
         self.workers = workers
         self.fallback = fallback
         self.verify = verify
+        self.verify_tasks = verify_tasks
         self.show_progress = show_progress
         self.solver = Solver(max_turns=max_turns)
         self.classifier = Classifier(taxonomy, use_gold=use_gold_categories)
@@ -190,31 +193,55 @@ class MemCollab:
         report.proposed = sum(proposed for _, proposed in distilled)
         candidates = [(entry, pair) for pair, (entries, _) in zip(pairs, distilled) for entry in entries]
         if self.verify:
-            candidates = self._verified(candidates, by_id, {agent.name: agent for agent in agents}, report)
+            candidates = self._verified(candidates, tasks, trajectories, {agent.name: agent for agent in agents}, report)
         for entry, _ in candidates:
             _, is_new = self.store.add(entry)
             report.added += int(is_new)
             report.merged += int(not is_new)
         return report
 
-    def verify_entry(self, entry: MemoryEntry, task: Task, agent: Agent) -> bool:
-        """Grounding check: with this constraint alone as guidance, the agent that failed the source task
-        must now solve it. A rule that does not fix the failure it was written from is not stored."""
+    def guided_correct(self, entry: MemoryEntry, task: Task, agent: Agent) -> bool:
+        """Does the agent solve the task with this constraint alone as guidance? (cached like any attempt)"""
         trajectory = self.attempt(task, agent, guidance=render_guidance([entry.text]), memory_ids=[entry.id],
                                   category=entry.category, memory_hash=f"verify:{entry.id}")
         return trajectory.correct
 
-    def _verified(self, candidates: list[tuple[MemoryEntry, ContrastPair]], tasks: dict[str, Task],
-                  agents: dict[str, Agent], report: BuildReport) -> list[tuple[MemoryEntry, ContrastPair]]:
-        """The candidates that pass `verify_entry`, checked one failing agent at a time (one model per phase)."""
+    def _verified(self, candidates: list[tuple[MemoryEntry, ContrastPair]], tasks: list[Task],
+                  trajectories: list[Trajectory], agents: dict[str, Agent],
+                  report: BuildReport) -> list[tuple[MemoryEntry, ContrastPair]]:
+        """The candidates that pass two checks, run one model at a time:
+
+        1. the constraint alone lets the agent that failed its source task solve it (it fixes what it was
+           written from);
+        2. it breaks none of up to `verify_tasks` other build tasks of its category that each build agent
+           solved without it (a rule that only restates its own task fails here; the source-task check
+           alone rewards such task-specific hints).
+        """
+        by_id = {task.id: task for task in tasks}
         passed: dict[int, bool] = {}
         for name, agent in agents.items():
             mine = [i for i, (_, pair) in enumerate(candidates) if pair.negative.agent == name]
             if mine:
                 verdicts = self._map(
-                    lambda i, a=agent: self.verify_entry(candidates[i][0], tasks[candidates[i][1].task_id], a),
+                    lambda i, a=agent: self.guided_correct(candidates[i][0], by_id[candidates[i][1].task_id], a),
                     mine, f"{name} verifying {len(mine)} constraints on their source tasks")
                 passed.update(zip(mine, verdicts))
+        survivors = [i for i, ok in passed.items() if ok]
+        if self.verify_tasks > 0 and survivors:
+            categories = dict(zip([t.id for t in tasks], self._map(self.classify, tasks, "classifying build tasks")))
+            solved = {(t.agent, t.task_id) for t in trajectories if t.attempt == 0 and t.correct}
+            for name, agent in agents.items():
+                checks = [
+                    (i, task) for i in survivors
+                    for task in [t for t in tasks if t.id != candidates[i][1].task_id and (name, t.id) in solved
+                                 and categories[t.id] == candidates[i][0].category][: self.verify_tasks]
+                ]
+                if not checks:
+                    continue
+                verdicts = self._map(lambda c, a=agent: self.guided_correct(candidates[c[0]][0], c[1], a), checks,
+                                     f"{name} checking constraints on {len(checks)} tasks it solved without them")
+                for (i, _), ok in zip(checks, verdicts):
+                    passed[i] = passed[i] and ok
         report.unverified = sum(not ok for ok in passed.values())
         return [c for i, c in enumerate(candidates) if passed.get(i)]
 
