@@ -97,6 +97,14 @@ def constraint_json(when: str, error_type: str = "arithmetic") -> dict:
             "error_type": error_type}
 
 
+def one_pair_agents(task: Task, *rules: str) -> tuple[Agent, Agent]:
+    """weak fails the task, strong solves, classifies it and distills the pair into `rules`."""
+    weak = agent("weak", {task.prompt: {"reasoning": "guess", "answer": "7"}})
+    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [constraint_json(r) for r in rules]},
+                              task.prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"}})
+    return weak, strong
+
+
 def test_build_distills_tags_and_stores_with_provenance_and_dedups(stores):
     store, results = stores
     tasks = [math_task(1), math_task(2), math_task(3)]
@@ -171,9 +179,7 @@ def test_verification_rejects_a_constraint_that_breaks_a_solved_task(stores, ver
 def test_rebuild_resumes_from_persisted_results(stores):
     store, results = stores
     tasks = [math_task(1)]
-    weak = agent("weak", {tasks[0].prompt: {"reasoning": "guess", "answer": "7"}})
-    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [constraint_json("items at a unit price")]},
-                              tasks[0].prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"}})
+    weak, strong = one_pair_agents(tasks[0], "items at a unit price")
     MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False).build(tasks, [weak, strong])
     calls = len(weak.lm.history) + len(strong.lm.history)
     MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False).build(tasks, [weak, strong])
@@ -202,12 +208,7 @@ def test_cached_distillation_is_filtered_by_the_current_rules(stores, monkeypatc
 
     store, results = stores
     tasks = [math_task(1)]
-    weak = agent("weak", {tasks[0].prompt: {"reasoning": "guess", "answer": "7"}})
-    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [
-                                  constraint_json("items are bought at a unit price"),
-                                  constraint_json("a discount applies to a total"),
-                              ]},
-                              tasks[0].prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"}})
+    weak, strong = one_pair_agents(tasks[0], "items are bought at a unit price", "a discount applies to a total")
     MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False).build(tasks, [weak, strong])
     assert len(store.entries()) == 2
     calls = len(strong.lm.history)
@@ -303,9 +304,7 @@ def test_distiller_examples_are_valid_demos_of_their_taxonomy(bench_name):
 def test_distillation_with_examples_shows_them_and_is_cached_apart(stores):
     store, results = stores
     tasks = [math_task(1)]
-    weak = agent("weak", {tasks[0].prompt: {"reasoning": "guess", "answer": "7"}})
-    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [constraint_json("items at a unit price")]},
-                              tasks[0].prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"}})
+    weak, strong = one_pair_agents(tasks[0], "items at a unit price")
     MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False,
               distill_examples=False).build(tasks, [weak, strong])
     plain_calls = len(strong.lm.history)
