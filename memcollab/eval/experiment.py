@@ -299,17 +299,29 @@ class Experiment:
         return metrics
 
     def write_summary(self, extra: dict[str, Any] | None = None) -> Path:
+        """summary.json of the run dir. Phase timings add up over every invocation in the dir, so a resumed
+        or replayed run reports the time its results took to make, not the seconds of its last, cached pass."""
         path = self.cfg.run_dir / "summary.json"
+        previous = self._previous_timings(path)
+        timings = {k: round(previous.get(k, 0.0) + v, 1) for k, v in self.timings.items()}
         payload = {
             "config": json.loads(self.cfg.model_dump_json()),
             "memory_size": len(self.store),
-            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            "timings_s": timings,
             "results": [s.model_dump() for s in self.summaries],
             **(extra or {}),
         }
         path.write_text(json.dumps(payload, indent=2, default=str))
         self.tracker.log_artifact(path)
         return path
+
+    @staticmethod
+    def _previous_timings(path: Path) -> dict[str, float]:
+        try:
+            timings = json.loads(path.read_text()).get("timings_s", {})
+            return {k: float(v) for k, v in timings.items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}  # no summary yet, or one we cannot read: start from zero
 
 
 #: Generation tokens/s measured on this project's 2-core reference machine (portable llama.cpp build):
