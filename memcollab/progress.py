@@ -1,8 +1,8 @@
 """Bounded parallel map with a rich progress bar; results come back in input order.
 
-Used by every step that makes LM calls (`--workers N`): each item's result is handed to
-`on_result` as soon as it finishes (so callers persist it at once), and the returned list
-is in input order, whatever the completion order was.
+Used by every step that makes LM calls (`--workers N`): the mapped function persists its own
+result as soon as it exists (the pipeline's result store), and the returned list is in input
+order, whatever the completion order was.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ def parallel_map(
     items: Sequence[T],
     workers: int = 1,
     description: str = "working",
-    on_result: Callable[[int, R], None] | None = None,
     show: bool = True,
 ) -> list[R]:
     """Apply `fn` to every item with at most `workers` threads; the first exception stops the map."""
@@ -48,8 +47,6 @@ def parallel_map(
         if workers <= 1:
             for i, item in enumerate(items):
                 results[i] = fn(item)
-                if on_result:
-                    on_result(i, results[i])
                 progress.advance(bar)
             return results  # type: ignore[return-value]
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -58,8 +55,6 @@ def parallel_map(
                 for future in as_completed(futures):
                     i = futures[future]
                     results[i] = future.result()
-                    if on_result:
-                        on_result(i, results[i])
                     progress.advance(bar)
             except BaseException:
                 for future in futures:

@@ -350,7 +350,10 @@ def estimate_seconds(cfg: RunConfig, agents: dict[str, Any]) -> float | None:
 
     distiller = cfg.distiller or (cfg.build_agents[-1] if cfg.build_agents else "")
     classifier = cfg.classifier or distiller
-    turns = cfg.max_turns if cfg.benchmark in ("mbpp", "humaneval") else 1  # code: up to T calls per task
+    from memcollab.eval.benchmarks import BENCHMARKS
+
+    code = BENCHMARKS[split_names(cfg.benchmark)[2]].kind == "code"
+    turns = cfg.max_turns if code else 1  # code: up to T calls per task
     parts = [seconds(a, cfg.build_limit * turns, "solve") for a in cfg.build_agents]
     parts.append(seconds(distiller, 0.4 * cfg.build_limit, "distill"))
     parts.append(seconds(classifier, 0.4 * cfg.build_limit + cfg.eval_limit, "classify"))

@@ -218,32 +218,39 @@ class MemCollab:
            alone rewards such task-specific hints).
         """
         by_id = {task.id: task for task in tasks}
-        passed: dict[int, bool] = {}
-        for name, agent in agents.items():
-            mine = [i for i, (_, pair) in enumerate(candidates) if pair.negative.agent == name]
-            if mine:
-                verdicts = self._map(
-                    lambda i, a=agent: self.guided_correct(candidates[i][0], by_id[candidates[i][1].task_id], a),
-                    mine, f"{name} verifying {len(mine)} constraints on their source tasks")
-                passed.update(zip(mine, verdicts))
+        passed = self._guided_checks(candidates, agents, "verifying constraints on their source tasks", {
+            name: [(i, by_id[pair.task_id]) for i, (_, pair) in enumerate(candidates) if pair.negative.agent == name]
+            for name in agents
+        })
         survivors = [i for i, ok in passed.items() if ok]
         if self.verify_tasks > 0 and survivors:
             categories = dict(zip([t.id for t in tasks], self._map(self.classify, tasks, "classifying build tasks")))
             solved = {(t.agent, t.task_id) for t in trajectories if t.attempt == 0 and t.correct}
-            for name, agent in agents.items():
-                checks = [
-                    (i, task) for i in survivors
-                    for task in [t for t in tasks if t.id != candidates[i][1].task_id and (name, t.id) in solved
-                                 and categories[t.id] == candidates[i][0].category][: self.verify_tasks]
-                ]
-                if not checks:
-                    continue
-                verdicts = self._map(lambda c, a=agent: self.guided_correct(candidates[c[0]][0], c[1], a), checks,
-                                     f"{name} checking constraints on {len(checks)} tasks it solved without them")
-                for (i, _), ok in zip(checks, verdicts):
-                    passed[i] = passed[i] and ok
+
+            def unbroken(i: int, name: str) -> list[Task]:
+                """Up to `verify_tasks` tasks of the candidate's category, other than its source, that `name` solved."""
+                entry, pair = candidates[i]
+                return [t for t in tasks if t.id != pair.task_id and (name, t.id) in solved
+                        and categories[t.id] == entry.category][: self.verify_tasks]
+
+            passed.update(self._guided_checks(candidates, agents, "checking constraints on tasks it solved without them", {
+                name: [(i, task) for i in survivors for task in unbroken(i, name)] for name in agents
+            }))  # only survivors are checked again, so this update is an AND
         report.unverified = sum(not ok for ok in passed.values())
         return [c for i, c in enumerate(candidates) if passed.get(i)]
+
+    def _guided_checks(self, candidates: list[tuple[MemoryEntry, ContrastPair]], agents: dict[str, Agent], what: str,
+                       checks: dict[str, list[tuple[int, Task]]]) -> dict[int, bool]:
+        """Each agent solves its (candidate index, task) checks with that candidate alone as guidance, one agent
+        after another; a candidate passes when all of its checks pass."""
+        passed: dict[int, bool] = {}
+        for name, items in checks.items():
+            if items:
+                verdicts = self._map(lambda c, a=agents[name]: self.guided_correct(candidates[c[0]][0], c[1], a), items,
+                                     f"{name} {what} ({len(items)} solves)")
+                for (i, _), ok in zip(items, verdicts):
+                    passed[i] = passed.get(i, True) and ok
+        return passed
 
     # ----- inference ----------------------------------------------------------------------
     def guidance_for(self, task: Task) -> tuple[str, list[str], str]:
@@ -268,6 +275,5 @@ class MemCollab:
             memory_hash = self.store.content_hash()  # the store does not change while evaluating: hash it once
         return self._map(lambda task: self.solve(task, agent, use_memory, memory_hash), tasks, f"{agent.name} {label}")
 
-    def _map(self, fn, items, description, on_result=None):
-        return parallel_map(fn, items, workers=self.workers, description=description, on_result=on_result,
-                            show=self.show_progress)
+    def _map(self, fn, items, description):
+        return parallel_map(fn, items, workers=self.workers, description=description, show=self.show_progress)
