@@ -67,7 +67,7 @@ def throughput(name: str, n_ctx: int, threads: int | None, pp_tokens: int = 512,
     import llama_cpp
 
     from memcollab.lm.assemble import model_path
-    from memcollab.lm.local_lm import load_model
+    from memcollab.lm.local import load_model
 
     loaded = load_model(model_path(name), n_ctx=n_ctx, n_threads=threads)
     llm = loaded.llama
@@ -106,7 +106,7 @@ def throughput(name: str, n_ctx: int, threads: int | None, pp_tokens: int = 512,
 
 
 def gsm8k_tasks(n: int, data_dir: str | None, start: int = 0) -> list[Any]:
-    from memcollab.eval.benchmarks import load_tasks
+    from memcollab.benchmarks.loaders import load_tasks
 
     return load_tasks("gsm8k", "test", data_dir=data_dir, limit=start + n)[start:]
 
@@ -114,7 +114,7 @@ def gsm8k_tasks(n: int, data_dir: str | None, start: int = 0) -> list[Any]:
 def grade(task: Any, answer: str) -> bool:
     """The project's math grader when present, else a plain number comparison."""
     try:
-        from memcollab.eval.math_grader import grade_math
+        from memcollab.grading.math import grade_math
     except ImportError:
         import re
 
@@ -127,7 +127,7 @@ def accuracy(name: str, adapter_name: str, tasks: list[Any], max_tokens: int, n_
     import dspy
     from dspy.utils.exceptions import AdapterParseError
 
-    from memcollab.lm.agents import AgentConfig, build_lm
+    from memcollab.lm.config import AgentConfig, build_lm
 
     agent = AgentConfig(name=name, model=name, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads, temperature=0.0, seed=0)
     lm = build_lm(agent, cache=False)
@@ -192,7 +192,7 @@ def main() -> None:
     import dspy
 
     from memcollab.lm.catalog import list_status
-    from memcollab.lm.local_lm import unload_all
+    from memcollab.lm.local import unload_all
 
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     ready = [s.spec.name for s in list_status() if s.ready]

@@ -73,9 +73,9 @@ def same_number(a: str | None, b: str) -> bool:
 
 
 def _project_grader() -> tuple[Any, Any] | None:
-    """(extract_answer, answers_match) from memcollab.eval.math_grader when present."""
+    """(extract_answer, answers_match) from memcollab.grading.math when present."""
     try:
-        from memcollab.eval.math_grader import answers_match, extract_answer
+        from memcollab.grading.math import answers_match, extract_answer
     except ImportError:
         return None
     return extract_answer, answers_match

@@ -10,9 +10,9 @@ import argparse
 import os
 import time
 
-from memcollab.eval.benchmarks import load_tasks
-from memcollab.eval.code_grader import prepare, verdict_from_result
-from memcollab.eval.sandbox import SandboxLimits, SandboxPool, run_program
+from memcollab.benchmarks.loaders import load_tasks
+from memcollab.grading.code import prepare, verdict_from_result
+from memcollab.grading.sandbox import SandboxLimits, SandboxPool, run_program
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from memcollab.errors import ConfigError, MemCollabError, ModelError
-from memcollab.lm.agents import (
+from memcollab.lm.config import (
     AgentConfig,
     apply_overrides,
     build_adapter,
@@ -207,7 +207,7 @@ def test_check_local_unknown_and_unassembled(tmp_path: Path, monkeypatch: pytest
 
     spec = CATALOG["qwen2.5-coder-0.5b"]
     agent = AgentConfig(name="weak", model=spec.name)
-    from memcollab.lm.agents import llama_cpp_available
+    from memcollab.lm.config import llama_cpp_available
 
     if not llama_cpp_available():
         pytest.skip("llama-cpp-python not installed")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from memcollab.errors import DataError
-from memcollab.eval.benchmarks import BENCHMARKS, load_tasks, math500_split, mbpp_entry_point
+from memcollab.benchmarks.loaders import BENCHMARKS, load_tasks, math500_split, mbpp_entry_point
 from memcollab.paths import default_data_dir
 
 SUBJECTS = ["Algebra", "Counting & Probability", "Intermediate Algebra", "Number Theory"]
@@ -175,7 +175,7 @@ def test_missing_file_and_malformed_line(data_dir: Path) -> None:
 def test_hub_unreachable_is_a_data_error(tmp_path: Path) -> None:
     """Without a local directory the hub ids are used; offline that must be one DataError line."""
     code = (
-        "import memcollab.eval.benchmarks as b\n"
+        "import memcollab.benchmarks.loaders as b\n"
         "b.default_data_dir = lambda: None\n"
         "from memcollab.errors import DataError\n"
         "try:\n    b.load_tasks('gsm8k')\nexcept DataError as e:\n    print('DATAERROR', e)\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from memcollab.errors import ConfigError
-from memcollab.eval.clustering import cluster_categories, error_type_matrix, plot_heatmap, refine_taxonomy
+from memcollab.memory.clustering import cluster_categories, error_type_matrix, plot_heatmap, refine_taxonomy
 from memcollab.memory import MemoryStore
 from memcollab.records import MemoryEntry
 

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from memcollab.eval.code_extract import candidate_program, defines, extract_code, fenced_blocks
+from memcollab.grading.code_extract import candidate_program, defines, extract_code, fenced_blocks
 from memcollab.records import Task
 
 PROMPT = 'from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    """Sum of xs."""\n'

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from memcollab.eval.benchmarks import load_tasks
-from memcollab.eval.code_grader import FEEDBACK_CHARS, grade_code, grade_code_many
-from memcollab.eval.grading import grade
-from memcollab.eval.sandbox import SandboxLimits
+from memcollab.benchmarks.loaders import load_tasks
+from memcollab.grading.code import FEEDBACK_CHARS, grade_code, grade_code_many
+from memcollab.grading.grade import grade
+from memcollab.grading.sandbox import SandboxLimits
 from memcollab.paths import default_data_dir
 from memcollab.records import Task
 

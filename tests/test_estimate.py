@@ -1,6 +1,6 @@
 """The up-front time estimate of a run: from call counts and measured token rates."""
 
-from memcollab.eval.experiment import RunConfig, estimate_seconds
+from memcollab.experiments.runner import RunConfig, estimate_seconds
 from memcollab.programs.pipeline import Agent
 
 MODELS = {"weak": "qwen2.5-coder-0.5b", "strong": "qwen2.5-coder-1.5b", "other": "smollm2-135m"}

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from dspy.utils.dummies import DummyLM
 
-from memcollab.eval.benchmarks import load_tasks
-from memcollab.eval.experiment import Experiment, RunConfig
+from memcollab.benchmarks.loaders import load_tasks
+from memcollab.experiments.runner import Experiment, RunConfig
 from memcollab.paths import default_data_dir
 from memcollab.programs.pipeline import Agent
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from memcollab.lm.agents import llama_cpp_available
+from memcollab.lm.config import llama_cpp_available
 from memcollab.lm.catalog import CATALOG, locate
 
 SMOLLM = CATALOG["smollm2-135m"]
@@ -37,8 +37,8 @@ needs_model = pytest.mark.skipif(_model_skip_reason() is not None, reason=_model
 PRELUDE = """
 import json, sys, time, threading
 import dspy
-from memcollab.lm.agents import build_lm, resolve_agent, apply_overrides, configure_dspy_cache
-from memcollab.lm.local_lm import LlamaCppLM, load_model
+from memcollab.lm.config import build_lm, resolve_agent, apply_overrides, configure_dspy_cache
+from memcollab.lm.local import LlamaCppLM, load_model
 def emit(**kw):
     print("RESULT " + json.dumps(kw), flush=True)
 """
@@ -62,7 +62,7 @@ def run_in_subprocess(body: str, tmp_path: Path, timeout: float = 420) -> dict:
 
 
 def test_response_format_mapping() -> None:
-    from memcollab.lm.local_lm import _llama_response_format
+    from memcollab.lm.local import _llama_response_format
 
     class Out(pydantic.BaseModel):
         answer: str
@@ -216,7 +216,7 @@ def test_generations_share_the_core_budget() -> None:
     import threading
     import time
 
-    from memcollab.lm.local_lm import _Cores, default_threads
+    from memcollab.lm.local import _Cores, default_threads
 
     order: list[str] = []
     holding = threading.Event()

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from memcollab.eval.benchmarks import load_tasks
-from memcollab.eval.grading import grade, grade_many
-from memcollab.eval.math_grader import extract_answer, grade_math
+from memcollab.benchmarks.loaders import load_tasks
+from memcollab.grading.grade import grade, grade_many
+from memcollab.grading.math import extract_answer, grade_math
 from memcollab.paths import default_data_dir
 from memcollab.records import Task
 

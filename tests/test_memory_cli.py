@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from memcollab.memory import MemoryStore
-from memcollab.memory.commands import memory_app
+from memcollab.cli.memory import memory_app
 from memcollab.records import MemoryEntry, Provenance
 
 runner = CliRunner()

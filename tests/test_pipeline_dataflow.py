@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from dspy.utils.dummies import DummyLM
 
-from memcollab.eval.experiment import check_overlap
-from memcollab.eval.results import ResultStore
+from memcollab.experiments.runner import check_overlap
+from memcollab.memory.results import ResultStore
 from memcollab.errors import OverlapError
 from memcollab.memory import MemoryStore, retrieve
 from memcollab.programs.pairs import build_pairs

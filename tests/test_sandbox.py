@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from memcollab.eval.sandbox import ExecResult, SandboxLimits, SandboxPool, run_program
+from memcollab.grading.sandbox import ExecResult, SandboxLimits, SandboxPool, run_program
 
 FAST = SandboxLimits(wall_s=3.0, cpu_s=2.0, memory_mb=512, output_bytes=4096)
 

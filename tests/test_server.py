@@ -313,7 +313,7 @@ def test_killing_the_harness_leaves_no_server(sig):
 
 def test_real_agent_config_through_server_lm():
     """The AgentConfig the agents module builds works with server_lm (fields, aliases, hook)."""
-    agents = pytest.importorskip("memcollab.lm.agents")
+    agents = pytest.importorskip("memcollab.lm.config")
     _binary_or_skip()
     _model_or_skip()
     agent = agents.AgentConfig(name="s", model=MODEL, backend="server", n_parallel=1, n_ctx=512, max_tokens=8, seed=3)

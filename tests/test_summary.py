@@ -2,7 +2,7 @@
 
 import json
 
-from memcollab.eval.experiment import Experiment, RunConfig
+from memcollab.experiments.runner import Experiment, RunConfig
 
 
 def test_timings_accumulate_over_invocations_and_survive_a_bad_summary(tmp_path):

@@ -28,8 +28,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
-import typer
-
 from memcollab import paths
 from memcollab.errors import ServerError
 
@@ -213,25 +211,3 @@ def build_server(
             raise ServerError(f"built {target} does not run: {(check.stderr or check.stdout).strip()[-200:]}")
         log_fh.write(f"installed {target} in {time.monotonic() - started:.0f} s\n")
     return target
-
-
-def build_server_command(
-    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel compile jobs (0 = all cores)."),
-    force: bool = typer.Option(False, "--force", help="Rebuild from scratch instead of incrementally."),
-    version: str = typer.Option("", "--version", help="llama-cpp-python sdist version (default: the installed one)."),
-) -> None:
-    """Build llama.cpp's llama-server (portable CPU flags) into the MemCollab cache."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    started = time.monotonic()
-    with console.status("building llama-server ...") as status:
-
-        def show(line: str) -> None:
-            if line.startswith("[") and "%]" in line[:8]:
-                status.update(f"building llama-server {line[:90]}")
-            elif line.startswith("$ "):
-                status.update(f"running {line[2:90]}")
-
-        path = build_server(show, version=version or None, jobs=jobs or None, force=force)
-    console.print(f"llama-server installed at {path} ({time.monotonic() - started:.0f} s)")

@@ -1,7 +1,7 @@
 """Shared memory: the SQLite store of distilled constraints and task-aware retrieval.
 
 The store knows nothing of LMs; retrieval is a function of the store and the query.
-Names are re-exported lazily (PEP 562) so that importing `memcollab.memory.commands`
+Names are re-exported lazily (PEP 562) so that importing `memcollab.cli.memory`
 for the CLI does not pull numpy and pydantic into `memcollab --help`.
 """
 

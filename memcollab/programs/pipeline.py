@@ -18,13 +18,13 @@ from typing import Any
 
 import dspy
 
-from memcollab.eval.results import ResultStore, record_key
+from memcollab.memory.results import ResultStore, record_key
 from memcollab.memory import MemoryStore, retrieve
 from memcollab.programs.classifier import Classifier
 from memcollab.programs.distiller import Distiller
 from memcollab.programs.pairs import PairStats, build_pairs
 from memcollab.programs.solver import Solver, render_guidance
-from memcollab.progress import parallel_map
+from memcollab.parallel import parallel_map
 from memcollab.records import ContrastPair, MemoryEntry, Task, Trajectory, stable_hash
 from memcollab.signatures.distill import Constraint
 from memcollab.taxonomy import Taxonomy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dspy
 
-from memcollab.eval.grading import grade
+from memcollab.grading.grade import grade
 from memcollab.programs.calls import CallResult, call
 from memcollab.records import Task, Trajectory, Turn, Verdict
 from memcollab.signatures import SolveCode, SolveMath

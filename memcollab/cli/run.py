@@ -1,6 +1,6 @@
 """Pipeline commands: `run` (the main job), `build-memory` and `evaluate`.
 
-Each is a thin layer over `memcollab.eval.experiment`: options become a RunConfig,
+Each is a thin layer over `memcollab.experiments.runner`: options become a RunConfig,
 the Experiment does the work, and a rich table shows the outcome.
 """
 
@@ -50,7 +50,7 @@ def _csv(value: str) -> list[str]:
 
 
 def _config(**kwargs):
-    from memcollab.eval.experiment import RunConfig
+    from memcollab.experiments.runner import RunConfig
 
     return RunConfig(**{k: v for k, v in kwargs.items() if v is not None})
 
@@ -129,7 +129,7 @@ def run_command(
 
 def run_experiment(cfg, name: str):
     """Build memory, then evaluate with and without it, in one MLflow run; returns (summaries, experiment)."""
-    from memcollab.eval.experiment import Experiment, estimate_seconds
+    from memcollab.experiments.runner import Experiment, estimate_seconds
 
     with Experiment(cfg) as exp:
         exp.ensure_agents([*cfg.build_agents, *cfg.eval_agents, cfg.distiller or "", cfg.classifier or ""])
@@ -169,7 +169,7 @@ def build_memory_command(
     cache: bool = CACHE,
 ) -> None:
     """Build (or extend) a shared memory from contrast pairs of the given agents."""
-    from memcollab.eval.experiment import Experiment
+    from memcollab.experiments.runner import Experiment
 
     cfg = _config(
         benchmark=benchmark, build_agents=_csv(agents), build_limit=limit, sample=sample, seed=seed, distiller=distiller,
@@ -211,7 +211,7 @@ def evaluate_command(
 ) -> None:
     """Evaluate agents on a benchmark's evaluation split, with a memory file and/or without."""
     from memcollab.errors import ConfigError
-    from memcollab.eval.experiment import Experiment
+    from memcollab.experiments.runner import Experiment
 
     if memory is not None and not memory.is_file():
         raise ConfigError(f"memory file not found: {memory}")
@@ -273,7 +273,7 @@ def compile_classifier_command(
 
     Use the result with `memcollab run --classifier-program FILE`.
     """
-    from memcollab.eval.experiment import Experiment
+    from memcollab.experiments.runner import Experiment
     from memcollab.programs.compile import OPTIMIZERS
     from memcollab.errors import ConfigError
 

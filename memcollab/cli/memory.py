@@ -122,7 +122,7 @@ def stats_cmd(
     console = Console()
     console.print(table)
     if heatmap:
-        from memcollab.eval.clustering import error_type_matrix, plot_heatmap
+        from memcollab.memory.clustering import error_type_matrix, plot_heatmap
 
         path = plot_heatmap(*error_type_matrix(entries), heatmap)
         console.print(f"heatmap written to {path}")

@@ -33,7 +33,7 @@ def check(
     """Grade every reference solution with the real graders; exit 1 if any is graded wrong."""
     from rich.console import Console
 
-    from memcollab.eval.data_check import check_references, summary_lines
+    from memcollab.experiments.data_check import check_references, summary_lines
 
     console = Console(highlight=False, soft_wrap=True)
     start = time.monotonic()
@@ -72,7 +72,7 @@ def show(
     from rich.rule import Rule
 
     from memcollab.errors import DataError
-    from memcollab.eval.benchmarks import load_tasks
+    from memcollab.benchmarks.loaders import load_tasks
 
     chosen = [name for name, value in (("--limit", limit), ("--ids", ids), ("--sample", sample)) if value]
     if len(chosen) > 1:

@@ -1,7 +1,6 @@
 """The `memcollab` command.
 
-Sub-command groups live next to the code they drive (`eval/commands.py`,
-`lm/commands.py`, `memory/commands.py`, `programs/commands.py`); this module
+One module per command group (`data.py`, `models.py`, `memory.py`, `run.py`); this module
 assembles them and turns every :class:`MemCollabError` into one line on
 stderr and a non-zero exit, never a traceback.
 """
@@ -45,14 +44,12 @@ def _root(
 
 
 def _register() -> None:
-    from memcollab.eval.commands import data_app
-    from memcollab.lm.commands import models_app
-    from memcollab.lm.server_build import build_server_command
-    from memcollab.memory.commands import memory_app
-    from memcollab.programs.commands import register as register_pipeline
+    from memcollab.cli.data import data_app
+    from memcollab.cli.models import models_app
+    from memcollab.cli.memory import memory_app
+    from memcollab.cli.run import register as register_pipeline
 
     app.add_typer(data_app, name="data", help="Benchmark data: load, inspect and check the graders.")
-    models_app.command("build-server")(build_server_command)
     app.add_typer(models_app, name="models", help="Embedded local models: list, prepare, build the llama-server.")
     app.add_typer(memory_app, name="memory", help="Inspect, export and import a memory store.")
     register_pipeline(app)

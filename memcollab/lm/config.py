@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import dspy
 
 Backend = Literal["local", "litellm", "server"]
-AdapterName = Literal["auto", "chat", "json"]
+AdapterName = Literal["auto", "natural", "chat", "json"]
 
 LLAMA_INSTALL_HINT = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
@@ -131,11 +131,12 @@ class AgentConfig(BaseModel):
         return None
 
     @property
-    def resolved_adapter(self) -> Literal["chat", "json"]:
-        """`auto` = JSON for llama.cpp backends (a grammar enforces it), chat for hosted APIs."""
+    def resolved_adapter(self) -> Literal["natural", "chat", "json"]:
+        """`auto` = natural text for llama.cpp backends (small models answer best in their own chat format,
+        see `memcollab.lm.adapters`), DSPy's chat format for hosted APIs."""
         if self.adapter != "auto":
             return self.adapter
-        return "chat" if self.backend == "litellm" else "json"
+        return "chat" if self.backend == "litellm" else "natural"
 
 
 def infer_family(backend: str, model: str) -> str:
@@ -349,7 +350,7 @@ def build_lm(
     if agent.backend == "local":
         from memcollab.lm.assemble import model_path
         from memcollab.lm.catalog import get_spec
-        from memcollab.lm.local_lm import LlamaCppLM
+        from memcollab.lm.local import LlamaCppLM
 
         if agent.gguf_path is not None:
             path, fingerprint = agent.gguf_path, None  # LlamaCppLM fingerprints the file by path+size+mtime
@@ -393,7 +394,10 @@ def build_adapter(agent: AgentConfig) -> dspy.Adapter:
     """
     import dspy
 
-    return dspy.JSONAdapter() if agent.resolved_adapter == "json" else dspy.ChatAdapter()
+    from memcollab.lm.adapters import NaturalAdapter
+
+    adapters = {"natural": NaturalAdapter, "json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}
+    return adapters[agent.resolved_adapter]()
 
 
 def configure_dspy_cache(cache_dir: str | os.PathLike[str] | None = None, enabled: bool = True) -> Path | None:

@@ -13,8 +13,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from memcollab.eval.code_extract import candidate_program
-from memcollab.eval.sandbox import ExecResult, SandboxLimits, SandboxPool, run_program
+from memcollab.grading.code_extract import candidate_program
+from memcollab.grading.sandbox import ExecResult, SandboxLimits, SandboxPool, run_program
 from memcollab.records import Task, Verdict
 
 FEEDBACK_CHARS = 600

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memcollab.errors import DataError
-from memcollab.eval.benchmarks import BENCHMARKS, load_tasks
-from memcollab.eval.grading import grade_many
-from memcollab.eval.sandbox import SandboxLimits
+from memcollab.benchmarks.loaders import BENCHMARKS, load_tasks
+from memcollab.grading.grade import grade_many
+from memcollab.grading.sandbox import SandboxLimits
 from memcollab.records import Task, Verdict
 
 # The splits whose references are checked (MATH500 build/eval are parts of test).

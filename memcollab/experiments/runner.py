@@ -17,8 +17,8 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field
 
 from memcollab.errors import ConfigError, OverlapError
-from memcollab.eval.metrics import EvalSummary, summarize, task_rows
-from memcollab.progress import console as progress_console
+from memcollab.experiments.metrics import EvalSummary, summarize, task_rows
+from memcollab.parallel import console as progress_console
 from memcollab.records import Task
 
 #: Default memory-building and evaluation splits per benchmark (disjoint by construction).
@@ -76,7 +76,7 @@ def split_names(benchmark: str) -> tuple[str, str, str, str]:
 
 
 def load_split(benchmark: str, split: str, limit: int | None, cfg: RunConfig) -> list[Task]:
-    from memcollab.eval.benchmarks import load_tasks
+    from memcollab.benchmarks.loaders import load_tasks
 
     if cfg.sample and limit:
         return load_tasks(benchmark, split=split, data_dir=cfg.data_dir, sample=limit, seed=cfg.seed)
@@ -109,7 +109,7 @@ def resolve_backend(requested: str | None) -> tuple[str, str]:
 
 def prepare_agents(names: list[str], cfg: RunConfig, announce: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Resolve, check (fail fast, before any LM call) and build every named agent once."""
-    from memcollab.lm.agents import apply_overrides, build_adapter, build_lm, check_agent, load_agents, resolve_agent
+    from memcollab.lm.config import apply_overrides, build_adapter, build_lm, check_agent, load_agents, resolve_agent
     from memcollab.programs.pipeline import Agent
 
     declared = load_agents(cfg.agents_file)
@@ -144,8 +144,8 @@ class Experiment:
     """A configured run: owns the stores, the agents and the tracker for its lifetime."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        from memcollab.eval.results import ResultStore
-        from memcollab.lm.agents import configure_dspy_cache
+        from memcollab.memory.results import ResultStore
+        from memcollab.lm.config import configure_dspy_cache
         from memcollab.memory import MemoryStore
         from memcollab.taxonomy import taxonomy_for
         from memcollab.tracking import Tracker, default_tracking_uri
@@ -350,7 +350,7 @@ def estimate_seconds(cfg: RunConfig, agents: dict[str, Any]) -> float | None:
 
     distiller = cfg.distiller or (cfg.build_agents[-1] if cfg.build_agents else "")
     classifier = cfg.classifier or distiller
-    from memcollab.eval.benchmarks import BENCHMARKS
+    from memcollab.benchmarks.loaders import BENCHMARKS
 
     code = BENCHMARKS[split_names(cfg.benchmark)[2]].kind == "code"
     turns = cfg.max_turns if code else 1  # code: up to T calls per task

@@ -88,3 +88,30 @@ def prepare(
             )
             progress.update(task, completed=get_spec(model).size)
             progress.console.print(f"[green]ready[/] {model}: {path}", highlight=False, soft_wrap=True)
+
+
+@models_app.command("build-server")
+def build_server_command(
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel compile jobs (0 = all cores)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild from scratch instead of incrementally."),
+    version: str = typer.Option("", "--version", help="llama-cpp-python sdist version (default: the installed one)."),
+) -> None:
+    """Build llama.cpp's llama-server (portable CPU flags) into the MemCollab cache."""
+    import time
+
+    from rich.console import Console
+
+    from memcollab.lm.server_build import build_server
+
+    console = Console(stderr=True)
+    started = time.monotonic()
+    with console.status("building llama-server ...") as status:
+
+        def show(line: str) -> None:
+            if line.startswith("[") and "%]" in line[:8]:
+                status.update(f"building llama-server {line[:90]}")
+            elif line.startswith("$ "):
+                status.update(f"running {line[2:90]}")
+
+        path = build_server(show, version=version or None, jobs=jobs or None, force=force)
+    console.print(f"llama-server installed at {path} ({time.monotonic() - started:.0f} s)")

@@ -10,9 +10,9 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from memcollab.eval.code_grader import grade_code, grade_code_many
-from memcollab.eval.math_grader import DEFAULT_TIMEOUT_S, grade_math
-from memcollab.eval.sandbox import SandboxLimits
+from memcollab.grading.code import grade_code, grade_code_many
+from memcollab.grading.math import DEFAULT_TIMEOUT_S, grade_math
+from memcollab.grading.sandbox import SandboxLimits
 from memcollab.records import Task, Verdict
 
 

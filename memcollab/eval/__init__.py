@@ -1,1 +1,0 @@
-"""memcollab.eval"""
