@@ -106,7 +106,7 @@ def throughput(name: str, n_ctx: int, threads: int | None, pp_tokens: int = 512,
 
 
 def gsm8k_tasks(n: int, data_dir: str | None, start: int = 0) -> list[Any]:
-    from memcollab.benchmarks.loaders import load_tasks
+    from memcollab.benchmarks import load_tasks
 
     return load_tasks("gsm8k", "test", data_dir=data_dir, limit=start + n)[start:]
 
@@ -127,7 +127,8 @@ def accuracy(name: str, adapter_name: str, tasks: list[Any], max_tokens: int, n_
     import dspy
     from dspy.utils.exceptions import AdapterParseError
 
-    from memcollab.lm.config import AgentConfig, build_lm
+    from memcollab.lm.config import AgentConfig
+    from memcollab.lm.factory import build_lm
 
     agent = AgentConfig(name=name, model=name, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads, temperature=0.0, seed=0)
     lm = build_lm(agent, cache=False)

@@ -15,7 +15,6 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 TaskKind = Literal["math", "code"]
-Benchmark = Literal["math500", "gsm8k", "humaneval", "mbpp"]
 
 
 def utc_now() -> str:

@@ -12,10 +12,6 @@ from pydantic import BaseModel
 from memcollab.errors import ConfigError
 from memcollab.paths import config_dir
 
-#: Which taxonomy each benchmark uses by default.
-BENCHMARK_TAXONOMY = {"math500": "math500", "gsm8k": "gsm8k", "mbpp": "code", "humaneval": "code"}
-
-
 class Taxonomy(BaseModel):
     """Categories and error types of one domain, each with a one-line description."""
 
@@ -64,10 +60,3 @@ def load_taxonomy(name_or_path: str) -> Taxonomy:
         return Taxonomy(**data)
     except Exception as exc:  # yaml or validation error -> one line
         raise ConfigError(f"invalid taxonomy file {path}: {str(exc).splitlines()[0]}") from None
-
-
-def taxonomy_for(benchmark: str) -> Taxonomy:
-    """The default taxonomy of a benchmark."""
-    if benchmark not in BENCHMARK_TAXONOMY:
-        raise ConfigError(f"no taxonomy for benchmark {benchmark!r}; known: {', '.join(BENCHMARK_TAXONOMY)}")
-    return load_taxonomy(BENCHMARK_TAXONOMY[benchmark])

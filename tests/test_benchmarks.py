@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from memcollab.benchmarks import BENCHMARKS, get_benchmark, load_tasks, parse_ids, taxonomy_for
+from memcollab.benchmarks.loaders import math500_split, mbpp_entry_point
 from memcollab.errors import DataError
-from memcollab.benchmarks.loaders import BENCHMARKS, load_tasks, math500_split, mbpp_entry_point
 from memcollab.paths import default_data_dir
 
 SUBJECTS = ["Algebra", "Counting & Probability", "Intermediate Algebra", "Number Theory"]
@@ -82,7 +83,7 @@ def test_math500_fields(data_dir: Path) -> None:
 def test_gsm8k_answer_after_hashes(data_dir: Path) -> None:
     test = load_tasks("gsm8k", "test", data_dir=data_dir)
     train = load_tasks("gsm8k", "train", data_dir=data_dir)
-    assert [t.id for t in test] == ["gsm8k/test/0", "gsm8k/test/1", "gsm8k/test/2"]
+    assert [t.id for t in test] == ["gsm8k/test/1", "gsm8k/test/2", "gsm8k/test/3"]  # 1-based line numbers
     assert len(train) == 4 and train[0].split == "train"
     assert test[1].answer == "2000"  # "#### 2,000" without the separator
     assert test[1].solution.endswith("#### 2,000") and test[1].category == ""
@@ -118,13 +119,45 @@ def test_mbpp_entry_point_skips_builtins_unless_defined() -> None:
 
 
 def test_selection_limit_ids_sample(data_dir: Path) -> None:
-    assert [t.id for t in load_tasks("gsm8k", data_dir=data_dir, limit=2)] == ["gsm8k/test/0", "gsm8k/test/1"]
-    picked = load_tasks("gsm8k", data_dir=data_dir, ids=["2", "gsm8k/test/0"])
-    assert [t.id for t in picked] == ["gsm8k/test/2", "gsm8k/test/0"]
+    assert [t.id for t in load_tasks("gsm8k", data_dir=data_dir, limit=2)] == ["gsm8k/test/1", "gsm8k/test/2"]
+    picked = load_tasks("gsm8k", data_dir=data_dir, ids=["3", "gsm8k/test/1"])
+    assert [t.id for t in picked] == ["gsm8k/test/3", "gsm8k/test/1"]
     a = load_tasks("math500", data_dir=data_dir, sample=5, seed=7)
     b = load_tasks("math500", data_dir=data_dir, sample=5, seed=7)
     c = load_tasks("math500", data_dir=data_dir, sample=5, seed=8)
     assert [t.id for t in a] == [t.id for t in b] != [t.id for t in c]
+
+
+def test_ids_ranges_tails_and_order(data_dir: Path) -> None:
+    """Ranges of numeric tails are inclusive, keep the order given, and name each task once."""
+    assert [t.id for t in load_tasks("gsm8k", data_dir=data_dir, ids="1-2")] == ["gsm8k/test/1", "gsm8k/test/2"]
+    assert [t.id for t in load_tasks("gsm8k", "train", data_dir=data_dir, ids="4,1-2,2")] == [
+        "gsm8k/train/4", "gsm8k/train/1", "gsm8k/train/2"]
+    assert [t.id for t in load_tasks("mbpp", "test", data_dir=data_dir, ids="11-12")] == ["mbpp/11", "mbpp/12"]
+    assert [t.id for t in load_tasks("humaneval", data_dir=data_dir, ids=["0-0"])] == ["humaneval/HumanEval/0"]
+    assert len(load_tasks("gsm8k", data_dir=data_dir, ids="1-3", limit=2)) == 2  # a limit cuts the selection
+
+
+def test_parse_ids_counts_what_it_names() -> None:
+    selection = parse_ids("1001-1100,1205")
+    assert selection.size == 101 and str(selection) == "1001-1100,1205"
+    assert parse_ids(["1-100"]).size == 100 and parse_ids("HumanEval/3, 7 ,7").size == 2
+    with pytest.raises(DataError, match="runs backwards; write 1-9"):
+        parse_ids("9-1")
+
+
+def test_every_spec_is_consistent_and_lookups_are_one_line() -> None:
+    """Sources name registered splits; the taxonomy exists."""
+    for spec in BENCHMARKS.values():
+        for source in (spec.build, spec.eval):
+            assert source.split in get_benchmark(source.benchmark).splits
+        assert taxonomy_for(spec.name).name == spec.taxonomy
+        assert set(spec.check_splits) <= set(spec.splits) and spec.default_split in spec.splits
+    assert get_benchmark("HumanEval").build.benchmark == "mbpp"
+    assert {get_benchmark(s.eval.benchmark).kind for s in BENCHMARKS.values()} == {"math", "code"}
+    with pytest.raises(DataError) as info:
+        get_benchmark("imagenet")
+    assert str(info.value) == "unknown benchmark 'imagenet'; available: math500, gsm8k, humaneval, mbpp"
 
 
 def test_math500_split_is_seeded_stratified_and_disjoint(data_dir: Path) -> None:
@@ -149,9 +182,13 @@ def test_changed_file_is_reread(data_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("call", "needle"),
     [
-        (lambda d: load_tasks("nope", data_dir=d), "unknown benchmark 'nope'"),
+        (lambda d: load_tasks("nope", data_dir=d), "unknown benchmark 'nope'; available: math500, gsm8k"),
         (lambda d: load_tasks("gsm8k", "dev", data_dir=d), "unknown split 'dev'"),
         (lambda d: load_tasks("gsm8k", data_dir=d, ids=["99"]), "unknown task id(s)"),
+        (lambda d: load_tasks("gsm8k", data_dir=d, ids="2-5"), "gsm8k/test: 4-5 (numeric ids run from 1 to 3)"),
+        (lambda d: load_tasks("gsm8k", data_dir=d, ids="3-1"), "runs backwards"),
+        (lambda d: load_tasks("gsm8k", data_dir=d, ids=" , "), "no task ids given"),
+        (lambda d: load_tasks("gsm8k", data_dir=d, ids="1-2", sample=1), "--ids and --sample"),
         (lambda d: load_tasks("gsm8k", data_dir=d, sample=50), "larger than"),
         (lambda d: load_tasks("gsm8k", data_dir=d / "missing"), "does not exist"),
     ],
@@ -175,8 +212,9 @@ def test_missing_file_and_malformed_line(data_dir: Path) -> None:
 def test_hub_unreachable_is_a_data_error(tmp_path: Path) -> None:
     """Without a local directory the hub ids are used; offline that must be one DataError line."""
     code = (
-        "import memcollab.benchmarks.loaders as b\n"
-        "b.default_data_dir = lambda: None\n"
+        "import memcollab.benchmarks.files as f\n"
+        "f.default_data_dir = lambda: None\n"
+        "import memcollab.benchmarks as b\n"
         "from memcollab.errors import DataError\n"
         "try:\n    b.load_tasks('gsm8k')\nexcept DataError as e:\n    print('DATAERROR', e)\n"
     )
@@ -211,3 +249,14 @@ def test_real_math500_build_eval() -> None:
     assert not {t.id for t in build} & {t.id for t in evaluation}
     assert len({t.category for t in build}) == 7
     assert Counter(t.category for t in build)["algebra"] == 37  # 124 * 150/500, rounded by the stratifier
+
+
+@needs_real
+def test_real_gsm8k_ids_are_line_numbers_and_ranges_cover_the_real_splits() -> None:
+    """"GSM8K test 1-100" is the first 100 lines of test.jsonl; HumanEval 0-9 and MBPP 11-210 select whole ranges."""
+    first_line = json.loads((REAL / "gsm8k/test.jsonl").read_text().splitlines()[0])
+    first_100 = load_tasks("gsm8k", "test", ids="1-100")
+    assert first_100 == load_tasks("gsm8k", "test", limit=100)
+    assert first_100[0].id == "gsm8k/test/1" and first_100[0].prompt == first_line["question"]
+    assert [t.id for t in load_tasks("humaneval", ids="0-9")] == [f"humaneval/HumanEval/{i}" for i in range(10)]
+    assert [t.id for t in load_tasks("mbpp", "test", ids="11-210")] == [f"mbpp/{i}" for i in range(11, 211)]

@@ -86,3 +86,19 @@ def test_heatmap_png_is_written(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     empty = plot_heatmap([], [], np.zeros((0, 0)), tmp_path / "empty.png")
     assert empty.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_heatmap_destinations_that_cannot_be_written_are_output_errors(tmp_path):
+    """One-line OutputError before anything is drawn, not matplotlib's OSError or ValueError."""
+    from memcollab.errors import OutputError
+
+    args = error_type_matrix(two_groups())
+    regular = tmp_path / "notes.txt"
+    regular.write_text("x")
+    with pytest.raises(OutputError, match="notes.txt is a file, not a directory"):
+        plot_heatmap(*args, regular / "figs" / "heat.png")
+    with pytest.raises(OutputError, match="is a directory"):
+        plot_heatmap(*args, tmp_path)
+    with pytest.raises(OutputError, match=r"unknown image format \.xyz"):
+        plot_heatmap(*args, tmp_path / "heat.xyz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -13,7 +13,7 @@ from memcollab.programs.compile import (
     save_classifier,
 )
 from memcollab.records import Task
-from memcollab.taxonomy import taxonomy_for
+from memcollab.benchmarks import taxonomy_for
 
 TAXONOMY = taxonomy_for("math500")
 

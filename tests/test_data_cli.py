@@ -1,7 +1,7 @@
 """`memcollab data show|check` end to end, in a subprocess, as a user runs them.
 
 The one-line `error:` output is produced by `memcollab.cli.main`, so these
-tests run `python -m memcollab.cli` rather than typer's CliRunner.
+tests run the console script's `main` in a subprocess rather than typer's CliRunner.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+#: The `memcollab` console script, run by this interpreter (what `[project.scripts]` installs).
+MEMCOLLAB = [sys.executable, "-c", "import sys; from memcollab.cli import main; sys.argv[0] = 'memcollab'; main()"]
+
 
 def _cli(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MEMCOLLAB_DATA_DIR"}
@@ -21,7 +24,7 @@ def _cli(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProces
         env["MEMCOLLAB_DATA_DIR"] = str(data_dir)
     env["COLUMNS"] = "200"
     return subprocess.run(
-        [sys.executable, "-m", "memcollab.cli", *args], check=False, capture_output=True, text=True, env=env, timeout=300
+        [*MEMCOLLAB, *args], check=False, capture_output=True, text=True, env=env, timeout=300
     )
 
 
@@ -66,10 +69,22 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def test_show_prints_tasks(data_dir: Path) -> None:
-    result = _cli("data", "show", "gsm8k", "--ids", "1", "--data-dir", str(data_dir))
+    """GSM8K ids are 1-based line numbers: id 2 is the second line of test.jsonl."""
+    result = _cli("data", "show", "gsm8k", "--ids", "2", "--data-dir", str(data_dir))
     assert result.returncode == 0, result.stderr
-    assert "gsm8k/test/1" in result.stdout and "Two times 1,000?" in result.stdout and "2000" in result.stdout
-    assert "gsm8k/test/0" not in result.stdout
+    assert "gsm8k/test/2" in result.stdout and "Two times 1,000?" in result.stdout and "2000" in result.stdout
+    assert "gsm8k/test/1 " not in result.stdout and "1 task(s)" in result.stdout
+
+
+def test_show_takes_ranges_and_ids_win_over_limit(data_dir: Path) -> None:
+    result = _cli("data", "show", "humaneval", "--ids", "0-1", "--limit", "1", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stderr
+    assert "humaneval/HumanEval/0" in result.stdout and "humaneval/HumanEval/1" in result.stdout
+    assert "2 task(s)" in result.stdout
+    _assert_one_line_error(_cli("data", "show", "gsm8k", "--ids", "1-2", "--sample", "1", data_dir=data_dir),
+                           "--ids and --sample")
+    _assert_one_line_error(_cli("data", "show", "gsm8k", "--ids", "1-5", data_dir=data_dir),
+                           "unknown task id(s) in gsm8k/test: 3-5", "numeric ids run from 1 to 2")
 
 
 def test_missing_file_is_one_line(data_dir: Path) -> None:
@@ -84,7 +99,8 @@ def test_malformed_line_names_file_and_line(data_dir: Path) -> None:
 
 
 def test_unknown_benchmark_is_one_line(data_dir: Path) -> None:
-    _assert_one_line_error(_cli("data", "show", "imagenet", "--data-dir", str(data_dir)), "unknown benchmark 'imagenet'")
+    _assert_one_line_error(_cli("data", "show", "imagenet", "--data-dir", str(data_dir)),
+                           "unknown benchmark 'imagenet'; available: math500, gsm8k, humaneval, mbpp")
     _assert_one_line_error(_cli("data", "check", "--benchmark", "imagenet", "--data-dir", str(data_dir)), "imagenet")
 
 

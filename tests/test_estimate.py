@@ -1,6 +1,10 @@
-"""The up-front time estimate of a run: from call counts and measured token rates."""
+"""The time estimate of a run: up front from call counts and the throughput file, then corrected as tasks finish."""
 
-from memcollab.experiments.runner import RunConfig, estimate_seconds
+import pytest
+
+from memcollab.errors import ConfigError
+from memcollab.experiments.config import RunConfig
+from memcollab.experiments.estimate import RateTracker, Throughput, estimate_seconds, load_throughput, selected_count
 from memcollab.programs.pipeline import Agent
 
 MODELS = {"weak": "qwen2.5-coder-0.5b", "strong": "qwen2.5-coder-1.5b", "other": "smollm2-135m"}
@@ -24,3 +28,72 @@ def test_in_process_is_estimated_slower_and_remote_models_are_unknown():
     assert estimate_seconds(RunConfig(), agents("local")) > estimate_seconds(RunConfig(), agents("server"))
     remote = {**agents(), "weak": Agent(name="weak", lm=None, config={"model": "openai/gpt-4o-mini", "backend": "litellm"})}
     assert estimate_seconds(RunConfig(), remote) is None
+
+
+def test_ids_count_as_the_tasks_they_name():
+    by_ids = RunConfig(build_ids="1-40", eval_ids="1001-1039,1205")
+    assert (selected_count(by_ids, "build"), selected_count(by_ids, "eval")) == (40, 40)
+    assert estimate_seconds(by_ids, agents()) == estimate_seconds(RunConfig(build_limit=40, eval_limit=40), agents())
+    # counts of the tasks actually loaded win over the config's
+    assert estimate_seconds(RunConfig(), agents(), n_build=40, n_eval=40) == estimate_seconds(by_ids, agents())
+
+
+def test_the_figures_come_from_the_data_file(tmp_path):
+    """No measured number lives in code: halving every rate in the file doubles the estimate."""
+    base = load_throughput()
+    assert base is not None and base.rate("smollm2-135m", "server") > base.rate("smollm2-135m", "local")
+    slower = Throughput(
+        tokens_per_s={m: {b: r / 2 for b, r in rates.items()} for m, rates in base.tokens_per_s.items()},
+        tokens_per_call=base.tokens_per_call, contrast_pair_rate=base.contrast_pair_rate,
+    )
+    cfg = RunConfig()
+    assert estimate_seconds(cfg, agents(), throughput=slower) == pytest.approx(2 * estimate_seconds(cfg, agents()))
+    assert load_throughput(tmp_path / "absent.yaml") is None
+    broken = tmp_path / "throughput.yaml"
+    broken.write_text("tokens_per_s: {}\ntokens_per_call: {solve: 1}\ncontrast_pair_rate: 3\n")
+    with pytest.raises(ConfigError, match="invalid throughput file") as info:
+        load_throughput(broken)
+    assert "\n" not in str(info.value)
+
+
+class Clock:
+    """A hand-driven clock: the tracker sees exactly the seconds the test says passed."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_tracker_replaces_the_prior_with_measured_seconds():
+    clock = Clock()
+    tracker = RateTracker(total=10, prior_seconds=100.0, prior_weight=2, clock=clock)
+    assert tracker.remaining_seconds() == pytest.approx(100.0)  # nothing measured: the prior
+    for _ in range(2):  # the first two tasks take 30 s each, three times the prior's 10 s
+        clock.now += 30
+        tracker.finished()
+    # (10 s x 2 prior units + 30 s x 2 measured) / 4 = 20 s per task, 8 tasks left
+    assert tracker.remaining_seconds() == pytest.approx(160.0)
+    assert tracker.slowdown() == pytest.approx(3.0)
+    for _ in range(6):
+        clock.now += 30
+        tracker.finished()
+    assert tracker.seconds_per_unit == pytest.approx((20 + 240) / 10)  # the measurement dominates
+    clock.now += 60
+    tracker.finished(n=2)
+    assert tracker.remaining == 0 and tracker.remaining_seconds() == 0.0
+
+
+def test_rate_tracker_ignores_cached_tasks_and_needs_something_to_go_on():
+    clock = Clock()
+    tracker = RateTracker(total=4, clock=clock)
+    assert tracker.remaining_seconds() is None and tracker.slowdown() is None
+    clock.now += 0.01
+    tracker.finished(cached=True)  # served from the stores: says nothing about speed
+    assert tracker.remaining_seconds() is None and tracker.done == 1
+    clock.now += 12
+    tracker.finished()
+    assert tracker.remaining_seconds() == pytest.approx(24.0)  # 12 s per measured task, 2 left
+    with pytest.raises(ValueError):
+        RateTracker(total=-1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dspy.utils.dummies import DummyLM
 
-from memcollab.benchmarks.loaders import load_tasks
+from memcollab.benchmarks import load_tasks
 from memcollab.experiments.runner import Experiment, RunConfig
 from memcollab.paths import default_data_dir
 from memcollab.programs.pipeline import Agent

@@ -16,19 +16,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "memcollab"
 
 #: Layer of each top-level module or package of `memcollab`, lowest first.
 LAYERS: dict[str, int] = {
-    # ground: typed records, errors, paths, the parallel helper; then the taxonomy files, which use them
-    "__init__": 0, "records": 0, "errors": 0, "paths": 0, "parallel": 0,
-    "taxonomy": 1,
+    # ground: errors; then typed records, paths and the parallel helper; then the taxonomy files
+    "__init__": 0, "errors": 0,
+    "records": 1, "paths": 1, "parallel": 1,
+    "taxonomy": 2,
     # what the method stands on: data, judging, models
-    "benchmarks": 2, "grading": 2, "lm": 2,
+    "benchmarks": 3, "grading": 3, "lm": 3,
     # what the method keeps and asks
-    "memory": 3, "signatures": 3, "tracking": 3,
+    "memory": 4, "signatures": 4, "tracking": 4,
     # the method
-    "programs": 4,
+    "programs": 5,
     # experiments over the method
-    "experiments": 5,
+    "experiments": 6,
     # the command line
-    "cli": 6,
+    "cli": 7,
 }
 
 

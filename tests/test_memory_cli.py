@@ -122,3 +122,58 @@ def test_export_then_import_round_trips(store_path, tmp_path):
     assert result.exit_code == 0 and "2 added, 0 merged" in result.output
     with MemoryStore(copy) as imported, MemoryStore(store_path) as original:
         assert imported.entries() == original.entries()
+
+
+# ------------------------------------------------------------------ read commands never write
+
+
+def sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+READ_COMMANDS = (["stats"], ["list"], ["export", "out.jsonl"])
+
+
+def test_read_commands_leave_an_empty_file_empty(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    for args in READ_COMMANDS:
+        proc = run_cli("memory", *args, "--store", str(empty), cwd=tmp_path)
+        assert_one_line_error(proc, "empty.sqlite", "not a MemCollab memory store")
+    assert empty.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]  # no schema, no -wal, no export
+
+
+def test_read_commands_and_import_leave_a_foreign_database_alone(tmp_path):
+    foreign = tmp_path / "app.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.execute("INSERT INTO users VALUES ('ada')")
+    before = sha(foreign)
+    dump = tmp_path / "in.jsonl"
+    one = MemoryEntry(when="w", enforce="e", avoid="a", category="c", error_type="t")
+    dump.write_text(one.model_dump_json() + "\n")
+    for args in (*READ_COMMANDS, ["import", str(dump)]):
+        proc = run_cli("memory", *args, "--store", str(foreign), cwd=tmp_path)
+        assert_one_line_error(proc, "not a MemCollab memory store")
+        assert sha(foreign) == before, args  # not switched to WAL, no tables added
+    with sqlite3.connect(foreign) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_read_commands_read_a_delete_mode_store_without_switching_it(tmp_path, store_path):
+    conn = sqlite3.connect(store_path)
+    assert conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    entry_id = conn.execute("SELECT id FROM memories ORDER BY rowid").fetchone()[0]
+    conn.close()
+    before = sha(store_path)
+    for args in (*READ_COMMANDS, ["show", entry_id]):
+        proc = run_cli("memory", *args, "--store", str(store_path), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert sha(store_path) == before, args
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+    assert not any(p.name.startswith("mem.sqlite-") for p in tmp_path.iterdir())  # no -wal / -shm either
+    with sqlite3.connect(store_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"

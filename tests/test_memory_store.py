@@ -216,3 +216,281 @@ def test_export_lines_are_json_entries(store, tmp_path):
     store.export_jsonl(out)
     row = json.loads(out.read_text().splitlines()[0])
     assert row["id"] == entry(*QUAD).content_key() and row["support"] == 1
+
+
+# ------------------------------------------------------------------ reading never writes
+
+
+def sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def delete_mode_store(path) -> None:
+    """A MemCollab store in SQLite's DELETE journal mode (as an older tool or a copy may leave it)."""
+    with MemoryStore(path) as s:
+        s.add(entry(*QUAD))
+        s.add(entry(*INEQ, task="t2"))
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+
+
+def test_read_only_store_reads_a_delete_mode_store_without_changing_a_byte(tmp_path):
+    path = tmp_path / "delete.sqlite"
+    delete_mode_store(path)
+    before = sha(path)
+    with MemoryStore(path, read_only=True) as s:
+        assert len(s) == 2 and s.stats()["entries"] == 2
+        assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        s.export_jsonl(tmp_path / "out.jsonl")
+    assert sha(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["delete.sqlite", "out.jsonl"]  # no -wal, no -shm
+
+
+def test_read_only_store_cannot_write(tmp_path):
+    path = tmp_path / "mem.sqlite"
+    delete_mode_store(path)
+    with MemoryStore(path, read_only=True) as s:
+        with pytest.raises(MemoryStoreError, match="readonly"):
+            s.add(entry("a new case", "a new rule", "a new mistake"))
+    with MemoryStore(path, read_only=True) as s:
+        assert len(s) == 2
+
+
+def test_empty_file_is_refused_and_stays_empty(tmp_path):
+    path = tmp_path / "empty.sqlite"
+    path.write_bytes(b"")
+    with pytest.raises(MemoryStoreError, match="empty file, not a MemCollab memory store"):
+        MemoryStore(path, read_only=True)
+    assert path.read_bytes() == b""
+    assert [p.name for p in tmp_path.iterdir()] == ["empty.sqlite"]
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_foreign_sqlite_file_keeps_its_bytes(tmp_path, read_only):
+    """Refused before anything is written: the old order switched the file to WAL first."""
+    foreign = tmp_path / "app.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.execute("INSERT INTO users VALUES ('ada')")
+    before = sha(foreign)
+    with pytest.raises(MemoryStoreError, match="not a MemCollab memory store"):
+        MemoryStore(foreign, read_only=read_only)
+    assert sha(foreign) == before
+    with sqlite3.connect(foreign) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_newer_schema_keeps_its_bytes(tmp_path):
+    path = tmp_path / "future.sqlite"
+    delete_mode_store(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = 2")
+    before = sha(path)
+    with pytest.raises(MemoryStoreError, match="schema version 2"):
+        MemoryStore(path)
+    assert sha(path) == before
+
+
+def test_writing_store_still_switches_to_wal(tmp_path):
+    path = tmp_path / "mem.sqlite"
+    delete_mode_store(path)
+    with MemoryStore(path) as s:
+        assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_read_only_path_with_uri_characters(tmp_path):
+    """The read-only URI escapes what SQLite would read as URI syntax (`?`, `#`, `%`, spaces)."""
+    path = tmp_path / "a dir?#%20" / "mem [1].sqlite"
+    path.parent.mkdir()
+    delete_mode_store(path)
+    with MemoryStore(path, read_only=True) as s:
+        assert len(s) == 2
+
+
+# ------------------------------------------------------------------ damage becomes one line
+
+
+def test_memories_table_with_other_columns_is_refused(tmp_path):
+    path = tmp_path / "mem.sqlite"
+    delete_mode_store(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE memories")
+        conn.execute("CREATE TABLE memories (id TEXT, note TEXT)")
+    for read_only in (True, False):
+        with pytest.raises(MemoryStoreError, match="damaged.*without column.*when_") as info:
+            MemoryStore(path, read_only=read_only)
+        assert "\n" not in str(info.value)
+
+
+def test_unparsable_row_is_named(tmp_path):
+    path = tmp_path / "mem.sqlite"
+    delete_mode_store(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE memories SET provenance = 'not json' WHERE rowid = 1")
+    with MemoryStore(path, read_only=True) as s:
+        bad_id = s._conn.execute("SELECT id FROM memories WHERE rowid = 1").fetchone()[0]
+        with pytest.raises(MemoryStoreError, match=f"damaged: memory '{bad_id}' does not parse"):
+            s.entries()
+
+
+def test_damaged_pages_fail_on_the_query_with_one_line(tmp_path):
+    import random
+
+    path = tmp_path / "mem.sqlite"
+    with MemoryStore(path) as s:
+        for i in range(150):
+            s.add(entry(f"case {i} " * 10, f"rule {i} " * 10, f"mistake {i}", task=f"t{i}"), dedup_threshold=None)
+    data = bytearray(path.read_bytes())
+    rng = random.Random(0)
+    for offset in range(len(data) // 2, len(data)):
+        data[offset] = rng.randrange(256)
+    path.write_bytes(bytes(data))
+    with MemoryStore(path, read_only=True) as s:  # header and schema pages are intact
+        with pytest.raises(MemoryStoreError, match="malformed") as info:
+            s.entries()
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+        assert not s.integrity_ok()
+
+
+def test_export_destinations_that_cannot_be_written(store, tmp_path):
+    from memcollab.errors import OutputError
+
+    store.add(entry(*QUAD))
+    regular = tmp_path / "file.txt"
+    regular.write_text("x")
+    with pytest.raises(OutputError, match="file.txt is a file, not a directory"):
+        store.export_jsonl(regular / "out.jsonl")
+    with pytest.raises(OutputError, match="is a directory"):
+        store.export_jsonl(tmp_path)
+    assert regular.read_text() == "x"
+    out = tmp_path / "out.jsonl"
+    out.write_text("old content\n")
+    assert store.export_jsonl(out) == 1
+    assert json.loads(out.read_text())["id"] == entry(*QUAD).content_key()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------ writers in separate processes
+
+_WRITER = """
+import os, sys
+from memcollab.memory import MemoryStore
+from memcollab.records import MemoryEntry, Provenance
+path, worker, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with MemoryStore(path) as store:
+    for i in range(count):
+        store.add(MemoryEntry(when=f"w{worker} case {i}", enforce=f"rule {worker}-{i}", avoid="x", category="c",
+                              error_type="e", provenance=Provenance(task_ids=[f"{worker}-{i}"])), dedup_threshold=None)
+        print(i, flush=True)  # printed only after the add committed
+    if len(sys.argv) > 4:
+        os.kill(os.getpid(), 9)  # no close, no checkpoint: what a killed run leaves behind
+"""
+
+
+def test_four_processes_create_and_fill_one_new_store(tmp_path):
+    """The schema is created once however the four race for it, and every add of every process is kept."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "new" / "shared.sqlite"
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(w), "15"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for w in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    with MemoryStore(path, read_only=True) as s:
+        assert len(s) == 60 and s.integrity_ok()
+        assert s._conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+
+
+def test_adds_survive_kill_9(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.sqlite"
+    proc = subprocess.run([sys.executable, "-c", _WRITER, str(path), "0", "25", "kill"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -9
+    committed = len(proc.stdout.split())
+    assert committed == 25
+    with MemoryStore(path, read_only=True) as s:  # read-only still sees what only the WAL holds
+        assert len(s) == committed
+    with MemoryStore(path) as s:
+        assert len(s) == committed and s.integrity_ok()
+
+
+# ------------------------------------------------------------------ the result store
+
+
+def test_result_is_kept_the_moment_it_is_put_even_if_killed(tmp_path):
+    import subprocess
+    import sys
+
+    from memcollab.memory.results import ResultStore
+
+    path = tmp_path / "results.sqlite"
+    script = ("import os, sys\nfrom memcollab.memory.results import ResultStore\n"
+              "r = ResultStore(sys.argv[1])\nr.put('k1', 'solve', 't1', 'weak', {'answer': 42})\n"
+              "os.kill(os.getpid(), 9)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    with ResultStore(path) as results:
+        assert results.get("k1") == {"answer": 42} and results.count("solve") == 1
+
+
+def test_result_store_refuses_a_foreign_file_without_touching_it(tmp_path):
+    from memcollab.errors import ResultStoreError
+    from memcollab.memory.results import ResultStore
+
+    foreign = tmp_path / "mlflow.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE runs (id TEXT)")
+    before = sha(foreign)
+    with pytest.raises(ResultStoreError, match="not a MemCollab results file"):
+        ResultStore(foreign)
+    assert sha(foreign) == before
+
+    memory = tmp_path / "memory.sqlite"  # the other store of a run dir, passed by mistake
+    MemoryStore(memory).close()
+    with pytest.raises(ResultStoreError, match="not a MemCollab results file"):
+        ResultStore(memory)
+
+
+def test_result_store_damage_is_one_line(tmp_path):
+    from memcollab.errors import ResultStoreError
+    from memcollab.memory.results import ResultStore
+
+    wrong = tmp_path / "wrong.sqlite"
+    with sqlite3.connect(wrong) as conn:
+        conn.execute("CREATE TABLE records (key TEXT PRIMARY KEY, kind TEXT, agent TEXT)")
+    with pytest.raises(ResultStoreError, match="damaged.*task_id, payload, created_at"):
+        ResultStore(wrong)
+
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"\x00\xff" * 4096)
+    with pytest.raises(ResultStoreError, match="not a database"):
+        ResultStore(garbage)
+
+    rows = tmp_path / "rows.sqlite"
+    with ResultStore(rows) as results:
+        results.put("k1", "solve", "t1", "weak", {"answer": 1})
+    with sqlite3.connect(rows) as conn:
+        conn.execute("UPDATE records SET payload = '{truncated' WHERE key = 'k1'")
+    with ResultStore(rows) as results:
+        with pytest.raises(ResultStoreError, match="damaged: the result under key k1 is not JSON"):
+            results.get("k1")
+
+    regular = tmp_path / "file.txt"
+    regular.write_text("x")
+    with pytest.raises(ResultStoreError, match="file.txt is a file, not a directory"):
+        ResultStore(regular / "run" / "results.sqlite")
+
+
+def test_binary_import_file_is_named_not_a_traceback(store, tmp_path):
+    blob = tmp_path / "photo.jsonl"
+    blob.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00" * 50)
+    with pytest.raises(MemoryStoreError, match="photo.jsonl: not UTF-8 text"):
+        store.import_jsonl(blob)
+    assert len(store) == 0

@@ -15,7 +15,7 @@ from memcollab.memory import MemoryStore, retrieve
 from memcollab.programs.pairs import build_pairs
 from memcollab.programs.pipeline import Agent, MemCollab
 from memcollab.records import MemoryEntry, Provenance, Task, Trajectory, Turn, Verdict
-from memcollab.taxonomy import taxonomy_for
+from memcollab.benchmarks import taxonomy_for
 
 TAXONOMY = taxonomy_for("gsm8k")
 

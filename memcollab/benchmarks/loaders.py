@@ -1,153 +1,33 @@
-"""Benchmark loaders: MATH500, GSM8K, HumanEval and MBPP as uniform :class:`Task` lists.
+"""Per-benchmark loaders: MATH500, GSM8K, HumanEval and MBPP rows as uniform :class:`Task` lists.
 
-Data comes from a local directory of JSON Lines files (``--data-dir``,
-``MEMCOLLAB_DATA_DIR`` or ``paths.default_data_dir()``) read through
-``datasets``; without a local directory the usual Hugging Face dataset ids are
-used. Every problem the user can cause (missing file, malformed line, unknown
-benchmark/split/id) raises a one-line :class:`DataError`.
+Each `load_<benchmark>(split, read)` is the `loader` of that benchmark's spec
+(`memcollab.benchmarks.registry`): `read(source)` returns raw rows, these functions
+turn them into tasks and pick the split. Task ids are stable across runs:
+
+- MATH500: ``math500/test/<unique_id>`` (e.g. ``math500/test/test/algebra/1.json``);
+- GSM8K: ``gsm8k/<split>/<n>`` where ``n`` is the **1-based line number** of the
+  problem in ``<split>.jsonl`` (its n-th record): ``gsm8k/test/1`` is the first line of
+  test.jsonl, so "GSM8K test 1-100" (``--ids 1-100``) means the first 100 problems;
+- HumanEval: ``humaneval/HumanEval/<n>`` (n = 0..163, as in the dataset);
+- MBPP: ``mbpp/<task_id>`` (the dataset's task_id, 1..974).
+
+Every problem the user can cause raises a one-line :class:`DataError`.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
-import json
-import random
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from memcollab.benchmarks.spec import Loader, ReadRows
 from memcollab.errors import DataError
-from memcollab.paths import default_data_dir
 from memcollab.records import Task
 
-
-@dataclass(frozen=True)
-class BenchmarkInfo:
-    """What a benchmark is: its task kind, its splits and the split used when none is given."""
-
-    name: str
-    kind: str
-    splits: tuple[str, ...]
-    default_split: str
-    hub_id: str
-    hub_config: str | None = None
-
-
-BENCHMARKS: dict[str, BenchmarkInfo] = {
-    "math500": BenchmarkInfo("math500", "math", ("test", "build", "eval"), "test", "HuggingFaceH4/MATH-500"),
-    "gsm8k": BenchmarkInfo("gsm8k", "math", ("train", "test"), "test", "openai/gsm8k", "main"),
-    "humaneval": BenchmarkInfo("humaneval", "code", ("test",), "test", "openai/openai_humaneval"),
-    "mbpp": BenchmarkInfo(
-        "mbpp", "code", ("prompt", "test", "validation", "train"), "test", "google-research-datasets/mbpp", "full"
-    ),
-}
-
-# Local file of each (benchmark, source split), relative to the data directory.
-_LOCAL_FILES: dict[tuple[str, str], str] = {
-    ("math500", "test"): "math500/test.jsonl",
-    ("gsm8k", "train"): "gsm8k/train.jsonl",
-    ("gsm8k", "test"): "gsm8k/test.jsonl",
-    ("humaneval", "test"): "humaneval/HumanEval.jsonl",
-    ("mbpp", "all"): "mbpp/mbpp.jsonl",
-}
-
-# The standard MBPP split by task_id (Austin et al. 2021).
-MBPP_SPLITS: dict[str, range] = {
-    "prompt": range(1, 11),
-    "test": range(11, 511),
-    "validation": range(511, 601),
-    "train": range(601, 975),
-}
-
+#: Size of MATH500's seeded build part (the rest is the evaluation part).
 MATH500_BUILD_SIZE = 150
-
-
-# --------------------------------------------------------------------------- raw records
-
-
-def check_jsonl(path: Path) -> int:
-    """Validate a JSON Lines file line by line; return the record count.
-
-    `datasets` reports malformed JSON without the line number, so the file is
-    checked here first and the error names the file and the line.
-    """
-    if not path.is_file():
-        raise DataError(f"missing data file {path}; pass --data-dir or set MEMCOLLAB_DATA_DIR to the benchmark data")
-    count = 0
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                msg = getattr(exc, "msg", str(exc))
-                raise DataError(f"malformed JSON in {path} line {lineno}: {msg}") from None
-            if not isinstance(record, dict):
-                raise DataError(f"malformed JSON in {path} line {lineno}: expected an object, got {type(record).__name__}")
-            count += 1
-    if count == 0:
-        raise DataError(f"data file {path} has no records")
-    return count
-
-
-def _quiet_datasets() -> None:
-    import datasets
-
-    datasets.utils.logging.set_verbosity_error()
-    datasets.utils.logging.disable_progress_bar()
-
-
-def _read_local(path: Path) -> list[dict[str, Any]]:
-    """Rows of a local JSONL file, validated first, then read through `datasets`."""
-    check_jsonl(path)
-    _quiet_datasets()
-    from datasets import load_dataset
-
-    try:
-        ds = load_dataset("json", data_files=str(path), split="train")
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types; the JSON was valid, so relay its words
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read {path} with datasets: {first}") from None
-    return ds.to_list()
-
-
-def _read_hub(info: BenchmarkInfo, split: str) -> list[dict[str, Any]]:
-    """Rows of one split from the Hugging Face hub (needs network or a warm HF cache)."""
-    _quiet_datasets()
-    from datasets import concatenate_datasets, load_dataset
-
-    try:
-        if info.name == "mbpp":
-            parts = load_dataset(info.hub_id, info.hub_config)
-            ds = concatenate_datasets([parts[name] for name in parts])
-        else:
-            ds = load_dataset(info.hub_id, info.hub_config, split=split)
-    except Exception as exc:  # noqa: BLE001 - network, auth and cache errors all mean "no data": say so in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"no local data directory and the Hugging Face hub is unreachable for {info.hub_id} ({first[:160]}); "
-            "pass --data-dir or set MEMCOLLAB_DATA_DIR"
-        ) from None
-    return ds.to_list()
-
-
-def _resolve_data_dir(data_dir: str | Path | None) -> Path | None:
-    if data_dir is not None:
-        path = Path(data_dir).expanduser()
-        if not path.is_dir():
-            raise DataError(f"data directory {path} does not exist; pass an existing --data-dir")
-        return path
-    return default_data_dir()
-
-
-def _rows(info: BenchmarkInfo, source_split: str, data_dir: Path | None) -> list[dict[str, Any]]:
-    if data_dir is None:
-        return _read_hub(info, source_split)
-    return _read_local(data_dir / _LOCAL_FILES[(info.name, source_split)])
 
 
 def _field(row: dict[str, Any], key: str, where: str) -> Any:
@@ -163,7 +43,7 @@ def _snake(subject: str) -> str:
     return "_".join(subject.replace("&", " and ").lower().split())
 
 
-def _math500_tasks(rows: list[dict[str, Any]]) -> list[Task]:
+def math500_tasks(rows: list[dict[str, Any]]) -> list[Task]:
     tasks = []
     for i, row in enumerate(rows):
         where = f"math500 record {i + 1}"
@@ -191,7 +71,7 @@ def gsm8k_final_answer(answer_text: str) -> str:
     return answer_text.rsplit("####", 1)[1].strip().replace(",", "")
 
 
-def _gsm8k_tasks(rows: list[dict[str, Any]], split: str) -> list[Task]:
+def gsm8k_tasks(rows: list[dict[str, Any]], split: str) -> list[Task]:
     tasks = []
     for i, row in enumerate(rows):
         where = f"gsm8k/{split} record {i + 1}"
@@ -201,7 +81,7 @@ def _gsm8k_tasks(rows: list[dict[str, Any]], split: str) -> list[Task]:
             raise DataError(f"{where} has no '#### <answer>' line")
         tasks.append(
             Task(
-                id=f"gsm8k/{split}/{i}",
+                id=f"gsm8k/{split}/{i + 1}",  # 1-based line number: gsm8k/test/1 is the first problem
                 benchmark="gsm8k",
                 split=split,
                 kind="math",
@@ -213,7 +93,7 @@ def _gsm8k_tasks(rows: list[dict[str, Any]], split: str) -> list[Task]:
     return tasks
 
 
-def _humaneval_tasks(rows: list[dict[str, Any]]) -> list[Task]:
+def humaneval_tasks(rows: list[dict[str, Any]]) -> list[Task]:
     tasks = []
     for i, row in enumerate(rows):
         where = f"humaneval record {i + 1}"
@@ -277,7 +157,8 @@ def _lf(code: str) -> str:
     return code.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _mbpp_tasks(rows: list[dict[str, Any]]) -> list[Task]:
+def mbpp_tasks(rows: list[dict[str, Any]], splits: Mapping[str, range]) -> list[Task]:
+    """Every MBPP row as a task, its split read off its task_id (`splits`: split -> task_id range)."""
     tasks = []
     for i, row in enumerate(rows):
         where = f"mbpp record {i + 1}"
@@ -285,7 +166,7 @@ def _mbpp_tasks(rows: list[dict[str, Any]]) -> list[Task]:
         tests = [_lf(t).strip() for t in _field(row, "test_list", where)]
         if not tests:
             raise DataError(f"{where} (task {task_id}) has an empty test_list")
-        split = next((name for name, ids in MBPP_SPLITS.items() if task_id in ids), "extra")
+        split = next((name for name, ids in splits.items() if task_id in ids), "extra")
         tasks.append(
             Task(
                 id=f"mbpp/{task_id}",
@@ -301,9 +182,6 @@ def _mbpp_tasks(rows: list[dict[str, Any]]) -> list[Task]:
         )
     tasks.sort(key=lambda t: int(t.id.split("/")[1]))
     return tasks
-
-
-# --------------------------------------------------------------------------- splits and selection
 
 
 def math500_split(tasks: Sequence[Task], build_size: int = MATH500_BUILD_SIZE, seed: int = 0) -> tuple[list[Task], list[Task]]:
@@ -326,76 +204,32 @@ def math500_split(tasks: Sequence[Task], build_size: int = MATH500_BUILD_SIZE, s
     )
 
 
-def _select_ids(tasks: list[Task], ids: Iterable[str], where: str) -> list[Task]:
-    by_id = {t.id: t for t in tasks}
-    chosen: list[Task] = []
-    unknown: list[str] = []
-    for raw in ids:
-        key = raw.strip()
-        if not key:
-            continue
-        if key in by_id:
-            chosen.append(by_id[key])
-            continue
-        matches = [t for t in tasks if t.id.endswith("/" + key)]
-        if len(matches) == 1:
-            chosen.append(matches[0])
-        elif len(matches) > 1:
-            raise DataError(f"id '{key}' is ambiguous in {where} ({len(matches)} matches); give the full id, e.g. {matches[0].id}")
-        else:
-            unknown.append(key)
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise DataError(f"unknown task id(s) in {where}: {shown}; see `memcollab data show` for valid ids")
-    return chosen
+# --------------------------------------------------------------------------- loaders of the specs
 
 
-def load_tasks(
-    benchmark: str,
-    split: str | None = None,
-    data_dir: str | Path | None = None,
-    limit: int | None = None,
-    ids: Iterable[str] | None = None,
-    sample: int | None = None,
-    seed: int = 0,
-) -> list[Task]:
-    """Load one benchmark split as tasks, optionally narrowed to ids, a seeded sample, or the first `limit`.
+def load_math500(split: str, read: ReadRows) -> list[Task]:
+    """All 500 problems ("test"), or the seeded build/eval parts of them."""
+    tasks = math500_tasks(read("test"))
+    if split == "test":
+        return tasks
+    build, evaluation = math500_split(tasks, seed=0)
+    return build if split == "build" else evaluation
 
-    `ids` accepts full ids ("gsm8k/test/17") or their unambiguous tail ("17").
-    For MATH500, "build"/"eval" are the seeded subject-stratified parts of the
-    500 test problems (see :func:`math500_split`); "test" is all of them.
-    """
-    name = benchmark.strip().lower()
-    if name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark '{benchmark}'; choose one of: {', '.join(BENCHMARKS)}")
-    info = BENCHMARKS[name]
-    split = split or info.default_split
-    if split not in info.splits:
-        raise DataError(f"unknown split '{split}' for {name}; choose one of: {', '.join(info.splits)}")
-    for flag, value in (("limit", limit), ("sample", sample)):
-        if value is not None and value < 0:
-            raise DataError(f"--{flag} must be >= 0, got {value}")
 
-    directory = _resolve_data_dir(data_dir)
-    if name == "math500":
-        tasks = _math500_tasks(_rows(info, "test", directory))
-        if split != "test":
-            build, evaluation = math500_split(tasks, seed=0)
-            tasks = build if split == "build" else evaluation
-    elif name == "gsm8k":
-        tasks = _gsm8k_tasks(_rows(info, split, directory), split)
-    elif name == "humaneval":
-        tasks = _humaneval_tasks(_rows(info, "test", directory))
-    else:
-        tasks = [t for t in _mbpp_tasks(_rows(info, "all", directory)) if t.split == split]
+def load_gsm8k(split: str, read: ReadRows) -> list[Task]:
+    """One GSM8K file (train or test); ids are 1-based line numbers."""
+    return gsm8k_tasks(read(split), split)
 
-    where = f"{name}/{split}"
-    if ids is not None:
-        tasks = _select_ids(tasks, ids, where)
-    if sample is not None:
-        if sample > len(tasks):
-            raise DataError(f"--sample {sample} is larger than {where} ({len(tasks)} tasks)")
-        tasks = random.Random(seed).sample(tasks, sample)
-    if limit is not None:
-        tasks = tasks[:limit]
-    return tasks
+
+def load_humaneval(split: str, read: ReadRows) -> list[Task]:
+    """The 164 HumanEval problems (one split)."""
+    return humaneval_tasks(read("test"))
+
+
+def mbpp_loader(splits: Mapping[str, range]) -> Loader:
+    """The MBPP loader for a split-by-task_id table (one file holds every split)."""
+
+    def load_mbpp(split: str, read: ReadRows) -> list[Task]:
+        return [t for t in mbpp_tasks(read("all"), splits) if t.split == split]
+
+    return load_mbpp

@@ -1,8 +1,9 @@
 """The `memcollab` command.
 
 One module per command group (`data.py`, `models.py`, `memory.py`, `run.py`); this module
-assembles them and turns every :class:`MemCollabError` into one line on
-stderr and a non-zero exit, never a traceback.
+assembles them and turns every :class:`MemCollabError`, and every known LM transport failure
+(an endpoint that refuses, times out or is overloaded), into one line on stderr and a non-zero
+exit, never a traceback. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from memcollab import __version__
-from memcollab.errors import MemCollabError
+from memcollab.errors import MemCollabError, lm_endpoint_error
 
 app = typer.Typer(
     name="memcollab",
@@ -58,16 +60,35 @@ def _register() -> None:
 _register()
 
 
+def print_error(message: str) -> None:
+    """`error: <message>` on stderr as one line, the message verbatim.
+
+    Never parsed as rich markup: hints such as `pip install 'memcollab[llama]'` and
+    paths such as `runs/[/x]` are user text, not styles.
+    """
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())  # one line, spacing kept
+    Console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Console-script entry point: run the app, print user errors as one line."""
+    """Console-script entry point: run the app, print user and environment errors as one line."""
     try:
         app()
     except MemCollabError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        # A summary error that chains an LM transport failure (a parallel map's "n of m items
+        # failed") says less than the failure itself: where the endpoint is and why it did not answer.
+        shown = lm_endpoint_error(exc) or exc
+        print_error(str(shown))
+        sys.exit(shown.exit_code)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted", highlight=False)
+        Console(stderr=True).print("interrupted", highlight=False, markup=False)
         sys.exit(130)
+    except Exception as exc:
+        lm_error = lm_endpoint_error(exc)
+        if lm_error is None:
+            raise  # a bug: its traceback is what fixing it needs
+        print_error(str(lm_error))
+        sys.exit(lm_error.exit_code)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ _DATA_DIR_HELP = "Directory with the benchmark JSONL files (default: MEMCOLLAB_D
 @data_app.command("check")
 def check(
     benchmark: list[str] | None = typer.Option(
-        None, "--benchmark", "-b", help="Benchmark to check (repeatable): math500, gsm8k, humaneval, mbpp. Default: all."
+        None, "--benchmark", "-b", help="Benchmark to check (repeatable), one of the registered benchmarks. Default: all."
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Parallel graders (default: CPU count)."),
@@ -45,12 +45,6 @@ def check(
         raise typer.Exit(code=1)
 
 
-def _ids(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [part.strip() for value in values for part in value.split(",") if part.strip()]
-
-
 def _clip(text: str, full: bool, limit: int = 600) -> str:
     text = text.rstrip()
     return text if full or len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters; --full shows all)"
@@ -58,10 +52,14 @@ def _clip(text: str, full: bool, limit: int = 600) -> str:
 
 @data_app.command("show")
 def show(
-    benchmark: str = typer.Argument(..., help="math500, gsm8k, humaneval or mbpp."),
+    benchmark: str = typer.Argument(..., help="A registered benchmark: math500, gsm8k, humaneval, mbpp."),
     split: str | None = typer.Option(None, "--split", "-s", help="Split (default: the benchmark's test split)."),
     limit: int | None = typer.Option(None, "--limit", "-n", help="Show the first N tasks (default 3)."),
-    ids: list[str] | None = typer.Option(None, "--ids", help="Task ids, comma-separated or repeated; full or the tail."),
+    ids: list[str] | None = typer.Option(
+        None, "--ids",
+        help="Task ids, comma-separated or repeated: full ids, tails, or inclusive ranges of numeric tails "
+        "(1-100, 1001-1100,1205; GSM8K ids are 1-based line numbers). Wins over --limit.",
+    ),
     sample: int | None = typer.Option(None, "--sample", help="Show a seeded random sample of N tasks."),
     seed: int = typer.Option(0, "--seed", help="Seed for --sample."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
@@ -71,15 +69,18 @@ def show(
     from rich.console import Console
     from rich.rule import Rule
 
+    from memcollab.benchmarks import load_tasks
     from memcollab.errors import DataError
-    from memcollab.benchmarks.loaders import load_tasks
 
-    chosen = [name for name, value in (("--limit", limit), ("--ids", ids), ("--sample", sample)) if value]
-    if len(chosen) > 1:
-        raise DataError(f"use only one of {', '.join(chosen)}")
-    if not chosen and limit is None:
+    if ids and sample is not None:
+        raise DataError("--ids and --sample both choose tasks; use one of them")
+    if limit is not None and sample is not None:
+        raise DataError("use only one of --limit, --sample")
+    if ids:
+        limit = None  # ids win over --limit
+    elif limit is None and sample is None:
         limit = 3
-    tasks = load_tasks(benchmark, split, data_dir=data_dir, limit=limit, ids=_ids(ids), sample=sample, seed=seed)
+    tasks = load_tasks(benchmark, split, data_dir=data_dir, limit=limit, ids=ids or None, sample=sample, seed=seed)
 
     console = Console(highlight=False, soft_wrap=True)
     for task in tasks:

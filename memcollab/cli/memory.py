@@ -1,8 +1,11 @@
 """`memcollab memory ...`: look into, export and import a memory store.
 
-Read commands never create a store: a mistyped --store path is an error, not
-a silently empty memory. Imports live inside the commands so `memcollab
---help` stays fast.
+Read commands (`list`, `show`, `stats`, `export`) never create a store and
+never write to one: they open it read-only, so a mistyped --store path is an
+error, not a silently empty memory, and inspecting a file leaves its bytes as
+they were. Store contents and paths are printed as plain text, never as rich
+markup (a memory may well contain `[/x]`). Imports live inside the commands so
+`memcollab --help` stays fast.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from memcollab.memory.store import MemoryStore
 
 DEFAULT_STORE = Path("runs/memory.sqlite")
@@ -24,10 +29,18 @@ StoreOption = typer.Option(
 )
 
 
-def _open(path: Path, create: bool = False) -> MemoryStore:
+def _open(path: Path, create: bool = False, read_only: bool = True) -> MemoryStore:
+    """The store at `path`: read-only unless a command writes (only `import` does)."""
     from memcollab.memory.store import MemoryStore
 
-    return MemoryStore(path, create=create)
+    return MemoryStore(path, create=create, read_only=read_only)
+
+
+def _plain(text: object) -> Text:
+    """`text` as rich Text: printed verbatim, never parsed as markup."""
+    from rich.text import Text
+
+    return Text(str(text))
 
 
 def _truncate(text: str, width: int) -> str:
@@ -47,15 +60,15 @@ def list_cmd(
     with _open(store) as mem:
         entries = mem.entries(category=category)
     shown = entries if limit == 0 else entries[:limit]
-    table = Table(title=f"{store} - {len(entries)} memories" + (f" in {category}" if category else ""))
+    table = Table(title=_plain(f"{store} - {len(entries)} memories" + (f" in {category}" if category else "")))
     for column in ("id", "category", "error type", "support", "text"):
         table.add_column(column, justify="right" if column == "support" else "left", overflow="fold")
     for e in shown:
-        table.add_row(e.id, e.category, e.error_type, str(e.support), _truncate(e.text, 90))
+        table.add_row(*map(_plain, (e.id, e.category, e.error_type, e.support, _truncate(e.text, 90))))
     console = Console()
     console.print(table)
     if len(shown) < len(entries):
-        console.print(f"showing {len(shown)} of {len(entries)}; use --limit 0 for all")
+        console.print(f"showing {len(shown)} of {len(entries)}; use --limit 0 for all", markup=False)
 
 
 @memory_app.command("show")
@@ -66,6 +79,7 @@ def show_cmd(
 ) -> None:
     """Show one memory with everything stored about it, provenance included."""
     from rich.console import Console
+    from rich.text import Text
 
     from memcollab.errors import MemoryStoreError
 
@@ -93,7 +107,7 @@ def show_cmd(
         "negative agents": ", ".join(entry.provenance.negative_agents) or "-",
     }
     for key, value in fields.items():
-        console.print(f"[bold]{key:>16}[/]  {value}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble((f"{key:>16}", "bold"), "  ", str(value)), highlight=False, soft_wrap=True)
 
 
 @memory_app.command("stats")
@@ -110,14 +124,15 @@ def stats_cmd(
     with _open(store) as mem:
         stats = mem.stats()
         entries = mem.entries() if heatmap else []
-    table = Table(title=f"{store} - {stats['entries']} memories, total support {stats['total_support']}")
+    table = Table(title=_plain(f"{store} - {stats['entries']} memories, total support {stats['total_support']}"))
     error_types = list(stats["error_types"])
     table.add_column("category")
     for et in error_types:
-        table.add_column(et, justify="right")
+        table.add_column(_plain(et), justify="right")
     table.add_column("total", justify="right", style="bold")
     for category, row in stats["matrix"].items():
-        table.add_row(category, *(str(row.get(et, 0)) for et in error_types), str(stats["categories"][category]))
+        counts = [str(row.get(et, 0)) for et in error_types]
+        table.add_row(_plain(category), *counts, str(stats["categories"][category]))
     table.add_row("total", *(str(stats["error_types"][et]) for et in error_types), str(stats["entries"]), style="bold")
     console = Console()
     console.print(table)
@@ -125,7 +140,7 @@ def stats_cmd(
         from memcollab.memory.clustering import error_type_matrix, plot_heatmap
 
         path = plot_heatmap(*error_type_matrix(entries), heatmap)
-        console.print(f"heatmap written to {path}")
+        console.print(f"heatmap written to {path}", markup=False, highlight=False)
 
 
 @memory_app.command("export")
@@ -149,7 +164,7 @@ def import_cmd(
 
     if not source.is_file():  # checked before opening, so a typo does not leave an empty store behind
         raise MemoryStoreError(f"import file not found: {source}")
-    with _open(store, create=True) as mem:
+    with _open(store, create=True, read_only=False) as mem:
         added, merged = mem.import_jsonl(source)
         total = len(mem)
     typer.echo(f"imported {source}: {added} added, {merged} merged; {store} now holds {total} memories")

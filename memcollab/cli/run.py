@@ -1,7 +1,8 @@
 """Pipeline commands: `run` (the main job), `build-memory` and `evaluate`.
 
-Each is a thin layer over `memcollab.experiments.runner`: options become a RunConfig,
-the Experiment does the work, and a rich table shows the outcome.
+Each is a thin layer over `memcollab.experiments`: options become a RunConfig, `preflight`
+validates every split, agent and path the command will use (before anything is written or any
+LM is called), the Experiment does the work, and a rich table shows the outcome.
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ from rich.table import Table
 console = Console()
 err = Console(stderr=True)
 
-BENCH_HELP = "gsm8k | math500 | mbpp | humaneval (humaneval builds memory from MBPP train)"
+
+def _bench_help() -> str:
+    """`gsm8k | math500 | ...`, naming the benchmarks that build memory from another one."""
+    from memcollab.benchmarks import BENCHMARKS
+
+    borrowed = [f"{s.name} builds memory from {s.build}" for s in BENCHMARKS.values() if s.build.benchmark != s.name]
+    return " | ".join(BENCHMARKS) + (f" ({'; '.join(borrowed)})" if borrowed else "")
+
+
+BENCH_HELP = _bench_help()
+IDS_HELP = "task ids, tails or inclusive ranges of numeric tails, e.g. 1-100 or 1001-1100,1205 (wins over the limit)"
 
 # Options shared by every pipeline command (typer reads these markers; one definition, one help text).
 AGENTS_FILE = typer.Option(None, "--agents-file", help="agents YAML (default: configs/agents.yaml)")
@@ -50,9 +61,10 @@ def _csv(value: str) -> list[str]:
 
 
 def _config(**kwargs):
-    from memcollab.experiments.runner import RunConfig
+    """A RunConfig from the options (None = the default); a bad value is one line naming the field."""
+    from memcollab.experiments.config import make_config
 
-    return RunConfig(**{k: v for k, v in kwargs.items() if v is not None})
+    return make_config(**kwargs)
 
 
 def print_results(summaries, title: str = "results") -> None:
@@ -83,6 +95,8 @@ def run_command(
     benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
     build_limit: int = typer.Option(20, help="memory-building tasks (first N of the build split)"),
     eval_limit: int = typer.Option(20, help="evaluation tasks (first N of the evaluation split)"),
+    build_ids: Optional[str] = typer.Option(None, help="memory-building tasks by id: " + IDS_HELP),
+    eval_ids: Optional[str] = typer.Option(None, help="evaluation tasks by id: " + IDS_HELP),
     sample: bool = SAMPLE,
     seed: int = SEED,
     build_agents: str = typer.Option("weak,strong", help="agents that solve the build tasks (comma-separated)"),
@@ -103,6 +117,7 @@ def run_command(
     track: bool = TRACK,
     cache: bool = CACHE,
     classifier_program: Optional[Path] = typer.Option(None, help="a compiled classifier (memcollab compile-classifier)"),
+    solver_program: Optional[Path] = typer.Option(None, help="a compiled solver program (JSON)"),
     verify_memory: bool = VERIFY,
     verify_tasks: int = VERIFY_TASKS,
     distill_examples: bool = EXAMPLES,
@@ -114,12 +129,13 @@ def run_command(
     tasks with and without the memory.
     """
     cfg = _config(
-        benchmark=benchmark, build_limit=build_limit, eval_limit=eval_limit, sample=sample, seed=seed,
-        build_agents=_csv(build_agents), eval_agents=_csv(eval_agents), distiller=distiller, classifier=classifier,
-        agents_file=agents_file, k=k, max_turns=max_turns, samples=samples, gold_categories=gold_categories,
-        workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend,
-        tracking_uri=tracking_uri, track=track, cache=cache, classifier_program=classifier_program,
-        verify_memory=verify_memory, verify_tasks=verify_tasks, distill_examples=distill_examples,
+        benchmark=benchmark, build_limit=build_limit, eval_limit=eval_limit, build_ids=build_ids, eval_ids=eval_ids,
+        sample=sample, seed=seed, build_agents=_csv(build_agents), eval_agents=_csv(eval_agents),
+        distiller=distiller, classifier=classifier, agents_file=agents_file, k=k, max_turns=max_turns, samples=samples,
+        gold_categories=gold_categories, workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens,
+        backend=backend, tracking_uri=tracking_uri, track=track, cache=cache, classifier_program=classifier_program,
+        solver_program=solver_program, verify_memory=verify_memory, verify_tasks=verify_tasks,
+        distill_examples=distill_examples,
     )
     summaries, exp = run_experiment(cfg, name="run")
     print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
@@ -128,12 +144,20 @@ def run_command(
 
 
 def run_experiment(cfg, name: str):
-    """Build memory, then evaluate with and without it, in one MLflow run; returns (summaries, experiment)."""
-    from memcollab.experiments.runner import Experiment, estimate_seconds
+    """Validate, then build memory and evaluate with and without it, in one MLflow run.
 
-    with Experiment(cfg) as exp:
-        exp.ensure_agents([*cfg.build_agents, *cfg.eval_agents, cfg.distiller or "", cfg.classifier or ""])
-        estimate = estimate_seconds(cfg, exp.agents)
+    Returns (summaries, experiment). Every split, agent and path is checked before the run directory
+    exists or any LM is called.
+    """
+    from memcollab.experiments.estimate import estimate_seconds
+    from memcollab.experiments.preflight import preflight
+    from memcollab.experiments.runner import Experiment
+
+    plan = preflight(cfg, build=True, evaluate=True, announce=err.print)
+    with Experiment(cfg, plan) as exp:
+        exp.ensure_agents(list(plan.agents))
+        counts = {"n_build": len(plan.tasks["build"]), "n_eval": len(plan.tasks["eval"])}
+        estimate = estimate_seconds(cfg, exp.agents, **counts)
         if estimate:
             err.print(f"estimated time: about {estimate / 60:.0f} min (from measured tokens/s; cached calls are free)")
         with exp.tracker.run(name, params=cfg.model_dump(mode="json"), tags={"command": name}):
@@ -149,6 +173,7 @@ def build_memory_command(
     benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
     agents: str = typer.Option("weak,strong", help="agents that solve the build tasks"),
     limit: int = typer.Option(20, help="number of build tasks"),
+    ids: Optional[str] = typer.Option(None, "--ids", help="build tasks by id: " + IDS_HELP),
     sample: bool = SAMPLE,
     seed: int = SEED,
     distiller: Optional[str] = typer.Option(None, help="distilling agent (default: last of --agents)"),
@@ -169,16 +194,18 @@ def build_memory_command(
     cache: bool = CACHE,
 ) -> None:
     """Build (or extend) a shared memory from contrast pairs of the given agents."""
+    from memcollab.experiments.preflight import preflight
     from memcollab.experiments.runner import Experiment
 
     cfg = _config(
-        benchmark=benchmark, build_agents=_csv(agents), build_limit=limit, sample=sample, seed=seed, distiller=distiller,
-        classifier=classifier, samples=samples, memory_path=memory, agents_file=agents_file, workers=workers,
-        run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend, tracking_uri=tracking_uri,
-        track=track, cache=cache, verify_memory=verify_memory,
-        verify_tasks=verify_tasks, distill_examples=distill_examples,
+        benchmark=benchmark, build_agents=_csv(agents), build_limit=limit, build_ids=ids, sample=sample, seed=seed,
+        distiller=distiller, classifier=classifier, samples=samples, memory_path=memory, agents_file=agents_file,
+        workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend,
+        tracking_uri=tracking_uri, track=track, cache=cache, verify_memory=verify_memory, verify_tasks=verify_tasks,
+        distill_examples=distill_examples,
     )
-    with Experiment(cfg) as exp:
+    plan = preflight(cfg, build=True, evaluate=False, announce=err.print)
+    with Experiment(cfg, plan) as exp:
         with exp.tracker.run("build-memory", params=cfg.model_dump(mode="json"), tags={"command": "build-memory"}):
             report = exp.build_memory()
         print_build(report, len(exp.store))
@@ -190,6 +217,7 @@ def evaluate_command(
     agent: str = typer.Option("weak", help="agent(s) to evaluate, comma-separated"),
     memory: Optional[Path] = typer.Option(None, help="memory file; omit to evaluate without memory"),
     limit: int = typer.Option(20, help="number of evaluation tasks"),
+    ids: Optional[str] = typer.Option(None, "--ids", help="evaluation tasks by id: " + IDS_HELP),
     sample: bool = SAMPLE,
     seed: int = SEED,
     k: int = typer.Option(3, help="memories retrieved per task"),
@@ -211,20 +239,24 @@ def evaluate_command(
 ) -> None:
     """Evaluate agents on a benchmark's evaluation split, with a memory file and/or without."""
     from memcollab.errors import ConfigError
+    from memcollab.experiments.preflight import preflight
     from memcollab.experiments.runner import Experiment
 
     if memory is not None and not memory.is_file():
         raise ConfigError(f"memory file not found: {memory}")
     names = _csv(agent)
+    if not names:
+        raise ConfigError("--agent names no agent; give one or more, comma-separated")
     cfg = _config(
-        benchmark=benchmark, eval_agents=names, eval_limit=limit, sample=sample, seed=seed, k=k,
+        benchmark=benchmark, eval_agents=names, eval_limit=limit, eval_ids=ids, sample=sample, seed=seed, k=k,
         classifier=classifier or names[0], gold_categories=gold_categories, fallback=fallback,
         allow_overlap=allow_overlap, max_turns=max_turns, memory_path=memory or Path(":memory:"),
         build_agents=[], agents_file=agents_file, workers=workers, run_dir=run_dir, data_dir=data_dir,
         max_tokens=max_tokens, backend=backend, tracking_uri=tracking_uri, track=track, cache=cache,
     )
     conditions = (False,) if memory is None else ((False, True) if baseline else (True,))
-    with Experiment(cfg) as exp:
+    plan = preflight(cfg, build=False, evaluate=True, announce=err.print)
+    with Experiment(cfg, plan) as exp:
         with exp.tracker.run("evaluate", params=cfg.model_dump(mode="json"), tags={"command": "evaluate"}):
             summaries = exp.evaluate(names, conditions)
             exp.write_summary()
@@ -236,19 +268,13 @@ def experiment_command(
     run_dir: Optional[Path] = typer.Option(None, help="override the config's run_dir"),
     tracking_uri: Optional[str] = TRACKING_URI,
 ) -> None:
-    """Run a whole experiment (build memory + evaluate) from a YAML configuration."""
-    import yaml
-    from pydantic import ValidationError
+    """Run a whole experiment (build memory + evaluate) from a YAML configuration.
 
-    from memcollab.errors import ConfigError
+    Every field is checked first: a misspelt field, an unknown benchmark or fallback is one line, before any LM call.
+    """
+    from memcollab.experiments.config import load_config
 
-    if not config.is_file():
-        raise ConfigError(f"experiment config not found: {config}")
-    try:
-        fields = yaml.safe_load(config.read_text()) or {}
-        cfg = _config(**{**fields, "run_dir": run_dir or fields.get("run_dir"), "tracking_uri": tracking_uri})
-    except (yaml.YAMLError, ValidationError, TypeError) as exc:
-        raise ConfigError(f"invalid experiment config {config}: {str(exc).splitlines()[0]}") from None
+    cfg = load_config(config, run_dir=run_dir, tracking_uri=tracking_uri)
     summaries, _ = run_experiment(cfg, name=config.stem)
     print_results(summaries, title=f"{config.stem}: accuracy without and with shared memory")
 
@@ -273,9 +299,10 @@ def compile_classifier_command(
 
     Use the result with `memcollab run --classifier-program FILE`.
     """
+    from memcollab.errors import ConfigError
+    from memcollab.experiments.preflight import Plan, check_agents, check_run_dir
     from memcollab.experiments.runner import Experiment
     from memcollab.programs.compile import OPTIMIZERS
-    from memcollab.errors import ConfigError
 
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
@@ -283,7 +310,9 @@ def compile_classifier_command(
                   backend=backend, tracking_uri=tracking_uri, track=track, cache=cache, memory_path=Path(":memory:"),
                   build_agents=[], eval_agents=[])
     out = out or run_dir / f"classifier_{optimizer}.json"
-    with Experiment(cfg) as exp:
+    check_run_dir(cfg.run_dir)
+    plan = Plan(cfg, agents=check_agents([agent], cfg, announce=err.print))  # before the run dir exists
+    with Experiment(cfg, plan) as exp:
         with exp.tracker.run("compile-classifier", params={**cfg.model_dump(mode="json"), "optimizer": optimizer,
                                                            "agent": agent, "train": train, "dev": dev}):
             metrics = exp.compile_classifier(agent, optimizer, train, dev, out)

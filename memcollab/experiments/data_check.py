@@ -11,19 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memcollab.errors import DataError
-from memcollab.benchmarks.loaders import BENCHMARKS, load_tasks
+from memcollab.benchmarks import BENCHMARKS, get_benchmark, load_tasks
 from memcollab.grading.grade import grade_many
 from memcollab.grading.sandbox import SandboxLimits
 from memcollab.records import Task, Verdict
-
-# The splits whose references are checked (MATH500 build/eval are parts of test).
-CHECK_SPLITS: dict[str, tuple[str, ...]] = {
-    "math500": ("test",),
-    "gsm8k": ("test", "train"),
-    "humaneval": ("test",),
-    "mbpp": ("prompt", "test", "validation", "train"),
-}
 
 # References are trusted code: generous limits so a busy machine does not fail slow ones (MBPP 123 takes ~4 s).
 CHECK_LIMITS = SandboxLimits(wall_s=60.0, cpu_s=30.0, memory_mb=2048)
@@ -59,15 +50,12 @@ def check_references(
     """Grade each reference solution (`task.solution`) as if a model had written it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    names = [b.strip().lower() for b in benchmarks] if benchmarks else list(BENCHMARKS)
-    for name in names:
-        if name not in BENCHMARKS:
-            raise DataError(f"unknown benchmark '{name}'; choose one of: {', '.join(BENCHMARKS)}")
+    specs = [get_benchmark(b) for b in benchmarks] if benchmarks else list(BENCHMARKS.values())
     groups: list[tuple[CheckResult, list[Task]]] = []
-    for name in names:
-        for split in CHECK_SPLITS[name]:
-            tasks = load_tasks(name, split, data_dir=data_dir)
-            groups.append((CheckResult(name, split, len(tasks)), tasks))
+    for spec in specs:
+        for split in spec.check_splits:  # which splits hold distinct references (MATH500 build/eval are parts of test)
+            tasks = load_tasks(spec.name, split, data_dir=data_dir)
+            groups.append((CheckResult(spec.name, split, len(tasks)), tasks))
 
     with Progress(
         TextColumn("{task.description:<18}"),

@@ -1,9 +1,9 @@
 """Experiments as configurations over the same few steps: build memory, evaluate, or both (`run`).
 
-A `RunConfig` names the benchmark, the slices, the agents and the settings; the
-functions here load tasks, prepare agents (failing fast before any LM call), drive
-the MemCollab pipeline, write per-task results and a summary into the run
-directory, and log everything to MLflow.
+A `RunConfig` (`experiments.config`) names the benchmark, the slices, the agents and the
+settings; `preflight` (`experiments.preflight`) validates all of it before anything is
+written or any LM is called; an `Experiment` then drives the MemCollab pipeline, writes
+per-task results and a summary into the run directory, and logs everything to MLflow.
 """
 
 from __future__ import annotations
@@ -14,123 +14,42 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, Field
-
-from memcollab.errors import ConfigError, OverlapError
+from memcollab.benchmarks import get_benchmark, load_source, taxonomy_for
+from memcollab.errors import ConfigError, output_error
+from memcollab.experiments.config import RunConfig
 from memcollab.experiments.metrics import EvalSummary, summarize, task_rows
+from memcollab.experiments.preflight import (
+    Plan,
+    Role,
+    build_roles,
+    check_agents,
+    check_overlap,
+    check_run_dir,
+    eval_classifier,
+    load_role,
+    safe_name,
+)
 from memcollab.parallel import console as progress_console
 from memcollab.records import Task
 
-#: Default memory-building and evaluation splits per benchmark (disjoint by construction).
-DEFAULT_SPLITS = {
-    "gsm8k": ("gsm8k", "train", "gsm8k", "test"),
-    "math500": ("math500", "build", "math500", "eval"),
-    "mbpp": ("mbpp", "train", "mbpp", "test"),
-    "humaneval": ("mbpp", "train", "humaneval", "test"),
-}
+__all__ = ["Experiment", "RunConfig", "build_agent_handles", "check_overlap", "prepare_agents"]
 
 
-class RunConfig(BaseModel):
-    """Everything that defines a run; stored with its results and logged to MLflow."""
+def build_agent_handles(configs: dict[str, Any], cache: bool) -> dict[str, Any]:
+    """Run-time agents (a DSPy LM and adapter each) from checked agent configs. Starts servers; calls no LM."""
+    from memcollab.lm.factory import build_adapter, build_lm
+    from memcollab.programs.pipeline import Agent
 
-    benchmark: str = "gsm8k"
-    build_limit: int = 20
-    eval_limit: int = 20
-    sample: bool = False
-    seed: int = 0
-    build_agents: list[str] = Field(default_factory=lambda: ["weak", "strong"])
-    eval_agents: list[str] = Field(default_factory=lambda: ["weak", "other"])
-    distiller: str | None = None
-    classifier: str | None = None
-    agents_file: Path | None = None
-    k: int = 3
-    max_turns: int = 3
-    samples: int = 0
-    sample_temperature: float = 0.7
-    fallback: str = "none"
-    gold_categories: bool = False
-    workers: int = 4
-    run_dir: Path = Path("runs/default")
-    memory_path: Path | None = None
-    data_dir: Path | None = None
-    tracking_uri: str | None = None
-    track: bool = True
-    cache: bool = True
-    allow_overlap: bool = False
-    max_tokens: int | None = None
-    backend: str | None = None
-    classifier_program: Path | None = None
-    verify_memory: bool = False
-    verify_tasks: int = 3
-    distill_examples: bool = False
-
-    @property
-    def memory_file(self) -> Path:
-        return self.memory_path or self.run_dir / "memory.sqlite"
-
-
-def split_names(benchmark: str) -> tuple[str, str, str, str]:
-    if benchmark not in DEFAULT_SPLITS:
-        raise ConfigError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(DEFAULT_SPLITS)}")
-    return DEFAULT_SPLITS[benchmark]
-
-
-def load_split(benchmark: str, split: str, limit: int | None, cfg: RunConfig) -> list[Task]:
-    from memcollab.benchmarks.loaders import load_tasks
-
-    if cfg.sample and limit:
-        return load_tasks(benchmark, split=split, data_dir=cfg.data_dir, sample=limit, seed=cfg.seed)
-    return load_tasks(benchmark, split=split, data_dir=cfg.data_dir, limit=limit)
-
-
-def check_overlap(eval_tasks: list[Task], memory_task_ids: set[str], allow: bool) -> None:
-    """Refuse to evaluate on tasks the memory was built from (unless explicitly allowed)."""
-    leaked = sorted({t.id for t in eval_tasks} & memory_task_ids)
-    if leaked and not allow:
-        raise OverlapError(
-            f"{len(leaked)} evaluation task(s) are in the memory's provenance (e.g. {leaked[0]}); "
-            "use disjoint splits or pass --allow-overlap"
-        )
-
-
-def resolve_backend(requested: str | None) -> tuple[str, str]:
-    """Backend for embedded agents: `server` when llama-server is installed, else in-process; and why."""
-    if requested and requested != "auto":
-        return requested, f"--backend {requested}"
-    from memcollab.errors import ServerError
-    from memcollab.lm.server_build import find_server_binary
-
-    try:
-        binary = find_server_binary()
-    except ServerError:
-        return "local", "llama-server is not installed (memcollab models build-server): in-process llama-cpp-python"
-    return "server", f"llama-server found at {binary}: parallel slots for concurrent calls"
+    return {
+        name: Agent(name=agent.name, lm=build_lm(agent, cache=cache), config=agent.model_dump(mode="json"),
+                    adapter=build_adapter(agent))
+        for name, agent in configs.items()
+    }
 
 
 def prepare_agents(names: list[str], cfg: RunConfig, announce: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Resolve, check (fail fast, before any LM call) and build every named agent once."""
-    from memcollab.lm.config import apply_overrides, build_adapter, build_lm, check_agent, load_agents, resolve_agent
-    from memcollab.programs.pipeline import Agent
-
-    declared = load_agents(cfg.agents_file)
-    configs = {name: resolve_agent(name, declared) for name in dict.fromkeys(names)}
-    if any(agent.backend in ("local", "server") for agent in configs.values()):
-        backend, why = resolve_backend(cfg.backend)
-        if announce:
-            announce(f"embedded models: {backend} backend ({why})")
-        configs = {
-            name: apply_overrides(agent, backend=backend if agent.backend in ("local", "server") else None)
-            for name, agent in configs.items()
-        }
-    if cfg.max_tokens:
-        configs = {name: apply_overrides(agent, max_tokens=cfg.max_tokens) for name, agent in configs.items()}
-    for agent in configs.values():
-        check_agent(agent)
-    return {
-        name: Agent(name=agent.name, lm=build_lm(agent, cache=cfg.cache), config=agent.model_dump(mode="json"),
-                    adapter=build_adapter(agent))
-        for name, agent in configs.items()
-    }
+    return build_agent_handles(check_agents(names, cfg, announce), cfg.cache)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -141,21 +60,32 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 class Experiment:
-    """A configured run: owns the stores, the agents and the tracker for its lifetime."""
+    """A configured run: owns the stores, the agents and the tracker for its lifetime.
 
-    def __init__(self, cfg: RunConfig) -> None:
-        from memcollab.memory.results import ResultStore
-        from memcollab.lm.config import configure_dspy_cache
+    Give it the `Plan` of `preflight` so it reuses the validated tasks and agent configs;
+    without one it loads and checks them itself when a step needs them. Creating an
+    Experiment creates the run directory, so validate first.
+    """
+
+    def __init__(self, cfg: RunConfig, plan: Plan | None = None) -> None:
+        from memcollab.lm.factory import configure_dspy_cache
         from memcollab.memory import MemoryStore
-        from memcollab.taxonomy import taxonomy_for
+        from memcollab.memory.results import ResultStore
         from memcollab.tracking import Tracker, default_tracking_uri
 
         self.cfg = cfg
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        self.plan = plan or Plan(cfg)
+        check_run_dir(cfg.run_dir)
+        try:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise output_error(cfg.run_dir, exc) from None
         configure_dspy_cache(cfg.run_dir / "dspy_cache", enabled=cfg.cache)
-        self.taxonomy = taxonomy_for(cfg.benchmark if cfg.benchmark != "humaneval" else "mbpp")
+        self.taxonomy = taxonomy_for(cfg.benchmark)
         self.results = ResultStore(cfg.run_dir / "results.sqlite")
-        self.store = MemoryStore(cfg.memory_file)
+        # Evaluating a given memory only reads it: a user's file must keep its bytes (no schema, no WAL switch).
+        evaluate_only = not cfg.build_agents and cfg.memory_path is not None and str(cfg.memory_path) != ":memory:"
+        self.store = MemoryStore(cfg.memory_file, read_only=evaluate_only)
         uri = cfg.tracking_uri or default_tracking_uri(cfg.run_dir)
         self.tracker = Tracker(uri, experiment=f"memcollab-{cfg.benchmark}", enabled=cfg.track)
         self.agents: dict[str, Any] = {}
@@ -192,24 +122,36 @@ class Experiment:
             fallback=self.cfg.fallback,
             use_gold_categories=self.cfg.gold_categories,
             classifier_program=self.cfg.classifier_program,
+            solver_program=self.cfg.solver_program,
             verify=self.cfg.verify_memory,
             verify_tasks=self.cfg.verify_tasks,
             distill_examples=self.cfg.distill_examples,
         )
 
     def ensure_agents(self, names: list[str]) -> None:
+        """Build every named agent not built yet, from the plan's checked configs (checking any it lacks)."""
         missing = [n for n in dict.fromkeys(names) if n and n not in self.agents]
-        if missing:
-            self.agents.update(prepare_agents(missing, self.cfg, announce=self.announce))
+        if not missing:
+            return
+        unchecked = [n for n in missing if n not in self.plan.agents]
+        if unchecked:
+            self.plan.agents.update(check_agents(unchecked, self.cfg, announce=self.announce))
+        self.agents.update(build_agent_handles({n: self.plan.agents[n] for n in missing}, self.cfg.cache))
+
+    def tasks(self, role: Role) -> list[Task]:
+        """The run's build or eval tasks (the plan's, else loaded now)."""
+        if role not in self.plan.tasks:
+            self.plan.tasks[role] = load_role(self.cfg, role)
+        return self.plan.tasks[role]
 
     # ----- steps ---------------------------------------------------------------------------
     def build_memory(self):
         cfg = self.cfg
-        bench, split, _, _ = split_names(cfg.benchmark)
-        distiller = cfg.distiller or cfg.build_agents[-1]
-        classifier = cfg.classifier or distiller
+        distiller, classifier = build_roles(cfg)
+        if not distiller:
+            raise ConfigError("building memory needs at least one build agent (--build-agents)")
+        tasks = self.tasks("build")
         self.ensure_agents([*cfg.build_agents, distiller, classifier])
-        tasks = load_split(bench, split, cfg.build_limit, cfg)
         if len(self.store):
             self.announce(f"{cfg.memory_file} already holds {len(self.store)} memories: this build adds to them "
                           "(a new --run-dir or --memory starts an empty memory)")
@@ -244,12 +186,17 @@ class Experiment:
         return report
 
     def evaluate(self, agents: list[str], conditions: tuple[bool, ...] = (False, True)) -> list[EvalSummary]:
+        """Every agent on the eval tasks under each condition (without / with memory).
+
+        Per-task results go to `eval_<agent>_<condition>.jsonl`, the agent name made
+        file-safe (`safe_name`), so an inline agent never creates subdirectories.
+        """
         cfg = self.cfg
-        _, _, bench, split = split_names(cfg.benchmark)
-        tasks = load_split(bench, split, cfg.eval_limit, cfg)
+        benchmark = get_benchmark(cfg.benchmark).eval.benchmark
+        tasks = self.tasks("eval")
         if True in conditions:
             check_overlap(tasks, self.store.provenance_task_ids(), cfg.allow_overlap)
-        classifier = cfg.classifier or cfg.distiller or (cfg.build_agents[-1] if cfg.build_agents else agents[0])
+        classifier = eval_classifier(cfg, agents)
         self.ensure_agents([*agents, classifier])
         pipeline = self.pipeline(None, classifier)
         summaries = []
@@ -259,15 +206,15 @@ class Experiment:
                 start = time.perf_counter()
                 trajectories = pipeline.evaluate(tasks, self.agents[name], use_memory=use_memory)
                 self.timings[f"eval.{name}.{condition}_s"] = time.perf_counter() - start
-                summary = summarize(trajectories, name, condition, bench)
+                summary = summarize(trajectories, name, condition, benchmark)
                 summaries.append(summary)
                 rows = task_rows(trajectories, condition)
-                _write_jsonl(cfg.run_dir / f"eval_{name}_{condition}.jsonl", rows)
+                _write_jsonl(cfg.run_dir / f"eval_{safe_name(name)}_{condition}.jsonl", rows)
                 self.tracker.log_metrics(
                     {k: v for k, v in summary.model_dump().items() if isinstance(v, (int, float))},
                     prefix=f"eval.{name}.{condition}.",
                 )
-                self.tracker.log_table(rows, f"eval_{name}_{condition}.json")
+                self.tracker.log_table(rows, f"eval_{safe_name(name)}_{condition}.json")
         matrix = {c: {s.agent: s.accuracy for s in summaries if s.condition == c} for c in {s.condition for s in summaries}}
         self.tracker.log_transfer_matrix(matrix, "accuracy")
         self.summaries.extend(summaries)
@@ -278,9 +225,9 @@ class Experiment:
         from memcollab.programs.classifier import Classifier
         from memcollab.programs.compile import classifier_examples, compile_classifier, evaluate_classifier, save_classifier
 
-        build_bench, build_split, eval_bench, eval_split = split_names(self.cfg.benchmark)
-        trainset = classifier_examples(load_split(build_bench, build_split, train, self.cfg), self.taxonomy)
-        devset = classifier_examples(load_split(eval_bench, eval_split, dev, self.cfg), self.taxonomy)
+        spec = get_benchmark(self.cfg.benchmark)
+        trainset = classifier_examples(load_source(spec.build, data_dir=self.cfg.data_dir, limit=train), self.taxonomy)
+        devset = classifier_examples(load_source(spec.eval, data_dir=self.cfg.data_dir, limit=dev), self.taxonomy)
         if not trainset or not devset:
             raise ConfigError(f"{self.cfg.benchmark} has no gold categories to compile a classifier on (try math500)")
         self.ensure_agents([agent])
@@ -322,42 +269,3 @@ class Experiment:
             return {k: float(v) for k, v in timings.items()}
         except (OSError, ValueError, AttributeError, TypeError):
             return {}  # no summary yet, or one we cannot read: start from zero
-
-
-#: Generation tokens/s measured on this project's 2-core reference machine (portable llama.cpp build):
-#: in-process single stream, and llama-server with parallel slots and concurrent workers.
-MEASURED_TOKENS_PER_S = {  # benchmarks/README.md, "Local serving" (best slot setting for the server)
-    "smollm2-135m": {"local": 138.0, "server": 195.0},
-    "qwen2.5-coder-0.5b": {"local": 50.0, "server": 85.0},
-    "qwen2.5-coder-1.5b": {"local": 27.0, "server": 33.0},
-}
-#: Rough generated tokens per call of each kind (chain-of-thought solve, distill, classify + prompt cost).
-TOKENS_PER_CALL = {"solve": 200, "distill": 350, "classify": 40}
-
-
-def estimate_seconds(cfg: RunConfig, agents: dict[str, Any]) -> float | None:
-    """Upper-bound wall time of a run from call counts and measured token rates; None for remote agents."""
-
-    def seconds(name: str, calls: float, kind: str) -> float | None:
-        agent = agents.get(name)
-        if agent is None:
-            return 0.0
-        rates = MEASURED_TOKENS_PER_S.get(agent.config.get("model", ""))
-        if rates is None:
-            return None
-        rate = rates.get(agent.config.get("backend", "local"), rates["local"])
-        return calls * TOKENS_PER_CALL[kind] / rate
-
-    distiller = cfg.distiller or (cfg.build_agents[-1] if cfg.build_agents else "")
-    classifier = cfg.classifier or distiller
-    from memcollab.benchmarks.loaders import BENCHMARKS
-
-    code = BENCHMARKS[split_names(cfg.benchmark)[2]].kind == "code"
-    turns = cfg.max_turns if code else 1  # code: up to T calls per task
-    parts = [seconds(a, cfg.build_limit * turns, "solve") for a in cfg.build_agents]
-    parts.append(seconds(distiller, 0.4 * cfg.build_limit, "distill"))
-    parts.append(seconds(classifier, 0.4 * cfg.build_limit + cfg.eval_limit, "classify"))
-    parts += [seconds(a, 2 * cfg.eval_limit * turns, "solve") for a in cfg.eval_agents]
-    if any(p is None for p in parts):
-        return None
-    return float(sum(parts))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from memcollab.errors import ConfigError
+from memcollab.errors import ConfigError, OutputError, output_error
 from memcollab.records import MemoryEntry
 
 if TYPE_CHECKING:
@@ -114,18 +114,33 @@ def refine_taxonomy(
 
 
 def plot_heatmap(categories: list[str], error_types: list[str], matrix: np.ndarray, path: str | Path) -> Path:
-    """Save the category x error-type heatmap as a PNG (the paper's Fig. 5); returns the path."""
+    """Save the category x error-type heatmap as a PNG (the paper's Fig. 5); returns the path.
+
+    A destination that cannot be written (read-only directory, a file in the way, a
+    directory of that name, an image format matplotlib does not know) raises OutputError
+    with one line, checked before anything is drawn.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)  # no display needed; harmless if a backend is already set
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise output_error(path, IsADirectoryError(21, "Is a directory"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(path, exc) from None
     matrix = np.asarray(matrix, dtype=float)
     width = max(4.0, 1.0 + 0.9 * len(error_types))
     height = max(3.0, 1.0 + 0.5 * len(categories))
     fig, ax = plt.subplots(figsize=(width, height))
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix and suffix not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        known = ", ".join(sorted(fig.canvas.get_supported_filetypes()))
+        raise OutputError(f"cannot write {path}: unknown image format .{suffix}; use one of {known}")
     try:
         if matrix.size == 0:
             ax.text(0.5, 0.5, "no memories", ha="center", va="center")
@@ -144,7 +159,10 @@ def plot_heatmap(categories: list[str], error_types: list[str], matrix: np.ndarr
             ax.set_ylabel("category")
         ax.set_title("Error-type distribution per category")
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        try:
+            fig.savefig(path, dpi=120)
+        except OSError as exc:
+            raise output_error(path, exc) from None
     finally:
         plt.close(fig)
     return path

@@ -4,6 +4,15 @@ Why SQLite: one portable file that several agents (threads, or processes of a
 run) can append to at once, with transactions so a crash never leaves half an
 entry. WAL mode lets readers work while a writer commits.
 
+Reading never writes: `MemoryStore(path, read_only=True)` (what `memcollab
+memory list/show/stats/export` use) opens the file through SQLite's
+`mode=ro` URI, so an empty file, another program's database or a store in
+another journal mode keeps its bytes. Only a writing store switches the file
+to WAL, and only after checking that it is a MemCollab store. A damaged store
+(a file that is not SQLite, a `memories` table with other columns, rows that
+do not parse) raises MemoryStoreError with one line, on open or on the query
+that finds the damage.
+
 Near-duplicates are folded instead of stored twice: a new constraint whose
 wording is close to an existing one of the *same category* raises that entry's
 `support` and merges its provenance. Similarity is the cosine of hashed
@@ -19,15 +28,17 @@ not inflate the similarity of unrelated constraints.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from pydantic import ValidationError
 
-from memcollab.errors import MemoryStoreError
+from memcollab.errors import MemoryStoreError, output_error
 from memcollab.records import MemoryEntry, Provenance, stable_hash
 
 SCHEMA_VERSION = 1
@@ -51,6 +62,28 @@ CREATE INDEX IF NOT EXISTS memories_domain ON memories (domain);
 """
 
 _COLUMNS = "id, when_, enforce, avoid, category, error_type, domain, support, provenance, created_at"
+_COLUMN_NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
+_REPAIR_HINT = "restore it from a copy or from a `memcollab memory export` file, or pass another --store path"
+
+
+def _hint(exc: sqlite3.DatabaseError) -> str:
+    """The repair hint, for damage only: a busy, full or read-only file is not fixed by restoring a copy."""
+    name = getattr(exc, "sqlite_errorname", "")  # Python >= 3.11
+    transient = name in {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR",
+                         "SQLITE_CANTOPEN", "SQLITE_PERM"} or any(
+        word in str(exc) for word in ("locked", "disk is full", "readonly", "unable to open"))
+    return "" if transient else f"; {_REPAIR_HINT}"
+
+
+def user_tables(conn: sqlite3.Connection) -> set[str]:
+    """Tables of an SQLite file, SQLite's own (`sqlite_sequence`, `sqlite_stat1`) left out."""
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    return {row[0] for row in rows if not row[0].startswith("sqlite_")}
+
+
+def read_only_uri(path: Path) -> str:
+    """`file:` URI that opens `path` read-only: SQLite then cannot write the file, not even a journal-mode switch."""
+    return path.absolute().as_uri() + "?mode=ro"
 
 
 def _dedup_text(entry: MemoryEntry) -> str:
@@ -81,40 +114,75 @@ class MemoryStore:
     processes writing the same file too.
     """
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, read_only: bool = False) -> None:
+        """Open (or, with `create` and not `read_only`, create) the store at `path`.
+
+        `read_only=True` never creates and never writes: the file is opened through a
+        `mode=ro` URI, and a file that is not a MemCollab store is refused, not initialised.
+        """
         self.path = str(path)
+        self.read_only = read_only and self.path != ":memory:"
         in_memory = self.path == ":memory:"
         if not in_memory:
             file = Path(self.path)
             if not file.exists():
-                if not create:
+                if not create or self.read_only:
                     raise MemoryStoreError(
                         f"memory store not found: {file} (build one with `memcollab build-memory` or pass --store)"
                     )
-                file.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise MemoryStoreError(f"cannot create memory store: {output_error(file, exc)}") from None
             elif file.is_dir():
                 raise MemoryStoreError(f"memory store path is a directory: {file}; pass a .sqlite file")
         self._lock = threading.RLock()
         self._vectors: dict[str, Any] = {}  # id -> hashed n-gram vector; content of an id never changes
         try:
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-            self._init_schema(in_memory)
+            self._connect(in_memory)
+        except sqlite3.OperationalError as exc:
+            if not (self.read_only and "unable to open" in str(exc) and not Path(f"{self.path}-wal").exists()):
+                raise MemoryStoreError(f"cannot open memory store {self.path}: {exc}") from None
+            # A WAL store in a directory nobody can write (a read-only mount or checkout): SQLite cannot make
+            # the shared-memory file a WAL reader needs. With no -wal file there is nothing beyond the main
+            # file, and no writer can exist there, so it is read as an immutable file.
+            try:
+                self._connect(in_memory, immutable=True)
+            except sqlite3.DatabaseError as again:
+                raise MemoryStoreError(f"cannot open memory store {self.path}: {again}") from None
         except sqlite3.DatabaseError as exc:
             raise MemoryStoreError(f"cannot open memory store {self.path}: {exc}") from None
 
+    def _connect(self, in_memory: bool, immutable: bool = False) -> None:
+        """Connect and check the file; the connection is closed again if the check fails."""
+        if self.read_only:
+            uri = read_only_uri(Path(self.path)) + ("&immutable=1" if immutable else "")
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30.0)
+        else:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        try:
+            self._init_schema(in_memory)
+        except BaseException:
+            self._conn.close()
+            raise
+
     # ------------------------------------------------------------------ setup
     def _init_schema(self, in_memory: bool) -> None:
+        """Check what the file holds before anything is written; create the schema only in an empty file."""
         conn = self._conn
-        if not in_memory:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = user_tables(conn)
         if "schema_version" not in tables:
             if tables:
-                self._conn.close()
                 raise MemoryStoreError(
                     f"{self.path} is an SQLite file but not a MemCollab memory store; pass another --store path"
                 )
+            if self.read_only:
+                empty = os.path.getsize(self.path) == 0
+                raise MemoryStoreError(
+                    f"{self.path} is {'an empty file' if empty else 'an empty SQLite database'}, "
+                    "not a MemCollab memory store; pass another --store path"
+                )
+            self._set_write_mode(in_memory)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # Re-check inside the write lock: another process may have created it meanwhile.
@@ -124,16 +192,42 @@ class MemoryStore:
                     conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         row = conn.execute("SELECT version FROM schema_version").fetchone()
         found = row[0] if row else None
         if found != SCHEMA_VERSION:
-            self._conn.close()
             raise MemoryStoreError(
                 f"memory store {self.path} has schema version {found}, this MemCollab reads version "
                 f"{SCHEMA_VERSION}; export it with the matching MemCollab version or use a new --store path"
             )
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(memories)").fetchall()}
+        missing = [name for name in _COLUMN_NAMES if name not in columns]
+        if missing:
+            what = f"a memories table without column(s) {', '.join(missing)}" if columns else "no memories table"
+            raise MemoryStoreError(f"memory store {self.path} is damaged: it has {what}; {_REPAIR_HINT}")
+        if not self.read_only and "schema_version" in tables:  # a store created above is in write mode already
+            self._set_write_mode(in_memory)
+
+    def _set_write_mode(self, in_memory: bool) -> None:
+        """WAL (readers never block the writer) with NORMAL sync: a commit survives a killed process."""
+        if not in_memory:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is open; SQLite may already have rolled back itself (disk full, corruption)."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _db(self, action: str) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; damage found by the query becomes one MemoryStoreError line."""
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.DatabaseError as exc:
+                raise MemoryStoreError(f"memory store {self.path}: cannot {action}: {exc}{_hint(exc)}") from exc
 
     # ------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -147,28 +241,36 @@ class MemoryStore:
         self.close()
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._conn.execute("SELECT COUNT(*) FROM memories").fetchone()[0]
+        with self._db("count memories") as conn:
+            return conn.execute("SELECT COUNT(*) FROM memories").fetchone()[0]
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.path!r})"
 
     # ------------------------------------------------------------ row <-> entry
-    @staticmethod
-    def _row_to_entry(row: tuple) -> MemoryEntry:
+    def _row_to_entry(self, row: tuple) -> MemoryEntry:
+        """A stored row as an entry; a row that does not parse is damage in the file, named with its id."""
         id_, when, enforce, avoid, category, error_type, domain, support, prov, created_at = row
-        return MemoryEntry(
-            id=id_,
-            when=when,
-            enforce=enforce,
-            avoid=avoid,
-            category=category,
-            error_type=error_type,
-            domain=domain,
-            support=support,
-            provenance=Provenance.model_validate_json(prov),
-            created_at=created_at,
-        )
+        try:
+            return MemoryEntry(
+                id=id_,
+                when=when,
+                enforce=enforce,
+                avoid=avoid,
+                category=category,
+                error_type=error_type,
+                domain=domain,
+                support=support,
+                provenance=Provenance.model_validate_json(prov),
+                created_at=created_at,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "row"
+            raise MemoryStoreError(
+                f"memory store {self.path} is damaged: memory {id_!r} does not parse "
+                f"({where}: {first.get('msg', 'invalid')}); {_REPAIR_HINT}"
+            ) from None
 
     @staticmethod
     def _entry_to_row(entry: MemoryEntry) -> tuple:
@@ -237,13 +339,13 @@ class MemoryStore:
         `entry.support` (1 for a fresh distillation) and merges provenance.
         """
         entry = entry.model_copy(update={"id": entry.id or entry.content_key()})
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._db("add a memory") as conn:
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 stored, is_new = self._add_unlocked(entry, dedup_threshold)
-                self._conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         return stored, is_new
 
@@ -275,22 +377,27 @@ class MemoryStore:
         if not file.is_file():
             raise MemoryStoreError(f"import file not found: {file}")
         entries: list[MemoryEntry] = []
-        with file.open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = MemoryEntry.model_validate_json(line)
-                except ValidationError as exc:
-                    first = exc.errors()[0]
-                    where = ".".join(str(p) for p in first.get("loc", ())) or "line"
-                    raise MemoryStoreError(
-                        f"{file}:{lineno}: not a memory entry ({where}: {first.get('msg', 'invalid')})"
-                    ) from None
-                entries.append(entry.model_copy(update={"id": entry.id or entry.content_key()}))
+        try:
+            with file.open(encoding="utf-8") as handle:
+                for lineno, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        entry = MemoryEntry.model_validate_json(line)
+                    except ValidationError as exc:
+                        first = exc.errors()[0]
+                        where = ".".join(str(p) for p in first.get("loc", ())) or "line"
+                        raise MemoryStoreError(
+                            f"{file}:{lineno}: not a memory entry ({where}: {first.get('msg', 'invalid')})"
+                        ) from None
+                    entries.append(entry.model_copy(update={"id": entry.id or entry.content_key()}))
+        except UnicodeDecodeError:
+            raise MemoryStoreError(f"{file}: not UTF-8 text; is it a `memcollab memory export` file?") from None
+        except OSError as exc:
+            raise MemoryStoreError(f"cannot read import file {file}: {exc.strerror or exc}") from None
         added = merged = 0
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._db(f"import {file}") as conn:
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 for entry in entries:
                     existing = self._get_unlocked(entry.id)
@@ -301,9 +408,9 @@ class MemoryStore:
                         if existing != entry:
                             self._update_merge(existing, entry)
                         merged += 1
-                self._conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         return added, merged
 
@@ -313,7 +420,7 @@ class MemoryStore:
         return [self._row_to_entry(row) for row in rows]
 
     def get(self, id_: str) -> MemoryEntry | None:
-        with self._lock:
+        with self._db("read a memory"):
             return self._get_unlocked(id_)
 
     def entries(self, category: str | None = None, domain: str | None = None) -> list[MemoryEntry]:
@@ -326,7 +433,7 @@ class MemoryStore:
             clauses.append("domain=?")
             params.append(domain)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        with self._lock:
+        with self._db("read memories"):
             return self._select(where, tuple(params))
 
     def __iter__(self) -> Iterator[MemoryEntry]:
@@ -334,8 +441,8 @@ class MemoryStore:
 
     def categories(self) -> dict[str, int]:
         """Number of entries per category, sorted by category name."""
-        with self._lock:
-            rows = self._conn.execute("SELECT category, COUNT(*) FROM memories GROUP BY category ORDER BY category")
+        with self._db("count categories") as conn:
+            rows = conn.execute("SELECT category, COUNT(*) FROM memories GROUP BY category ORDER BY category")
             return {cat: n for cat, n in rows}
 
     def stats(self) -> dict[str, Any]:
@@ -369,19 +476,40 @@ class MemoryStore:
         return stable_hash(payload)
 
     def export_jsonl(self, path: str | Path) -> int:
-        """Write every entry as one JSON line (insertion order); returns the count."""
+        """Write every entry as one JSON line (insertion order); returns the count.
+
+        The store is read before anything is written, so a damaged store leaves no file behind,
+        and the lines go to a temporary file renamed over `path`: a failed export (disk full,
+        killed) never leaves a truncated JSONL that an import would take for the whole memory.
+        An unwritable destination raises OutputError with one line.
+        """
         file = Path(path)
-        file.parent.mkdir(parents=True, exist_ok=True)
         entries = self.entries()
-        with file.open("w", encoding="utf-8") as handle:
-            for entry in entries:
-                handle.write(entry.model_dump_json() + "\n")
+        if file.is_dir():
+            raise output_error(file, IsADirectoryError(21, "Is a directory"))
+        tmp: Path | None = None
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            candidate = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+            tmp = candidate
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                for entry in entries:
+                    handle.write(entry.model_dump_json() + "\n")
+            os.replace(tmp, file)
+        except OSError as exc:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise output_error(file, exc) from None
         return len(entries)
 
     def integrity_ok(self) -> bool:
-        """SQLite's own integrity check, for tests and `memory stats`."""
+        """SQLite's own integrity check, for tests and `memory stats`; a file too damaged to check is not ok."""
         with self._lock:
-            return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            try:
+                return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            except sqlite3.DatabaseError:
+                return False
 
 
 __all__ = ["SCHEMA_VERSION", "MemoryStore", "merge_provenance"]

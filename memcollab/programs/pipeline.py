@@ -29,7 +29,8 @@ from memcollab.records import ContrastPair, MemoryEntry, Task, Trajectory, stabl
 from memcollab.signatures.distill import Constraint
 from memcollab.taxonomy import Taxonomy
 
-PROGRAM_VERSION = "memcollab-v1"
+#: Part of every result key: bump when a program's prompts change, so no stale LM result is replayed.
+PROGRAM_VERSION = "memcollab-v2"  # v2: plain-chat solver signatures (NaturalAdapter)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class MemCollab:
         use_gold_categories: bool = False,
         show_progress: bool = True,
         classifier_program: Path | None = None,
+        solver_program: Path | None = None,
         verify: bool = False,
         verify_tasks: int = 3,
         distill_examples: bool = False,
@@ -98,8 +100,13 @@ class MemCollab:
         if classifier_program is not None:  # a compiled variant (memcollab compile-classifier)
             self.classifier.load(str(classifier_program))
             self.classifier_version = stable_hash(Path(classifier_program).read_text())
+        self.solver_version = "zero-shot"
+        if solver_program is not None:  # a compiled variant (memcollab compile --program solver)
+            self.solver.load(str(solver_program))
+            self.solver_version = stable_hash(Path(solver_program).read_text())
         self.distiller = Distiller(taxonomy, use_examples=distill_examples)
-        self.settings = {"k": k, "max_turns": max_turns, "fallback": fallback, "taxonomy": taxonomy.name}
+        self.settings = {"k": k, "max_turns": max_turns, "fallback": fallback, "taxonomy": taxonomy.name,
+                         "solver": self.solver_version}
 
     # ----- trajectories -------------------------------------------------------------------
     def attempt(self, task: Task, agent: Agent, attempt: int = 0, temperature: float | None = None, guidance: str = "",

@@ -1,17 +1,23 @@
-"""The solver: math in one chain-of-thought call, code in up to T turns with sandbox feedback."""
+"""The solver: math in one call, code in up to T turns with sandbox feedback; every turn graded.
+
+Turn 1 of a code task is the single-turn protocol (the whole function in one block, the prompt's
+imports kept by the grader); later turns replay the previous attempt and add the test feedback,
+so multi-turn can only add to single-turn accuracy.
+"""
 
 from __future__ import annotations
 
 import dspy
 
-from memcollab.grading.grade import grade
+from memcollab.grading import grade
+from memcollab.grading.code_extract import prompt_is_code
 from memcollab.programs.calls import CallResult, call
 from memcollab.records import Task, Trajectory, Turn, Verdict
-from memcollab.signatures import SolveCode, SolveMath
+from memcollab.signatures import CompleteFunction, SolveMath, WriteFunction
 
 
 def render_guidance(texts: list[str]) -> str:
-    """Memory entries as the numbered rule list the solver signatures describe."""
+    """Memory entries as the short numbered rule list the solver signatures place before the problem."""
     return "\n".join(f"{i}. {text}" for i, text in enumerate(texts, 1))
 
 
@@ -22,7 +28,8 @@ class Solver(dspy.Module):
         super().__init__()
         self.max_turns = max_turns
         self.solve_math = dspy.ChainOfThought(SolveMath)
-        self.solve_code = dspy.ChainOfThought(SolveCode)
+        self.complete_function = dspy.ChainOfThought(CompleteFunction)  # HumanEval: the prompt is a stub
+        self.write_function = dspy.ChainOfThought(WriteFunction)  # MBPP: the prompt is prose + a test
 
     def forward(self, task: Task, guidance: str = "", agent: str = "") -> dspy.Prediction:
         trajectory = Trajectory(task_id=task.id, benchmark=task.benchmark, agent=agent, category=task.category)
@@ -34,18 +41,24 @@ class Solver(dspy.Module):
 
     def _math_turn(self, task: Task, guidance: str, trajectory: Trajectory) -> None:
         result = call(self.solve_math, problem=task.prompt, guidance=guidance)
-        answer = str(result.outputs.get("answer", "") or "")
-        verdict = grade(task, answer)
-        if verdict.error_type == "no_answer":
-            # The answer field was empty or unparsable: grade the full text, as a human grader would.
-            verdict = grade(task, result.raw or answer)
+        answer = str(result.outputs.get("answer", "") or "").strip()
+        # Boxed, the grader reads the answer field verbatim (a bare "\frac{3}{4}" would read as its last number).
+        verdict = grade(task, f"\\boxed{{{answer}}}") if answer else grade(task, result.raw)
+        if verdict.error_type == "no_answer" and answer:
+            verdict = grade(task, result.raw)  # an unusable answer field: grade the whole reply, as a person would
         self._record(trajectory, result, answer or result.raw, verdict)
 
     def _code_turns(self, task: Task, guidance: str, trajectory: Trajectory) -> None:
+        program = self.complete_function if prompt_is_code(task.prompt) else self.write_function
         previous, feedback = "", ""
         for _ in range(self.max_turns):
             result = call(
-                self.solve_code, task=task.prompt, guidance=guidance, previous_attempt=previous, feedback=feedback
+                program,
+                task=task.prompt,
+                guidance=guidance,
+                previous_attempt=previous,
+                feedback=feedback,
+                entry_point=task.entry_point,
             )
             text = str(result.outputs.get("code", "") or "") or result.raw
             verdict = grade(task, text)

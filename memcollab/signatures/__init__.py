@@ -3,6 +3,6 @@
 from memcollab.signatures.classify import ClassifyTask
 from memcollab.signatures.distill import Constraint, ContrastDistill
 from memcollab.signatures.reflect import Reflect
-from memcollab.signatures.solve import SolveCode, SolveMath
+from memcollab.signatures.solve import CompleteFunction, SolveMath, WriteFunction
 
-__all__ = ["ClassifyTask", "Constraint", "ContrastDistill", "Reflect", "SolveCode", "SolveMath"]
+__all__ = ["ClassifyTask", "CompleteFunction", "Constraint", "ContrastDistill", "Reflect", "SolveMath", "WriteFunction"]

@@ -1,16 +1,33 @@
 """Task classifier signature: which category of the taxonomy a task belongs to."""
 
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any
+
 import dspy
+
+from memcollab.lm.adapters import Natural
+
+
+def first_line(text: str, _inputs: Mapping[str, Any]) -> str:
+    """The answer's first non-empty line without markdown, quotes or a trailing period."""
+    for line in text.splitlines():
+        cleaned = line.replace("**", "").strip(" \t>*_`\"'#-")
+        cleaned = re.sub(r"^category\s*[:=-]\s*", "", cleaned, flags=re.IGNORECASE).strip(" \t*_`\"'.")
+        if cleaned:
+            return cleaned
+    return ""
 
 
 class ClassifyTask(dspy.Signature):
-    """Classify the task into exactly one category of the given taxonomy.
+    """Which category does the task belong to? Answer with the category's name only."""
 
-    Read what the task asks for and the main skill needed to solve it, compare it with
-    each category's description, and answer with the name of the single best category,
-    spelled exactly as in the list.
-    """
-
-    task: str = dspy.InputField(desc="the task statement")
-    categories: str = dspy.InputField(desc="one per line: name: description")
-    category: str = dspy.OutputField(desc="one category name from the list")
+    task: Annotated[str, Natural("context", title="Task")] = dspy.InputField(desc="the task statement")
+    categories: Annotated[str, Natural("context", title="Categories")] = dspy.InputField(
+        desc="one per line: name: description"
+    )
+    category: Annotated[str, Natural("output", extract=first_line)] = dspy.OutputField(
+        desc="one category name from the list"
+    )

@@ -1,34 +1,93 @@
-"""Solver signatures for math and code, with optional memory guidance and execution feedback."""
+"""Solver signatures for math and code: a one- or two-sentence instruction, memory as a short rule list.
+
+The docstrings are the instructions every adapter sends. They are the plain prompts a person would
+type (measured against exactly these prompts sent without DSPy: `benchmarks/solver_fidelity.py`);
+the `Natural` annotations say how `memcollab.lm.adapters.NaturalAdapter` lays the fields out as a
+chat and finds the answer or code in the reply, with the graders' own extractors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import dspy
 
+from memcollab.grading.code_extract import extract_code
+from memcollab.grading.math import extract_answer
+from memcollab.lm.adapters import Natural
+
+RULES_TITLE = "Rules learned from similar tasks (follow the ones that apply):"
+CODE_REPLY = "Reply with the whole function, including the signature, in one ```python code block."
+FEEDBACK_TURN = "The code failed the tests:\n{value}\n\nFix it. " + CODE_REPLY
+
+
+def math_answer(text: str, _inputs: Mapping[str, Any]) -> str:
+    """The final answer as the math grader finds it (last \\boxed{}, "answer is", the last number)."""
+    return extract_answer(text)
+
+
+def boxed(answer: str) -> str:
+    return f"The final answer is $\\boxed{{{answer}}}$."
+
+
+def python_code(text: str, inputs: Mapping[str, Any]) -> str:
+    """The fenced block that defines the entry point (else the best code span), as the code grader finds it."""
+    return extract_code(text, str(inputs.get("entry_point") or ""))
+
+
+def python_block(code: str) -> str:
+    return f"```python\n{code.strip()}\n```"
+
+
+Rules = Annotated[str, Natural("rules", title=RULES_TITLE)]
+EntryPoint = Annotated[str, Natural("hidden")]
+Code = Annotated[str, Natural("output", extract=python_code, render=python_block)]
+
 
 class SolveMath(dspy.Signature):
-    """Solve the math problem. Think step by step, check each step, and give the final answer.
+    """Solve step by step. Put the final answer in \\boxed{}."""
 
-    If guidance is given, it lists rules distilled from earlier successes and failures on
-    problems of the same kind: follow each rule that applies to this problem and ignore the
-    rest. Put only the final answer (a number or a simplified expression, no units, no words)
-    in the `answer` field.
-    """
-
-    problem: str = dspy.InputField(desc="the problem statement")
-    guidance: str = dspy.InputField(desc="rules to follow when they apply; may be empty")
-    answer: str = dspy.OutputField(desc="the final answer only, e.g. 42 or \\frac{3}{4}")
+    problem: Annotated[str, Natural("main")] = dspy.InputField(desc="the problem statement")
+    guidance: Rules = dspy.InputField(desc="numbered rules to follow where they apply; may be empty")
+    answer: Annotated[str, Natural("output", extract=math_answer, render=boxed)] = dspy.OutputField(
+        desc="the final answer only, e.g. 42 or \\frac{3}{4}"
+    )
 
 
-class SolveCode(dspy.Signature):
-    """Write a correct, self-contained Python solution to the programming task.
+class CompleteFunction(dspy.Signature):
+    """Complete the following Python function."""  # + CODE_REPLY, set below: one line, as a person types it
 
-    Define the function with exactly the required name and signature, import what you use,
-    and do not print or read input. If guidance is given, it lists rules distilled from earlier
-    successes and failures on tasks of the same kind: follow each rule that applies. If a
-    previous attempt and its test feedback are given, find the cause of the failure and
-    return a corrected full solution, not a patch.
-    """
+    task: Annotated[str, Natural("main", instruction="before")] = dspy.InputField(
+        desc="the function's signature and docstring"
+    )
+    guidance: Rules = dspy.InputField(desc="numbered rules to follow where they apply; may be empty")
+    previous_attempt: Annotated[str, Natural("previous")] = dspy.InputField(
+        desc="your previous code; empty on the first turn"
+    )
+    feedback: Annotated[str, Natural("feedback", template=FEEDBACK_TURN)] = dspy.InputField(
+        desc="test feedback for the previous attempt; empty on the first turn"
+    )
+    entry_point: EntryPoint = dspy.InputField(desc="the name of the function to define")
+    code: Code = dspy.OutputField(desc="the complete Python function in a ```python block")
 
-    task: str = dspy.InputField(desc="the task, with the required function name and an example test")
-    guidance: str = dspy.InputField(desc="rules to follow when they apply; may be empty")
-    previous_attempt: str = dspy.InputField(desc="your previous code; empty on the first turn")
-    feedback: str = dspy.InputField(desc="test feedback for the previous attempt; empty on the first turn")
-    code: str = dspy.OutputField(desc="the complete Python solution in a ```python block")
+
+class WriteFunction(dspy.Signature):
+    """Write a Python function for the task below."""  # + CODE_REPLY, set below
+
+    task: Annotated[str, Natural("main", instruction="before")] = dspy.InputField(
+        desc="the task, with an example test that fixes the function's name and signature"
+    )
+    guidance: Rules = dspy.InputField(desc="numbered rules to follow where they apply; may be empty")
+    previous_attempt: Annotated[str, Natural("previous")] = dspy.InputField(
+        desc="your previous code; empty on the first turn"
+    )
+    feedback: Annotated[str, Natural("feedback", template=FEEDBACK_TURN)] = dspy.InputField(
+        desc="test feedback for the previous attempt; empty on the first turn"
+    )
+    entry_point: EntryPoint = dspy.InputField(desc="the name of the function to define")
+    code: Code = dspy.OutputField(desc="the complete Python function in a ```python block")
+
+
+CompleteFunction = CompleteFunction.with_instructions(f"{CompleteFunction.instructions} {CODE_REPLY}")
+WriteFunction = WriteFunction.with_instructions(f"{WriteFunction.instructions} {CODE_REPLY}")
