@@ -10,19 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from memcollab.errors import ConfigError, MemCollabError, ModelError
-from memcollab.lm.config import (
-    AgentConfig,
-    apply_overrides,
-    build_adapter,
-    build_lm,
-    check_agent,
-    configure_dspy_cache,
-    load_agents,
-    parse_agents,
-    resolve_agent,
-)
+from memcollab.errors import ConfigError, MemCollabError, ModelError, ServerError
 from memcollab.lm.catalog import CATALOG, locate
+from memcollab.lm.config import AgentConfig, apply_overrides, load_agents, parse_agents, resolve_agent
+from memcollab.lm.factory import build_adapter, build_lm, configure_dspy_cache
+from memcollab.lm.preflight import check_agent, llama_cpp_available
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,11 +133,14 @@ def test_apply_overrides() -> None:
 def test_adapter_choice() -> None:
     import dspy
 
-    assert isinstance(build_adapter(resolve_agent("local:smollm2-135m", {})), dspy.JSONAdapter)
+    from memcollab.lm.adapters import NaturalAdapter
+
+    for spec in ("local:smollm2-135m", "server:smollm2-135m"):
+        assert isinstance(build_adapter(resolve_agent(spec, {})), NaturalAdapter)
     chat = build_adapter(resolve_agent("litellm:openai/m", {}))
     assert isinstance(chat, dspy.ChatAdapter) and not isinstance(chat, dspy.JSONAdapter)
-    forced = AgentConfig(name="x", model="smollm2-135m", adapter="chat")
-    assert forced.resolved_adapter == "chat"
+    forced = AgentConfig(name="x", model="smollm2-135m", adapter="json")
+    assert forced.resolved_adapter == "json" and isinstance(build_adapter(forced), dspy.JSONAdapter)
 
 
 # ---------------------------------------------------------------- preflight
@@ -197,22 +192,20 @@ def test_check_litellm_key_and_endpoint(monkeypatch: pytest.MonkeyPatch, local_h
     assert "unreachable" in _one_line_error(info.value)
 
 
-def test_check_local_unknown_and_unassembled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if sys.modules.get("llama_cpp", True) is None:
-        pytest.skip("llama_cpp blocked")
+@pytest.mark.parametrize("backend", ["local", "server"])
+def test_check_unknown_missing_and_unassembled_models(backend: str, tmp_path: Path) -> None:
+    """The model checks of both llama.cpp backends; the server backend needs neither llama-cpp-python nor a binary
+    for them (the model is checked before the binary)."""
+    if backend == "local" and not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed (the in-process backend checks it first)")
     with pytest.raises(ConfigError, match="unknown embedded model"):
-        check_agent(AgentConfig(name="x", model="no-such-model"), model_dir=tmp_path)
+        check_agent(AgentConfig(name="x", model="no-such-model", backend=backend), model_dir=tmp_path)
     with pytest.raises(ModelError, match="model file not found"):
-        check_agent(AgentConfig(name="x", model=str(tmp_path / "missing.gguf")))
+        check_agent(AgentConfig(name="x", model=str(tmp_path / "missing.gguf"), backend=backend))
 
     spec = CATALOG["qwen2.5-coder-0.5b"]
-    agent = AgentConfig(name="weak", model=spec.name)
-    from memcollab.lm.config import llama_cpp_available
-
-    if not llama_cpp_available():
-        pytest.skip("llama-cpp-python not installed")
     with pytest.raises(ModelError) as info:
-        check_agent(agent, model_dir=tmp_path / "empty")  # nothing assembled there
+        check_agent(AgentConfig(name="weak", model=spec.name, backend=backend), model_dir=tmp_path / "empty")
     msg = _one_line_error(info.value)
     if locate(spec).installed:
         assert f"memcollab models prepare {spec.name}" in msg and "not assembled" in msg
@@ -222,16 +215,37 @@ def test_check_local_unknown_and_unassembled(tmp_path: Path, monkeypatch: pytest
 
 def test_check_local_without_llama_cpp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # how Python marks a module as unimportable
+    assert not llama_cpp_available()
     with pytest.raises(ConfigError) as info:
         check_agent(AgentConfig(name="x", model="smollm2-135m"))
     msg = _one_line_error(info.value)
     assert "pip install 'memcollab[llama]'" in msg and "-DGGML_NATIVE=OFF" in msg
+    assert "memcollab models build-server" in msg  # the other way: the server backend
+
+
+def test_check_server_without_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server agent whose model is there but whose binary is not: one line that says how to build it."""
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setenv("MEMCOLLAB_LLAMA_SERVER", str(tmp_path / "no-such-binary"))
+    with pytest.raises(ServerError) as info:
+        check_agent(AgentConfig(name="s", backend="server", model=str(model)))
+    assert "memcollab models build-server" in _one_line_error(info.value)
 
 
 def test_check_server_with_running_endpoint(local_http: str) -> None:
     check_agent(AgentConfig(name="s", backend="server", model="anything", api_base=local_http))
     with pytest.raises(ConfigError, match="unreachable"):
         check_agent(AgentConfig(name="s", backend="server", model="x", api_base=f"http://127.0.0.1:{_closed_port()}/v1"))
+
+
+def test_server_lm_refuses_an_unhealthy_external_server(local_http: str) -> None:
+    """An api_base that answers HTTP but is no llama-server (no /health): one line, no process started."""
+    from memcollab.lm.server import running_servers
+
+    with pytest.raises(ServerError) as info:
+        build_lm(AgentConfig(name="s", backend="server", model="m", api_base=local_http))
+    assert "no healthy llama-server" in _one_line_error(info.value) and not running_servers()
 
 
 def test_errors_are_memcollab_errors() -> None:
@@ -257,7 +271,7 @@ def test_build_litellm_lm_reads_key_from_env(monkeypatch: pytest.MonkeyPatch) ->
 def test_build_local_lm_is_lazy() -> None:
     import dspy
 
-    from memcollab.lm import local_lm
+    from memcollab.lm import local as local_lm
 
     spec = CATALOG["smollm2-135m"]
     if not locate(spec).installed:

@@ -21,12 +21,17 @@ pytestmark = [pytest.mark.model, pytest.mark.skipif(default_data_dir() is None, 
 
 
 def _smollm2_ready() -> str | None:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return "llama-cpp-python is not installed"
-    from memcollab.errors import ModelError
+    """None when SmolLM2 can run here: through llama-server (what `--backend auto` picks) or in-process."""
+    from memcollab.errors import ModelError, ServerError
     from memcollab.lm.assemble import model_path
+    from memcollab.lm.preflight import llama_cpp_available
+    from memcollab.lm.server import find_server_binary
+
+    try:
+        find_server_binary()
+    except ServerError:
+        if not llama_cpp_available():
+            return "neither llama-server (memcollab models build-server) nor llama-cpp-python is installed"
 
     try:
         model_path("smollm2-135m")

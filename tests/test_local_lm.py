@@ -18,8 +18,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from memcollab.lm.config import llama_cpp_available
 from memcollab.lm.catalog import CATALOG, locate
+from memcollab.lm.preflight import llama_cpp_available
 
 SMOLLM = CATALOG["smollm2-135m"]
 
@@ -37,7 +37,8 @@ needs_model = pytest.mark.skipif(_model_skip_reason() is not None, reason=_model
 PRELUDE = """
 import json, sys, time, threading
 import dspy
-from memcollab.lm.config import build_lm, resolve_agent, apply_overrides, configure_dspy_cache
+from memcollab.lm.config import apply_overrides, resolve_agent
+from memcollab.lm.factory import build_lm, configure_dspy_cache
 from memcollab.lm.local import LlamaCppLM, load_model
 def emit(**kw):
     print("RESULT " + json.dumps(kw), flush=True)
@@ -79,7 +80,7 @@ def test_response_format_mapping() -> None:
 def test_lm_is_lazy_and_serialisable(tmp_path: Path) -> None:
     import dspy
 
-    from memcollab.lm import local_lm
+    from memcollab.lm import local as local_lm
 
     fake = tmp_path / "m.gguf"
     fake.write_bytes(b"not a model")
@@ -94,9 +95,8 @@ def test_lm_is_lazy_and_serialisable(tmp_path: Path) -> None:
     assert not any(key[0] == str(fake.resolve()) for key in local_lm._REGISTRY)
 
 
+@pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python is not installed (pip install 'memcollab[llama]')")
 def test_unloadable_model_raises_not_crashes(tmp_path: Path) -> None:
-    if not llama_cpp_available():
-        pytest.skip("llama-cpp-python is not installed")
     body = f"""
     lm = LlamaCppLM("local/bad", model_path={str(tmp_path / 'garbage.gguf')!r}, cache=False)
     open({str(tmp_path / 'garbage.gguf')!r}, "wb").write(b"GGUF" + b"\\0" * 64)
@@ -187,7 +187,7 @@ def test_shared_model_and_thread_safety(tmp_path: Path) -> None:
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
     for t in threads: t.start()
     for t in threads: t.join()
-    from memcollab.lm import local_lm
+    from memcollab.lm import local as local_lm
     emit(shared=shared, same=outs == sequential, loaded=len(local_lm._REGISTRY))
     """
     out = run_in_subprocess(body, tmp_path)

