@@ -1,18 +1,28 @@
-"""Bounded parallel map with a rich progress bar; results come back in input order.
+"""One bounded parallel map for the whole package: input-order results, an optional progress bar, an error budget.
 
-Used by every step that makes LM calls (`--workers N`): the mapped function persists its own
-result as soon as it exists (the pipeline's result store), and the returned list is in input
-order, whatever the completion order was.
+Every step that fans out (LM calls with `--workers N`, grading, the sandbox pool)
+goes through :func:`parallel_map`. The mapped function persists its own result
+as soon as it exists (the pipeline's result store); the returned list is in input
+order whatever the completion order was.
+
+Failures are counted against `max_errors`. Within the budget a failed item gets
+`on_error(item, exc)`'s value (or None) and the map goes on; past it, pending
+work is cancelled and one :class:`TooManyFailures` is raised. The default budget
+of 0 stops at the first failure, as the map always has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from memcollab.errors import MemCollabError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,31 +43,121 @@ def make_progress(transient: bool = False) -> Progress:
     )
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One item whose function raised."""
+
+    index: int
+    item: Any
+    error: Exception
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class TooManyFailures(MemCollabError):
+    """More items of a parallel map failed than its error budget allowed; the map stopped.
+
+    `failures` holds what failed before it stopped (completion order), `total` the
+    number of items, `first` the first error (also the `__cause__`). The exit code
+    is the first error's when that is itself a MemCollabError.
+    """
+
+    def __init__(self, failures: list[Failure], total: int) -> None:
+        self.failures = failures
+        self.total = total
+        self.first = failures[0].error
+        if isinstance(self.first, MemCollabError):
+            self.exit_code = self.first.exit_code
+        super().__init__(
+            f"{len(failures)} of {total} items failed; first: {type(self.first).__name__}: {_one_line(self.first)}"
+        )
+
+
+class MapResults(list[R], Generic[R]):  # type: ignore[misc]
+    """A list of results in input order that also says what failed (`failures`, `failed`)."""
+
+    def __init__(self, values: Sequence[R]) -> None:
+        super().__init__(values)
+        self.failures: list[Failure] = []
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+
 def parallel_map(
     fn: Callable[[T], R],
     items: Sequence[T],
     workers: int = 1,
     description: str = "working",
     show: bool = True,
-) -> list[R]:
-    """Apply `fn` to every item with at most `workers` threads; the first exception stops the map."""
-    results: list[R | None] = [None] * len(items)
-    with make_progress() as progress:
-        bar = progress.add_task(description, total=len(items), visible=show)
-        if workers <= 1:
-            for i, item in enumerate(items):
-                results[i] = fn(item)
+    *,
+    max_errors: int | None = 0,
+    on_error: Callable[[T, Exception], R] | None = None,
+    on_result: Callable[[int, R], None] | None = None,
+    thread_name_prefix: str = "map",
+) -> MapResults[R]:
+    """Apply `fn` to every item with at most `workers` threads; results in input order.
+
+    `max_errors`: failures tolerated (None: any number); one more stops the map
+    with :class:`TooManyFailures`. `on_error(item, exc)` gives a failed item's
+    result; `on_result(index, result)` runs in the calling thread as each item
+    succeeds. Only `Exception`s count as failures: KeyboardInterrupt and the
+    like stop the map at once and propagate unchanged.
+    """
+    total = len(items)
+    results: MapResults[R] = MapResults([None] * total)  # type: ignore[list-item]
+
+    def failed(index: int, exc: Exception) -> None:
+        results.failures.append(Failure(index, items[index], exc))
+        if max_errors is not None and results.failed > max_errors:
+            raise TooManyFailures(results.failures, total) from results.failures[0].error
+        if on_error is not None:
+            results[index] = on_error(items[index], exc)
+
+    def succeeded(index: int, value: R) -> None:
+        results[index] = value
+        if on_result is not None:
+            on_result(index, value)
+
+    progress_cm = make_progress() if show else nullcontext(None)
+    with progress_cm as progress:
+        bar = progress.add_task(description, total=total) if progress is not None else None
+
+        def advance() -> None:
+            if progress is not None and bar is not None:
                 progress.advance(bar)
-            return results  # type: ignore[return-value]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-            try:
-                for future in as_completed(futures):
-                    i = futures[future]
-                    results[i] = future.result()
-                    progress.advance(bar)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-    return results  # type: ignore[return-value]
+
+        if workers <= 1 or total <= 1:
+            for index, item in enumerate(items):
+                try:
+                    value = fn(item)
+                except Exception as exc:
+                    advance()
+                    failed(index, exc)
+                    continue
+                succeeded(index, value)
+                advance()
+            return results
+
+        pool = ThreadPoolExecutor(max_workers=min(workers, total), thread_name_prefix=thread_name_prefix)
+        try:
+            futures: dict[Future[R], int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
+            for future in as_completed(futures):
+                index = futures[future]
+                error = future.exception()
+                advance()
+                if error is None:
+                    succeeded(index, future.result())
+                elif isinstance(error, Exception):
+                    failed(index, error)
+                else:
+                    raise error
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+    return results

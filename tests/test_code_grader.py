@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from memcollab.benchmarks.loaders import load_tasks
-from memcollab.grading.code import FEEDBACK_CHARS, grade_code, grade_code_many
+from memcollab.benchmarks import load_tasks
+from memcollab.grading.code import FEEDBACK_CHARS, grade_code, grade_code_many, verdict_from_result
 from memcollab.grading.grade import grade
-from memcollab.grading.sandbox import SandboxLimits
+from memcollab.grading.sandbox import ExecResult, SandboxLimits
 from memcollab.paths import default_data_dir
 from memcollab.records import Task
 
@@ -121,3 +121,61 @@ def test_mbpp_reference_solutions_pass_sample() -> None:
     tasks = load_tasks("mbpp", "prompt") + load_tasks("mbpp", "validation")
     verdicts = grade_code_many([(t, t.solution) for t in tasks], workers=2, limits=SandboxLimits(wall_s=30, cpu_s=20))
     assert [t.id for t, v in zip(tasks, verdicts) if not v.correct] == []
+
+
+# ------------------------------------------------------------------ error types come from the exception's class
+
+
+@pytest.mark.parametrize(
+    ("body", "error_type"),
+    [
+        ('    raise ValueError("bad input\\nKeyError: 3")', "runtime_error:ValueError"),
+        ('    raise RuntimeError("oops\\nboom")', "runtime_error:RuntimeError"),  # 'boom' is not a type
+        ('    raise ZeroDivisionError("x\\n  indented\\nNameError: fake")', "runtime_error:ZeroDivisionError"),
+        ('    raise AssertionError("looks fine\\nTypeError: no")', "assertion_failure"),
+        # a program that prints a fake traceback and exits 1 did not raise ZeroDivisionError
+        ("    import sys\n    sys.stderr.write('Traceback:\\nZeroDivisionError: fake\\n')\n    sys.exit(1)", "runtime_error:SystemExit"),
+        ("    import os\n    os.write(2, b'TypeError: fake\\n')\n    os._exit(1)", "runtime_error:Unknown"),
+        # a class name that is not an identifier cannot become an error type
+        ('    raise type("Bad Name\\nX", (Exception,), {})("m")', "runtime_error:Unknown"),
+        ('    raise type("E" * 200, (Exception,), {})("m")', "runtime_error:Unknown"),
+    ],
+)
+def test_error_type_is_the_exception_class_not_stderr_text(body: str, error_type: str) -> None:
+    verdict = grade_code(HE, _fn(body), FAST)
+    assert (verdict.correct, verdict.error_type) == (False, error_type), verdict
+    assert len(verdict.feedback) <= FEEDBACK_CHARS
+
+
+def test_feedback_has_no_terminal_escapes_or_control_characters() -> None:
+    body = '    raise ValueError("\\x1b[31mred\\x1b[0m \\x1b]0;title\\x07 bell\\x07 nul\\x00 del\\x7f")'
+    verdict = grade_code(HE, _fn(body), FAST)
+    assert verdict.error_type == "runtime_error:ValueError"
+    assert "red" in verdict.feedback and "bell" in verdict.feedback
+    assert not any(ch in verdict.feedback for ch in "\x1b\x07\x00\x7f"), repr(verdict.feedback)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "    import os, sys\n    sys.stderr.write('E' * 50000)\n    sys.stderr.flush()\n    os._exit(3)",  # unknown error
+        "    raise ValueError('v' * 50000)",
+        "    raise ValueError('\\n'.join(['line'] * 5000))",
+        "    import sys\n    sys.exit('m' * 50000)",
+    ],
+)
+def test_feedback_is_capped_on_every_path(body: str) -> None:
+    verdict = grade_code(HE, _fn(body), FAST)
+    assert not verdict.correct and 0 < len(verdict.feedback) <= FEEDBACK_CHARS, verdict
+
+
+def test_verdict_uses_the_reported_class_even_when_stderr_says_otherwise() -> None:
+    """The pure classifier: stderr's last line names KeyError, the side channel names ValueError."""
+    result = ExecResult(status="error", returncode=1, stderr="Traceback ...\nValueError: bad input\nKeyError: 3\n",
+                        exception="ValueError", exception_message="bad input\nKeyError: 3")
+    verdict = verdict_from_result(result, "sentinel", FAST)
+    assert verdict.error_type == "runtime_error:ValueError" and "KeyError: 3" in verdict.feedback
+    unreported = result.model_copy(update={"exception": "", "exception_message": ""})
+    assert verdict_from_result(unreported, "sentinel", FAST).error_type == "runtime_error:Unknown"
+    odd = result.model_copy(update={"exception": "Key Error\nX"})
+    assert verdict_from_result(odd, "sentinel", FAST).error_type == "runtime_error:Unknown"

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from memcollab.benchmarks.loaders import load_tasks
+from memcollab.benchmarks import load_tasks
 from memcollab.grading.grade import grade, grade_many
 from memcollab.grading.math import extract_answer, grade_math
 from memcollab.paths import default_data_dir

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 
@@ -76,23 +77,40 @@ def test_process_creation_and_escape_hatches_are_refused(code: str) -> None:
     assert _last_err(result).startswith(("PermissionError", "ModuleNotFoundError"))
 
 
+def _processes_named(name: str) -> list[str]:
+    """Host pids whose command name (/proc/<pid>/comm) is `name`, zombies excluded."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if f"Name:\t{name}\n" in text and "State:\tZ" not in text:
+            found.append(status.parent.name)
+    return found
+
+
 def test_whole_process_group_is_killed_on_timeout() -> None:
-    """Even a child forked behind the preamble's back (a fresh posix module) dies with the group."""
+    """Even a child forked behind the guard's back (a fresh posix module) dies with the run.
+
+    The child renames itself (/proc/self/comm) to a unique marker, which the host sees whatever pid namespace
+    the run had.
+    """
+    marker = "mc" + secrets.token_hex(6)
     code = (
         "import _imp, importlib.machinery as m, sys, time\n"
         "posix = _imp.create_builtin(m.ModuleSpec('posix', None, origin='built-in'))\n"
         "pid = posix.fork()\n"
-        "if pid == 0:\n    time.sleep(120)\n    posix._exit(0)\n"
-        "print(pid, flush=True)\n"
+        "if pid == 0:\n"
+        f"    posix.write(posix.open('/proc/self/comm', 1), b'{marker}')\n"  # 1 = O_WRONLY
+        "    posix.write(1, b'renamed\\n')\n"
+        "    time.sleep(120)\n    posix._exit(0)\n"
         "while True:\n    pass\n"
     )
     result = run_program(code, SandboxLimits(wall_s=1.5, cpu_s=10.0))
-    assert result.status == "timeout"
-    child = int(result.stdout.split()[0])
+    assert result.status == "timeout" and "renamed" in result.stdout, result
     time.sleep(0.2)
-    status = Path(f"/proc/{child}/status")
-    alive = status.exists() and "State:\tZ" not in status.read_text()
-    assert not alive
+    assert _processes_named(marker) == []
 
 
 def test_huge_allocation_hits_the_memory_limit() -> None:

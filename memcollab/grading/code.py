@@ -18,7 +18,10 @@ from memcollab.grading.sandbox import ExecResult, SandboxLimits, SandboxPool, ru
 from memcollab.records import Task, Verdict
 
 FEEDBACK_CHARS = 600
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$")
+# Terminal escape sequences and control characters: feedback goes to a model's prompt, a terminal and the stores.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_NAME = re.compile(r"^[A-Za-z_]\w{0,79}$")
 _SIMPLE_TYPES = {
     "SyntaxError": "syntax_error",
     "IndentationError": "syntax_error",
@@ -30,8 +33,14 @@ _SIMPLE_TYPES = {
 }
 
 
+def sanitize(text: str) -> str:
+    """Text fit for a prompt or a terminal: no escape sequences, no control characters but newline and tab."""
+    return _CONTROL.sub("", _ESCAPES.sub("", text))
+
+
 def _clip(text: str, limit: int = FEEDBACK_CHARS) -> str:
-    text = text.strip()
+    """Sanitised and at most `limit` characters, keeping the end (where a traceback names the error)."""
+    text = sanitize(text).strip()
     return text if len(text) <= limit else "..." + text[-(limit - 3) :]
 
 
@@ -56,18 +65,6 @@ def build_program(task: Task, candidate: str, sentinel: str) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def _exception(stderr: str) -> tuple[str, str]:
-    """(exception name, message) from the last line of a traceback."""
-    for line in reversed(stderr.strip().splitlines()):
-        if line.startswith((" ", "\t")) or not line.strip():
-            continue
-        match = _EXC_LINE.match(line.strip())
-        if match:
-            return match.group(1).rsplit(".", 1)[-1], match.group(2) or ""
-        break
-    return "", ""
-
-
 _CARETS = re.compile(r"^\s*[\^~]+\s*$")
 
 
@@ -75,7 +72,7 @@ def _traceback_feedback(stderr: str) -> str:
     """The last traceback lines (failing test line, failing code line, error), whole lines, within the budget."""
     lines = [
         ln.rstrip()
-        for ln in stderr.strip().splitlines()
+        for ln in sanitize(stderr).strip().splitlines()
         if ln.strip() and not ln.startswith("Traceback (most recent call last)") and not _CARETS.match(ln)
     ]
     kept: list[str] = []
@@ -114,15 +111,15 @@ def verdict_from_result(result: ExecResult, sentinel: str, limits: SandboxLimits
         )
     if result.status == "killed":
         return Verdict(correct=False, error_type="killed", feedback=f"the program was killed (exit status {result.returncode})")
-    name, _ = _exception(result.stderr)
-    if not name:
-        return Verdict(
-            correct=False,
-            error_type="runtime_error:Unknown",
-            feedback=_clip(result.stderr) or f"exit status {result.returncode}",
-        )
+    # The type comes from the exception's class as the child reported it, never from stderr's text, which the
+    # program writes: `raise ValueError("x\nKeyError: 3")` is a ValueError.
+    name = result.exception if _NAME.match(result.exception) else ""
+    status = f"exit status {result.returncode}"
+    if not name or name == "Unknown":
+        return Verdict(correct=False, error_type="runtime_error:Unknown", feedback=_clip(result.stderr) or status)
     error_type = _SIMPLE_TYPES.get(name, f"runtime_error:{name}")
-    return Verdict(correct=False, error_type=error_type, feedback=_traceback_feedback(result.stderr))
+    detail = f"{name}: {result.exception_message}" if result.exception_message else name
+    return Verdict(correct=False, error_type=error_type, feedback=_traceback_feedback(result.stderr) or _clip(detail))
 
 
 class Prepared(NamedTuple):

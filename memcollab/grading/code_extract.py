@@ -61,7 +61,8 @@ def defines(code: str, name: str) -> bool:
 
 def fenced_blocks(text: str) -> list[str]:
     """Python (or untagged) fenced code blocks in order; other languages only when nothing else exists."""
-    python, other = [], []
+    python: list[str] = []
+    other: list[str] = []
     for match in _FENCE.finditer(text):
         tag, body = match.group(1).lower(), match.group(2)
         if body.strip():

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from memcollab.grading.code import grade_code, grade_code_many
 from memcollab.grading.math import DEFAULT_TIMEOUT_S, grade_math
 from memcollab.grading.sandbox import SandboxLimits
+from memcollab.parallel import parallel_map
 from memcollab.records import Task, Verdict
 
 
@@ -36,13 +36,14 @@ def grade_many(
     math_idx = [i for i, (task, _) in enumerate(tasks_texts) if task.kind != "code"]
 
     if math_idx:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grade-math") as pool:
-            futures = {pool.submit(grade_math, *tasks_texts[i]): i for i in math_idx}
-            for future in as_completed(futures):
-                i = futures[future]
-                verdicts[i] = future.result()
-                if on_result is not None:
-                    on_result(i, verdicts[i])  # type: ignore[arg-type]
+
+        def math_done(j: int, verdict: Verdict) -> None:
+            verdicts[math_idx[j]] = verdict
+            if on_result is not None:
+                on_result(math_idx[j], verdict)
+
+        parallel_map(lambda i: grade_math(*tasks_texts[i]), math_idx, workers=workers, show=False,
+                     on_result=math_done, thread_name_prefix="grade-math")
 
     if code_idx:
 

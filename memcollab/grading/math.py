@@ -164,7 +164,7 @@ def _worker_main() -> None:
     for line in sys.stdin:
         try:
             req = json.loads(line)
-            reply = {"equal": compare_symbolic(req["gold"], req["pred"])}
+            reply: dict[str, bool | str] = {"equal": compare_symbolic(req["gold"], req["pred"])}
         except BaseException as exc:  # noqa: BLE001 - one bad request must not kill the worker
             if isinstance(exc, KeyboardInterrupt):
                 return

@@ -1,59 +1,97 @@
-"""Run untrusted Python programs in limited subprocesses, one at a time or as a pool.
+"""Run untrusted Python programs behind the strongest boundary this machine offers, one at a time or as a pool.
 
-Each program runs in its own ``python -I -B`` process (``-S`` too unless site
-packages are allowed), in a new session, with a fresh temporary directory as
-cwd (deleted afterwards) and a stripped environment. Hard limits, enforced by
-the kernel or by this process: wall clock (the whole process group is killed),
-CPU time (RLIMIT_CPU), address space (RLIMIT_AS), file size (RLIMIT_FSIZE),
-process count (RLIMIT_NPROC, only when not root: root ignores it) and captured
-output (the process group is killed past the cap). The process group is also
-killed after a normal exit, so no forked leftover survives a run.
+Modes (:mod:`memcollab.grading.isolation`): bubblewrap, else an unprivileged
+uid, else the in-process guard only (announced once by a SandboxWarning). As
+root, bubblewrap runs are forked from a warm sandbox per worker
+(:mod:`memcollab.grading.zygote`) with a fresh uid per program; otherwise each
+program is its own ``python -I -B [-S]`` process. The child side of both is
+:mod:`memcollab.grading._child`.
 
-A Python preamble then makes process creation (fork/exec/spawn/subprocess,
-setsid), sockets, ctypes and the ``resource`` module unusable, and refuses
-writes outside the temporary directory and reads of other processes'
-``/proc/<pid>/environ``. The preamble is best-effort hardening against
-mistakes and naive hostility in model-written code, NOT a security boundary:
-code that really wants out (e.g. by re-creating C modules) can get out. Run
-untrusted models inside a container/VM if that matters.
+Hard limits, enforced by the kernel or by this process: wall clock (the
+program and everything it started are killed), CPU time (RLIMIT_CPU), address
+space (RLIMIT_AS), file size (RLIMIT_FSIZE), disk (a size-capped tmpfs under
+bubblewrap), process count (RLIMIT_NPROC of the unprivileged uid) and captured
+output (killed past the cap). Nothing a program starts outlives its run.
+
+How a program ended comes from a side channel (a pipe the child writes JSON
+lines to), not from its stderr, which the program controls.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import selectors
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from memcollab.errors import ConfigError, MemCollabError
+from memcollab.grading import isolation as iso
+from memcollab.grading import zygote
+from memcollab.grading._child import MEMORY_EXIT_CODE
+from memcollab.grading.isolation import PROGRAM_FILE, Mode, Requested
+from memcollab.grading.outcome import Outcome, collect, read_events, reported_cpu
+from memcollab.parallel import parallel_map
+
 ExecStatus = Literal["ok", "error", "timeout", "memory_limit", "killed", "output_limit"]
 
-PROGRAM_FILE = "program.py"
-MEMORY_EXIT_CODE = 125  # the preamble exits with this after an uncaught MemoryError
-_SAFE_ENV_PATH = "/usr/local/bin:/usr/bin:/bin"
+__all__ = [
+    "MEMORY_EXIT_CODE", "PROGRAM_FILE", "ExecResult", "ExecStatus", "SandboxError", "SandboxLimits", "SandboxPool",
+    "SandboxWarning", "isolation_mode", "run_program",
+]
+
+MESSAGE_CHARS = 500
+_NAME = re.compile(r"^[A-Za-z_]\w{0,79}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class SandboxError(MemCollabError):
+    """The sandbox itself could not run a program (not the program's fault): bubblewrap or the uid drop failed."""
+
+
+class SandboxWarning(RuntimeWarning):
+    """Model code runs behind the in-process guard only: hardening, not a boundary."""
 
 
 class SandboxLimits(BaseModel):
-    """Resource limits of one sandboxed run (wall and CPU in seconds, memory in MB, output in bytes per stream)."""
+    """Resource limits of one sandboxed run (wall and CPU in seconds, memory and disk in MB, output in bytes per stream).
+
+    `isolation`: "auto" picks the strongest available mode (bwrap > uid > guard; the
+    environment variable MEMCOLLAB_SANDBOX overrides "auto"); naming a mode
+    requires it and raises :class:`SandboxError` when it is unavailable.
+    `warm`: as root, bubblewrap runs fork from a warm sandbox per worker (a fresh
+    uid per program); False starts fresh namespaces for every program, at
+    tens of ms more per program.
+    """
 
     wall_s: float = 10.0
     cpu_s: float = 10.0
     memory_mb: int = 1024
     output_bytes: int = 64 * 1024
     file_size_mb: int = 16
+    disk_mb: int = 64
     site_packages: bool = False
+    isolation: Requested = "auto"
+    warm: bool = True
 
 
 class ExecResult(BaseModel):
-    """What happened when a program ran: status, exit code, captured output and wall time."""
+    """What happened when a program ran: status, exit code, captured output, wall time, and the exception (if any).
+
+    `exception` is the class name of the exception that ended the program, as
+    the child reported it over the side channel ("" when none or unknown);
+    `exception_message` its message, capped. `isolation` is the mode it ran in.
+    """
 
     status: ExecStatus
     returncode: int | None = None
@@ -61,197 +99,81 @@ class ExecResult(BaseModel):
     stderr: str = ""
     duration_s: float = 0.0
     cpu_s: float = 0.0
+    exception: str = ""
+    exception_message: str = ""
+    isolation: str = ""
 
 
-# The preamble runs as `python -c PREAMBLE program.py cpu_s memory_bytes fsize_bytes` inside the temp dir.
-_PREAMBLE = r'''
-import sys, os, builtins, io, _io, ast, reprlib, traceback
-_prog, _cpu, _mem, _fsize = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-sys.argv = [_prog]
+# ------------------------------------------------------------------ which mode
 
-import resource as _resource
-def _limit(which, soft, hard):
+
+_modes: dict[str, Mode] = {}
+_modes_lock = threading.Lock()
+_warned = False
+
+
+def _warn_once(reason: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"sandbox: {reason}; model code runs behind the in-process guard only, which is hardening, not a "
+            "security boundary (install bubblewrap: apt-get install -y bubblewrap)",
+            SandboxWarning,
+            stacklevel=4,
+        )
+
+
+def _probe(mode: Mode) -> str | None:
+    """Run a trivial program in `mode`; None when it worked, else why not."""
     try:
-        _resource.setrlimit(which, (soft, hard))
-    except (ValueError, OSError):
-        pass
-_limit(_resource.RLIMIT_CPU, max(1, int(_cpu + 0.999)), max(1, int(_cpu + 0.999)) + 1)
-if _mem > 0:
-    _limit(_resource.RLIMIT_AS, _mem, _mem)
-_limit(_resource.RLIMIT_FSIZE, _fsize, _fsize)
-_limit(_resource.RLIMIT_CORE, 0, 0)
-if os.geteuid() != 0:  # root ignores RLIMIT_NPROC; for other users it caps processes of the whole uid
-    _uid = os.getuid()
-    _mine = 0
-    for _entry in os.scandir("/proc"):
-        try:
-            _mine += _entry.name.isdigit() and _entry.stat().st_uid == _uid
-        except OSError:
-            pass
-    _limit(_resource.RLIMIT_NPROC, _mine + 16, _mine + 16)
-del _resource, _limit
-
-with open(_prog, encoding="utf-8") as _fh:
-    _source = _fh.read()
-
-_ROOT = os.path.realpath(os.getcwd())
-_PID = os.getpid()
-_realpath = os.path.realpath
-_fspath = os.fspath
-
-def _deny(what):
-    def blocked(*args, **kwargs):
-        raise PermissionError(f"{what} is disabled in the sandbox")
-    blocked.__name__ = what.split()[0].split(".")[-1]
-    return blocked
-
-def _inside(path):
-    try:
-        real = _realpath(_fspath(path))
-    except (TypeError, ValueError):
-        return True  # file descriptors and odd objects: let the real call decide
-    return real == _ROOT or real.startswith(_ROOT + os.sep) or real == "/dev/null"
-
-def _foreign_environ(path):
-    try:
-        parts = _realpath(_fspath(path)).split("/")
-    except (TypeError, ValueError):
-        return False
-    return len(parts) >= 4 and parts[1] == "proc" and parts[-1] == "environ" and parts[2] != str(_PID)
-
-_real_open = _io.open
-def _open(file, mode="r", *args, **kwargs):
-    if not isinstance(file, int):
-        if any(c in mode for c in "wax+") and not _inside(file):
-            raise PermissionError(f"writing outside the sandbox directory is not allowed: {file}")
-        if _foreign_environ(file):
-            raise PermissionError("reading another process's environment is not allowed")
-    return _real_open(file, mode, *args, **kwargs)
-builtins.open = io.open = _io.open = _open
-
-_real_os_open = os.open
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-def _os_open(path, flags, *args, **kwargs):
-    if flags & _WRITE_FLAGS and not _inside(path):
-        raise PermissionError(f"writing outside the sandbox directory is not allowed: {path}")
-    if _foreign_environ(path):
-        raise PermissionError("reading another process's environment is not allowed")
-    return _real_os_open(path, flags, *args, **kwargs)
-os.open = _os_open
-
-def _guard_paths(name, count):
-    real = getattr(os, name, None)
-    if real is None:
-        return
-    def guarded(*args, **kwargs):
-        for path in args[:count]:
-            if not _inside(path):
-                raise PermissionError(f"modifying paths outside the sandbox directory is not allowed: {path}")
-        return real(*args, **kwargs)
-    guarded.__name__ = name
-    setattr(os, name, guarded)
-for _name, _count in (("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("chmod", 1), ("chown", 1),
-                      ("lchown", 1), ("truncate", 1), ("utime", 1), ("mkfifo", 1), ("mknod", 1),
-                      ("rename", 2), ("replace", 2), ("link", 2), ("symlink", 2)):
-    _guard_paths(_name, _count)
-
-import posix, signal as _signal, subprocess, _posixsubprocess, socket, _socket
-for _mod in (os, posix):
-    for _name in ("fork", "forkpty", "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe",
-                  "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe",
-                  "posix_spawn", "posix_spawnp", "system", "popen", "setsid", "setpgid", "setpgrp", "kill", "killpg"):
-        if hasattr(_mod, _name):
-            setattr(_mod, _name, _deny(f"{_name} (process control)"))
-_signal.pthread_kill = _deny("pthread_kill (process control)")
-_posixsubprocess.fork_exec = _deny("fork_exec (subprocesses)")
-class _Popen(subprocess.Popen):
-    def __init__(self, *args, **kwargs):
-        raise PermissionError("subprocesses are disabled in the sandbox")
-subprocess.Popen = _Popen
-
-class _NoSocket(socket.socket):
-    def __init__(self, *args, **kwargs):
-        raise PermissionError("network access is disabled in the sandbox")
-class _NoRawSocket(_socket.socket):
-    def __init__(self, *args, **kwargs):
-        raise PermissionError("network access is disabled in the sandbox")
-socket.socket = socket.SocketType = _NoSocket
-_socket.socket = _socket.SocketType = _NoRawSocket
-for _name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo", "gethostbyname",
-              "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
-    for _mod in (socket, _socket):
-        if hasattr(_mod, _name):
-            setattr(_mod, _name, _deny(f"{_name} (network)"))
-for _name in ("ctypes", "_ctypes", "resource", "multiprocessing", "_multiprocessing", "pty"):
-    sys.modules[_name] = None
-del _mod, _name, _count
-
-_last_failed_eq = []
-_repr = reprlib.Repr()
-_repr.maxstring = 120
-_repr.maxother = 120
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 12
-
-def __mc_eq__(left, right, lineno):
-    """`assert a == b` rewritten: the same truth value, but remember both sides when it fails."""
-    result = left == right
-    if not result:
-        _last_failed_eq[:] = [lineno, left, right]
-    return result
-
-class _AssertEq(ast.NodeTransformer):
-    def visit_Assert(self, node):
-        test = node.test
-        if node.msg is None and isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
-            call = ast.Call(ast.Name("__mc_eq__", ast.Load()),
-                            [test.left, test.comparators[0], ast.Constant(node.lineno)], [])
-            node.test = ast.copy_location(call, test)
-        return node
-
-def _report(exc):
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != _prog:
-        tb = tb.tb_next
-    if isinstance(exc, AssertionError) and not exc.args and _last_failed_eq:
-        last = tb
-        while last is not None and last.tb_next is not None:
-            last = last.tb_next
-        if last is not None and last.tb_lineno == _last_failed_eq[0]:
-            try:
-                exc.args = (f"{_repr.repr(_last_failed_eq[1])} != {_repr.repr(_last_failed_eq[2])}",)
-            except Exception:
-                pass
-    err = sys.__stderr__
-    err.write("".join(traceback.format_exception(type(exc), exc, tb)))
-    err.flush()
-
-try:
-    import warnings as _warnings
-    with _warnings.catch_warnings():
-        _warnings.simplefilter("ignore")  # invalid-escape warnings of old code are not the program's output
-        _tree = _AssertEq().visit(ast.parse(_source, _prog))
-        _code = compile(ast.fix_missing_locations(_tree), _prog, "exec")
-    del _tree, _source
-    _globals = {"__name__": "__main__", "__file__": _prog, "__builtins__": builtins, "__mc_eq__": __mc_eq__}
-    exec(_code, _globals)
-except MemoryError:
-    sys.__stderr__.write("MemoryError: the program exceeded the sandbox memory limit\n")
-    sys.__stderr__.flush()
-    os._exit(125)
-except SystemExit:
-    raise
-except BaseException as _exc:
-    try:
-        _report(_exc)
-    except MemoryError:
-        os._exit(125)
-    sys.exit(1)
-'''
+        result = _execute("print('ok')", SandboxLimits(wall_s=30.0, cpu_s=10.0), mode)
+    except (SandboxError, OSError) as exc:
+        return str(exc)
+    if result.status != "ok" or result.stdout.strip() != "ok":
+        return f"{mode} probe ended {result.status}: {_clean(result.stderr)[-300:]}"
+    return None
 
 
-def _clean_env(tmp: str) -> dict[str, str]:
-    """A fresh environment: nothing of the parent's (no API keys), temp files inside the sandbox."""
-    return {"PATH": _SAFE_ENV_PATH, "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+def _unavailable(mode: Mode) -> str | None:
+    if mode == "bwrap":
+        return iso.bwrap_unavailable() or _probe("bwrap")
+    if mode == "uid":
+        if not iso.is_root():
+            return "dropping to another uid needs root"
+        reason = _probe("uid")
+        return reason and f"an unprivileged uid cannot run the interpreter ({reason})"
+    return None
+
+
+def isolation_mode(requested: Requested = "auto") -> Mode:
+    """The mode runs use for `requested` (probed once per process); "auto" warns once when only the guard is left."""
+    if requested == "auto":
+        requested = os.environ.get("MEMCOLLAB_SANDBOX", "auto") or "auto"  # type: ignore[assignment]
+        if requested not in ("auto", "bwrap", "uid", "guard"):
+            raise ConfigError(f"MEMCOLLAB_SANDBOX={requested!r}: use auto, bwrap, uid or guard")
+    with _modes_lock:
+        if requested in _modes:
+            return _modes[requested]
+        if requested == "auto":
+            reasons = []
+            for mode in ("bwrap", "uid"):
+                reason = _unavailable(mode)  # type: ignore[arg-type]
+                if reason is None:
+                    _modes[requested] = mode  # type: ignore[assignment]
+                    return mode  # type: ignore[return-value]
+                reasons.append(reason)
+            _warn_once("; ".join(reasons))
+            _modes[requested] = "guard"
+            return "guard"
+        reason = _unavailable(requested)  # type: ignore[arg-type]
+        if reason is not None:
+            raise SandboxError(f"sandbox isolation {requested!r} is unavailable: {reason}")
+        _modes[requested] = requested  # type: ignore[assignment]
+        return requested  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ one run
 
 
 def _kill_group(pid: int) -> None:
@@ -271,44 +193,24 @@ def _exited(pid: int) -> bool:
         return True
 
 
-def _collect(proc: subprocess.Popen, limits: SandboxLimits, deadline: float) -> tuple[bytes, bytes, str | None]:
-    """Read both pipes until EOF, the deadline or the output cap; return (stdout, stderr, reason we stopped early)."""
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()  # type: ignore[union-attr]
-    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+def _clean(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """Printable text (no terminal escapes or control characters), at most `limit` characters."""
+    return _CONTROL.sub("", text)[:limit]
 
-    def done(reason: str | None) -> tuple[bytes, bytes, str | None]:
-        return bytes(bufs[out_fd]), bytes(bufs[err_fd]), reason
 
-    with selectors.DefaultSelector() as sel:
-        for fd in bufs:
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
-        while sel.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return done("timeout")
-            for key, _ in sel.select(min(left, 0.5)):
-                try:
-                    chunk = os.read(key.fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    sel.unregister(key.fd)
-                    continue
-                buf = bufs[key.fd]
-                buf += chunk
-                if len(buf) > limits.output_bytes:
-                    del buf[limits.output_bytes :]
-                    return done("output_limit")
-    # Both pipes closed; the process may still run (it can close its own stdout): wait for the rest of the time.
-    while not _exited(proc.pid):
-        if time.monotonic() >= deadline:
-            return done("timeout")
-        time.sleep(0.005)
-    return done(None)
+def _exception(events: list[dict[str, Any]]) -> tuple[str, str]:
+    """(class name, message) of the last reported exception; a name that is not an identifier is 'Unknown'."""
+    for event in reversed(events):
+        if event["event"] == "exception":
+            name = event.get("type")
+            name = name if isinstance(name, str) and _NAME.match(name) else "Unknown"
+            message = event.get("message")
+            return name, _clean(message if isinstance(message, str) else "")
+    return "", ""
 
 
 def _status(returncode: int, early: str | None, cpu_s: float, limits: SandboxLimits) -> ExecStatus:
+    """The status of a finished run; `cpu_s` is an upper bound when the CPU time is unknown (see _execute)."""
     if early == "output_limit":
         return "output_limit"
     if early == "timeout":
@@ -324,58 +226,141 @@ def _status(returncode: int, early: str | None, cpu_s: float, limits: SandboxLim
     return "error"
 
 
-def run_program(code: str, limits: SandboxLimits | None = None) -> ExecResult:
-    """Run `code` as a program in the sandbox and report how it ended; never raises for anything the code does."""
-    limits = limits or SandboxLimits()
+def _launch(mode: Mode, tmp: str, limits: SandboxLimits, report_fd: int) -> tuple[list[str], dict[str, Any], int | None]:
+    """(argv, extra Popen arguments, leased uid) for one per-process run in `mode`."""
+    spec = {**_child_spec(limits), "report_fd": report_fd, "program": PROGRAM_FILE}
+    root = iso.is_root()
+    uid = iso.UIDS.lease(check_processes=mode == "uid") if root and mode in ("bwrap", "uid") else None
+    if uid is not None:
+        spec["nproc"] = iso.NPROC_FRESH_UID
+    elif not root:
+        spec["nproc"] = iso.nproc_for_harness_uid()
+    extra: dict[str, Any] = {}
+    if mode == "bwrap":
+        if uid is not None:
+            spec.update(uid=uid, gid=uid)  # the child drops to it inside the namespaces
+        command = iso.python_argv(sys.executable, iso.CHILD_INSIDE, json.dumps(spec), limits.site_packages)
+        argv = iso.bwrap_argv(iso.bwrap_path() or "bwrap", tmp, os.path.join(tmp, PROGRAM_FILE), command,
+                              limits.disk_mb * 1024 * 1024, privileged=root)  # the same path names a tmpfs inside
+        return argv, extra, uid
+    if mode == "uid":
+        assert uid is not None
+        os.chown(tmp, uid, uid)
+        extra = {"user": uid, "group": uid, "extra_groups": []}
+    return iso.python_argv(sys.executable, str(iso.CHILD), json.dumps(spec), limits.site_packages), extra, uid
+
+
+def _child_spec(limits: SandboxLimits) -> dict[str, Any]:
+    """The limits part of the child's spec."""
+    return {
+        "cpu_s": limits.cpu_s,
+        "memory_bytes": limits.memory_mb * 1024 * 1024,
+        "fsize_bytes": limits.file_size_mb * 1024 * 1024,
+        "nproc": 0,
+        "guard": True,
+    }
+
+
+def _run_process(code: str, limits: SandboxLimits, mode: Mode, start: float) -> Outcome:
+    """One program in its own process (and, for bwrap, its own sandbox)."""
     tmp = tempfile.mkdtemp(prefix="memcollab-sbx-")
-    start = time.monotonic()
+    report_r, report_w = os.pipe()
+    uid: int | None = None
     try:
-        with open(os.path.join(tmp, PROGRAM_FILE), "w", encoding="utf-8") as fh:
+        with open(os.path.join(tmp, PROGRAM_FILE), "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(code)
-        argv = [sys.executable, "-I", "-B", "-X", "utf8=1"]
-        if not limits.site_packages:
-            argv.append("-S")
-        argv += [
-            "-c",
-            _PREAMBLE,
-            PROGRAM_FILE,
-            str(limits.cpu_s),
-            str(limits.memory_mb * 1024 * 1024),
-            str(limits.file_size_mb * 1024 * 1024),
-        ]
+        os.chmod(os.path.join(tmp, PROGRAM_FILE), 0o644)
+        argv, extra, uid = _launch(mode, tmp, limits, report_w)
+        env = {"PATH": iso.SAFE_PATH} if mode == "bwrap" else iso.clean_env(tmp)
         proc = subprocess.Popen(
-            argv,
-            cwd=tmp,
-            env=_clean_env(tmp),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
+            argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, close_fds=True, pass_fds=(report_w,), **extra,
         )
+        os.close(report_w)
+        report_w = -1
         try:
-            stdout, stderr, early = _collect(proc, limits, start + limits.wall_s)
+            stdout, stderr, early = collect(proc.stdout.fileno(), proc.stderr.fileno(),  # type: ignore[union-attr]
+                                            lambda: _exited(proc.pid), limits.output_bytes, start + limits.wall_s)
         finally:
-            _kill_group(proc.pid)  # also ends any descendants; the child is a zombie or alive here, so the group id is ours
+            _kill_group(proc.pid)  # also ends any descendants; bubblewrap's pid namespace dies with it
             _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
             proc.stdout.close()  # type: ignore[union-attr]
             proc.stderr.close()  # type: ignore[union-attr]
-        cpu_s = usage.ru_utime + usage.ru_stime
-        return ExecResult(
-            status=_status(proc.returncode, early, cpu_s, limits),
-            returncode=proc.returncode,
-            stdout=stdout.decode("utf-8", "replace"),
-            stderr=stderr.decode("utf-8", "replace"),
-            duration_s=round(time.monotonic() - start, 4),
-            cpu_s=round(cpu_s, 4),
-        )
+            if mode == "uid" and uid is not None:
+                iso.kill_uid(uid)
+        returncode = os.waitstatus_to_exitcode(status)
+        if mode == "bwrap" and returncode > 128 and returncode - 128 in signal.valid_signals():
+            returncode = -(returncode - 128)  # bubblewrap reports a signalled child as 128 + signal
+        events = read_events(report_r)
+        reported = reported_cpu(events)
+        # bubblewrap's reaper exits unwaited, so only the child's own report carries its CPU time
+        return Outcome(returncode, early, stdout, stderr, events, max([usage.ru_utime + usage.ru_stime, *reported]),
+                       cpu_known=mode != "bwrap" or bool(reported))
     finally:
+        for fd in (report_r, report_w):
+            if fd >= 0:
+                os.close(fd)
+        if uid is not None:
+            iso.UIDS.release(uid)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _result(outcome: Outcome, limits: SandboxLimits, mode: Mode, start: float) -> ExecResult:
+    """The ExecResult of an outcome; raises SandboxError when the sandbox never started the program."""
+    events = outcome.events
+    started = any(e["event"] == "start" for e in events)
+    if not started and outcome.early is None:
+        setup = next((e for e in events if e["event"] == "setup_error"), None)
+        why = setup.get("message") if setup else outcome.stderr.decode("utf-8", "replace").strip()[-300:]
+        raise SandboxError(
+            f"the sandbox ({mode}) did not start the program (exit status {outcome.returncode}): {_clean(str(why))}"
+        )
+    duration = time.monotonic() - start
+    # A SIGKILL whose CPU time we could not measure is judged by the wall time it had, which bounds it.
+    cpu_bound = outcome.cpu_s if outcome.cpu_known else max(outcome.cpu_s, duration)
+    name, message = _exception(events)
+    return ExecResult(
+        status=_status(outcome.returncode, outcome.early, cpu_bound, limits),
+        returncode=outcome.returncode,
+        stdout=outcome.stdout.decode("utf-8", "replace"),
+        stderr=outcome.stderr.decode("utf-8", "replace"),
+        duration_s=round(duration, 4),
+        cpu_s=round(outcome.cpu_s, 4),
+        exception=name,
+        exception_message=message,
+        isolation=mode,
+    )
+
+
+def _execute(code: str, limits: SandboxLimits, mode: Mode) -> ExecResult:
+    """One run of `code` in `mode`; raises SandboxError only when the sandbox itself failed.
+
+    As root, bubblewrap runs go through a warm sandbox (see zygote.py); a warm sandbox that dies is replaced
+    once, since rerunning a program has no effect outside its sandbox.
+    """
+    if mode == "bwrap" and limits.warm and iso.is_root():
+        for attempt in (1, 2):
+            start = time.monotonic()
+            try:
+                outcome = zygote.run_warm(code, _child_spec(limits), limits.site_packages, limits.disk_mb,
+                                          limits.wall_s, limits.output_bytes, start)
+            except zygote.ZygoteDied as exc:
+                if attempt == 2:
+                    raise SandboxError(f"the sandbox (bwrap) failed twice: {exc}") from exc
+                continue
+            return _result(outcome, limits, mode, start)
+    start = time.monotonic()
+    return _result(_run_process(code, limits, mode, start), limits, mode, start)
+
+
+def run_program(code: str, limits: SandboxLimits | None = None) -> ExecResult:
+    """Run `code` as a program in the sandbox and report how it ended; never raises for anything the code does."""
+    limits = limits or SandboxLimits()
+    return _execute(code, limits, isolation_mode(limits.isolation))
+
+
 class SandboxPool:
-    """Run many programs concurrently: a thread pool in which each thread drives one sandbox subprocess."""
+    """Run many programs concurrently: each worker thread drives one sandbox subprocess."""
 
     def __init__(self, workers: int | None = None, limits: SandboxLimits | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
@@ -389,12 +374,6 @@ class SandboxPool:
     ) -> list[ExecResult]:
         """Results in input order; `on_result(index, result)` is called as each one finishes (e.g. a progress bar)."""
         limits = limits or self.limits
-        results: list[ExecResult | None] = [None] * len(programs)
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sandbox") as pool:
-            futures = {pool.submit(run_program, code, limits): i for i, code in enumerate(programs)}
-            for future in as_completed(futures):
-                index = futures[future]
-                results[index] = future.result()
-                if on_result is not None:
-                    on_result(index, results[index])  # type: ignore[arg-type]
-        return results  # type: ignore[return-value]
+        isolation_mode(limits.isolation)  # probe (and warn) once, before the threads start
+        return list(parallel_map(lambda code: run_program(code, limits), programs, workers=self.workers, show=False,
+                                 on_result=on_result, thread_name_prefix="sandbox"))
