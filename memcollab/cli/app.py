@@ -49,6 +49,7 @@ def _register() -> None:
     from memcollab.cli.data import data_app
     from memcollab.cli.models import models_app
     from memcollab.cli.memory import memory_app
+    from memcollab.cli.grid import register as register_grid
     from memcollab.cli.prompts import show_prompt_command
     from memcollab.cli.run import register as register_pipeline
 
@@ -56,6 +57,7 @@ def _register() -> None:
     app.add_typer(models_app, name="models", help="Embedded local models: list, prepare, build the llama-server.")
     app.add_typer(memory_app, name="memory", help="Inspect, export and import a memory store.")
     register_pipeline(app)
+    register_grid(app)
     app.command("show-prompt")(show_prompt_command)
 
 

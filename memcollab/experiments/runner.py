@@ -73,6 +73,7 @@ class Experiment:
         from memcollab.memory import MemoryStore
         from memcollab.memory.results import ResultStore
         from memcollab.tracking import Tracker, default_tracking_uri
+        from memcollab.tracking.mlflow_tracking import local_artifacts
 
         self.cfg = cfg
         self.plan = plan or Plan(cfg)
@@ -88,7 +89,8 @@ class Experiment:
         evaluate_only = not cfg.build_agents and cfg.memory_path is not None and str(cfg.memory_path) != ":memory:"
         self.store = MemoryStore(cfg.memory_file, read_only=evaluate_only)
         uri = cfg.tracking_uri or default_tracking_uri(cfg.run_dir)
-        self.tracker = Tracker(uri, experiment=f"memcollab-{cfg.benchmark}", enabled=cfg.track)
+        self.tracker = Tracker(uri, experiment=f"memcollab-{cfg.benchmark}", enabled=cfg.track,
+                               artifact_location=local_artifacts(uri, cfg.run_dir))
         self.agents: dict[str, Any] = {}
         self.summaries: list[EvalSummary] = []
         self.timings: dict[str, float] = {}
@@ -127,6 +129,7 @@ class Experiment:
             verify=self.cfg.verify_memory,
             verify_tasks=self.cfg.verify_tasks,
             distill_examples=self.cfg.distill_examples,
+            max_errors=self.cfg.max_errors,  # TEMP(lm-faults): lead to integrate
         )
 
     def ensure_agents(self, names: list[str]) -> None:

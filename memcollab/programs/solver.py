@@ -7,6 +7,8 @@ so multi-turn can only add to single-turn accuracy.
 
 from __future__ import annotations
 
+from typing import Any
+
 import dspy
 
 from memcollab.grading import grade
@@ -31,16 +33,21 @@ class Solver(dspy.Module):
         self.complete_function = dspy.ChainOfThought(CompleteFunction)  # HumanEval: the prompt is a stub
         self.write_function = dspy.ChainOfThought(WriteFunction)  # MBPP: the prompt is prose + a test
 
-    def forward(self, task: Task, guidance: str = "", agent: str = "") -> dspy.Prediction:
+    def forward(
+        self, task: Task, guidance: str = "", agent: str = "", demos: list[dspy.Example] | None = None
+    ) -> dspy.Prediction:
+        """`demos`: worked examples for this call only (`Predict`'s per-call `demos=` override), so a memory method
+        that retrieves examples per task never changes the shared predictors' demos under other threads."""
         trajectory = Trajectory(task_id=task.id, benchmark=task.benchmark, agent=agent, category=task.category)
+        extra: dict[str, Any] = {"demos": list(demos)} if demos else {}
         if task.kind == "math":
-            self._math_turn(task, guidance, trajectory)
+            self._math_turn(task, guidance, trajectory, extra)
         else:
-            self._code_turns(task, guidance, trajectory)
+            self._code_turns(task, guidance, trajectory, extra)
         return dspy.Prediction(trajectory=trajectory)
 
-    def _math_turn(self, task: Task, guidance: str, trajectory: Trajectory) -> None:
-        result = call(self.solve_math, problem=task.prompt, guidance=guidance)
+    def _math_turn(self, task: Task, guidance: str, trajectory: Trajectory, extra: dict[str, Any]) -> None:
+        result = call(self.solve_math, problem=task.prompt, guidance=guidance, **extra)
         answer = str(result.outputs.get("answer", "") or "").strip()
         # Boxed, the grader reads the answer field verbatim (a bare "\frac{3}{4}" would read as its last number).
         verdict = grade(task, f"\\boxed{{{answer}}}") if answer else grade(task, result.raw)
@@ -48,7 +55,7 @@ class Solver(dspy.Module):
             verdict = grade(task, result.raw)  # an unusable answer field: grade the whole reply, as a person would
         self._record(trajectory, result, answer or result.raw, verdict)
 
-    def _code_turns(self, task: Task, guidance: str, trajectory: Trajectory) -> None:
+    def _code_turns(self, task: Task, guidance: str, trajectory: Trajectory, extra: dict[str, Any]) -> None:
         program = self.complete_function if prompt_is_code(task.prompt) else self.write_function
         previous, feedback = "", ""
         for _ in range(self.max_turns):
@@ -59,6 +66,7 @@ class Solver(dspy.Module):
                 previous_attempt=previous,
                 feedback=feedback,
                 entry_point=task.entry_point,
+                **extra,
             )
             text = str(result.outputs.get("code", "") or "") or result.raw
             verdict = grade(task, text)

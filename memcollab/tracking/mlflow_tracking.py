@@ -23,6 +23,11 @@ def default_tracking_uri(run_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
 
 
+def local_artifacts(tracking_uri: str, run_dir: Path) -> Path | None:
+    """`<run_dir>/mlartifacts` for a store on this machine (sqlite, file); None for a server, which has its own."""
+    return run_dir / "mlartifacts" if tracking_uri.startswith(("sqlite:", "file:", "/")) else None
+
+
 def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -34,7 +39,15 @@ def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
 class Tracker:
     """One MLflow run at a time, opened with `run(...)`; every method is a no-op when disabled."""
 
-    def __init__(self, tracking_uri: str | None, experiment: str = "memcollab", enabled: bool = True) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment: str = "memcollab",
+        enabled: bool = True,
+        artifact_location: Path | None = None,
+    ) -> None:
+        """`artifact_location`: where a new experiment keeps its artefacts (for a file-backed store, the run
+        directory; without it MLflow writes `./mlruns` into whatever directory the command ran from)."""
         self.enabled = enabled and tracking_uri is not None
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -46,7 +59,10 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=tracking_uri)
             try:
                 found = self._client.get_experiment_by_name(experiment)
-                self.experiment_id = found.experiment_id if found else self._client.create_experiment(experiment)
+                location = artifact_location.resolve().as_uri() if artifact_location is not None else None
+                self.experiment_id = (
+                    found.experiment_id if found else self._client.create_experiment(experiment, location)
+                )
             except Exception as exc:  # unreachable server, bad URI
                 raise ConfigError(f"cannot use MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
 

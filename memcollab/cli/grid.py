@@ -1,0 +1,77 @@
+"""`memcollab experiment GRID.yaml`: a grid of paired comparisons of memory methods from one YAML file.
+
+A thin layer over `memcollab.experiments.grid`: the YAML becomes a GridConfig, `plan_grid` validates every
+slice, method and agent before anything is written or any LM is called, the machine-time estimate is printed,
+then the grid runs (resuming whatever an earlier invocation in the same run directory did) and a table shows
+each cell against no memory on the same tasks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+
+def print_grid(table, title: str) -> None:
+    """The grid table: accuracy (95% CI) and the paired difference to no memory, per cell."""
+    from memcollab.experiments.report import format_cell
+
+    out = Table(title=title)
+    for column in ("benchmark", "target", "method", "source", "n", "accuracy (95% CI)", "vs no memory (paired)",
+                   "turns", "tokens/task"):
+        out.add_column(column, justify="right" if column in ("n", "turns", "tokens/task") else "left")
+    for line in table.to_dict("records"):
+        accuracy, difference = format_cell(line)
+        out.add_row(line["benchmark"], line["target"], line["method"], line["source"], str(line["n"]), accuracy,
+                    difference, f"{line['turns']:.2f}", f"{line['tokens']:.0f}")
+    console.print(out)
+
+
+def grid_command(
+    config: Path = typer.Argument(..., help="grid YAML (cells, methods, slices; see configs/experiments/grid.yaml)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="override the config's run_dir (a rerun resumes)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI (default: sqlite in the run dir)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="override the config's concurrent LM calls"),
+    max_errors: Optional[int] = typer.Option(None, "--max-errors", min=0,
+                                             help="override the config's unanswered LM calls per cell (default 10)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate, list the cells and the time estimate; run nothing"),
+) -> None:
+    """Run a grid: every method x memory source x target agent x benchmark, each compared with no memory.
+
+    Prints the machine-time estimate (measured tokens/s) first; every LM result is kept under its key, so a
+    rerun of the same config resumes. Tables, figures and per-task rows go to the run directory; MLflow gets a
+    parent run for the invocation and a nested run per cell.
+    """
+    from memcollab.experiments.grid import run_grid
+    from memcollab.experiments.grid_config import load_grid_config
+    from memcollab.experiments.grid_estimate import estimate_grid_seconds
+    from memcollab.experiments.grid_plan import plan_grid
+
+    cfg = load_grid_config(config, run_dir=run_dir, tracking_uri=tracking_uri, workers=workers, max_errors=max_errors)
+    if dry_run:
+        plan = plan_grid(cfg, announce=err.print)
+        for cell in plan.cells:
+            tasks = len(plan.benchmarks[cell.benchmark].cell_tasks[cell.id])
+            console.print(f"{cell.id}: {tasks} tasks, memory {plan.cell_memory[cell.id] or '-'}", markup=False,
+                          soft_wrap=True)
+        estimate = estimate_grid_seconds(plan, {n: a.model_dump(mode="json") for n, a in plan.agents.items()})
+        console.print(f"{len(plan.cells)} cells, {len(plan.memories)} memories; estimated machine time: "
+                      + (f"about {estimate / 3600:.1f} h" if estimate is not None else "unknown (an agent has no measured rate)"),
+                      markup=False)
+        return
+    result = run_grid(cfg, announce=err.print)
+    print_grid(result.table, f"{cfg.name}: every cell vs no memory on the same tasks")
+    console.print(f"results: {result.run_dir} (table.csv, transfer.csv, k_ablation.csv, figures; notebooks/grid.ipynb)",
+                  markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    """`memcollab grid FILE` (the lead may prefer only the `experiment` dispatch)."""
+    app.command("grid")(grid_command)

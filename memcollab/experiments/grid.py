@@ -1,0 +1,440 @@
+"""Run a grid of paired comparisons: every memory built once, every cell solved behind one Solver.
+
+`plan_grid` (experiments.grid_plan) validates the config; `GridRun` then builds each memory the cells
+need (its LM results keyed in the run's result store), solves every cell's tasks with its method's
+guidance, compares each cell with the target's no-memory cell on the same tasks (report, transfer),
+writes the tables and figures into the run directory and logs a parent MLflow run with a nested run
+per cell. A rerun of the same config resumes: every LM result made before is read back, not redone.
+
+Run directory:
+  grid.json            the config, the cells and the memories (what the notebook reads first)
+  results.sqlite       every LM result by key (resume); dspy_cache/ the LM response cache
+  memories/<id>/       memory.jsonl (+ memory.sqlite, build.json, cheatsheet history)
+  cells/<cell>.jsonl   per-task rows of each cell; tasks.jsonl all of them
+  table.csv, categories.csv, transfer.csv, k_ablation.csv and transfer.png, k_ablation.png
+  summary.json         timings (added up over invocations) and the machine-time estimate
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from memcollab.benchmarks import parse_ids
+from memcollab.errors import lm_endpoint_error, output_error
+from memcollab.experiments.grid_config import Cell, GridConfig
+from memcollab.experiments.grid_estimate import estimate_grid_seconds
+from memcollab.experiments.grid_plan import BenchmarkPlan, GridPlan, MemoryPlan, plan_grid
+from memcollab.experiments.grid_tracking import GridTracker
+from memcollab.experiments.report import ROW_COLUMNS, category_table, cell_table, k_ablation, plot_k_ablation
+from memcollab.experiments.transfer import plot_transfer, tracker_matrix, transfer_table
+from memcollab.memory.clustering import error_type_matrix, plot_heatmap
+from memcollab.memory.results import ResultStore
+from memcollab.parallel import console as progress_console
+from memcollab.parallel import parallel_map
+from memcollab.programs.methods import BuildInputs, Guidance, MemoryMethod, MethodContext, make_method, solve_with
+from memcollab.programs.pipeline import Agent
+from memcollab.records import Task, Trajectory, stable_hash
+from memcollab.taxonomy import load_taxonomy
+
+
+@dataclass
+class GridResult:
+    """What a grid produced: its tables (pandas) and where everything was written."""
+
+    run_dir: Path
+    table: pd.DataFrame
+    categories: pd.DataFrame
+    transfer: pd.DataFrame
+    ablation: pd.DataFrame
+    estimate_s: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    parent_run_id: str | None = None
+
+
+def model_sha256(config: dict[str, Any]) -> str:
+    """The sha256 of an embedded model's GGUF (from the catalogue); what a remote or uncatalogued model has instead."""
+    from memcollab.lm.catalog import CATALOG
+
+    if config.get("backend", "local") in ("local", "server"):
+        spec = CATALOG.get(str(config.get("model", "")))
+        return spec.sha256 if spec else "uncatalogued gguf"
+    return "remote model"
+
+
+def agent_params(config: dict[str, Any]) -> dict[str, Any]:
+    """An agent's identity and decoding as MLflow parameters."""
+    keys = ("model", "backend", "family", "adapter", "temperature", "max_tokens", "seed", "n_ctx")
+    return {**{k: config.get(k) for k in keys if k in config}, "sha256": model_sha256(config)}
+
+
+def task_row(cell: Cell, task: Task, trajectory: Trajectory, guidance: Guidance, category: str) -> dict[str, Any]:
+    """One task of one cell, flat (the per-task table)."""
+    row = {
+        "cell": cell.id, "benchmark": cell.benchmark, "target": cell.target, "method": cell.method.name,
+        "family": cell.family, "kind": cell.method.kind, "source": cell.source_label, "seed": cell.seed,
+        "k": cell.method.k, "gate": cell.method.gate, "task_id": task.id, "category": category,
+        "correct": trajectory.correct,
+        "first_turn_correct": bool(trajectory.turns) and trajectory.turns[0].verdict.correct,
+        "turns": trajectory.n_turns, "tokens": trajectory.tokens, "latency_s": round(trajectory.latency_s, 3),
+        "format_error": bool(trajectory.error), "error_type": trajectory.verdict.error_type, "lm_error": False,
+        "memories": len(guidance.memory_ids), "memory_ids": ",".join(guidance.memory_ids),
+        "guidance_key": guidance.key,
+    }
+    assert tuple(row) == ROW_COLUMNS
+    return row
+
+
+def lm_error_row(cell: Cell, task: Task, exc: Exception, category: str) -> dict[str, Any]:
+    """A task whose LM call failed after retries: missing data (left out of the comparison), never persisted."""
+    failed = Trajectory(task_id=task.id, benchmark=task.benchmark, agent=cell.target, error=f"lm_error: {exc}"[:300])
+    row = task_row(cell, task, failed, Guidance(), category)
+    return {**row, "format_error": False, "error_type": "lm_error", "lm_error": True}
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, default=str) + "\n")
+
+
+class GridRun:
+    """One invocation of a planned grid; owns the result store, the agents and the MLflow runs while open."""
+
+    def __init__(self, plan: GridPlan, agents: dict[str, Agent] | None = None,
+                 announce: Callable[[str], None] = progress_console.print, show_progress: bool = True) -> None:
+        self.plan, self.cfg = plan, plan.cfg
+        self.run_dir = Path(self.cfg.run_dir)
+        self.agents: dict[str, Agent] = dict(agents or {})
+        self.announce = announce
+        self.show_progress = show_progress
+        self.methods: dict[str, MemoryMethod] = {}
+        self.contexts: dict[str, MethodContext] = {}
+        self.collected: dict[tuple, list[Trajectory]] = {}
+        self.timings: dict[str, float] = {}
+        self.extra: dict[str, dict[str, Any]] = {}
+        self.results: ResultStore | None = None
+        self.tracker: GridTracker | None = None
+
+    # ----- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> GridRun:
+        from memcollab.lm.factory import configure_dspy_cache
+
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise output_error(self.run_dir, exc) from None
+        configure_dspy_cache(self.run_dir / "dspy_cache", enabled=self.cfg.cache)
+        self.results = ResultStore(self.run_dir / "results.sqlite")
+        try:
+            self.tracker = GridTracker(self.cfg.tracking_uri, self.run_dir, f"memcollab-grid-{self.cfg.name}",
+                                       enabled=self.cfg.track)
+            missing = {n: c for n, c in self.plan.agents.items() if n not in self.agents}
+            if missing:
+                from memcollab.experiments.runner import build_agent_handles
+
+                self.agents.update(build_agent_handles(missing, self.cfg.cache))
+        except BaseException:
+            self.__exit__()  # no open store, no orphan llama-server
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for method in self.methods.values():
+            method.close()
+        if self.results is not None:
+            self.results.close()
+        server = sys.modules.get("memcollab.lm.server")
+        if server is not None:
+            server.shutdown_all()
+
+    # ----- pieces ---------------------------------------------------------------------------
+    def estimate(self) -> float | None:
+        return estimate_grid_seconds(self.plan, {name: agent.config for name, agent in self.agents.items()})
+
+    def context(self, taxonomy: str) -> MethodContext:
+        if self.results is None:
+            raise RuntimeError("open the GridRun first: `with GridRun(plan) as run: run.run()`")
+        if taxonomy not in self.contexts:
+            cfg = self.cfg
+            self.contexts[taxonomy] = MethodContext(
+                load_taxonomy(taxonomy), self.results, distiller=self.agents.get(cfg.distiller_name),
+                classifier=self.agents.get(cfg.classifier_name), max_turns=cfg.max_turns, workers=cfg.workers,
+                show_progress=self.show_progress, gold_categories=cfg.gold_categories,
+                classifier_program=cfg.classifier_program, solver_program=cfg.solver_program)
+        return self.contexts[taxonomy]
+
+    def seeded(self, name: str, seed: int) -> Agent:
+        """The agent for building memory with `seed` (0: as configured; else its sampling seed set to `seed`)."""
+        agent = self.agents[name]
+        if seed == 0:
+            return agent
+        return Agent(name=agent.name, lm=agent.lm.copy(seed=seed), config={**agent.config, "seed": seed},
+                     adapter=agent.adapter)
+
+    def trajectories(self, memory: MemoryPlan, bench: BenchmarkPlan, agents: list[Agent]) -> list[Trajectory]:
+        """What the source agents did on the build tasks (the pipeline's collect: cached per agent and task)."""
+        key = (memory.taxonomy, memory.build_source, memory.seed, memory.source)
+        if key not in self.collected:
+            samples = self.cfg.samples if len(agents) > 1 else 0  # one agent has no contrast to sample for
+            collected = self.context(memory.taxonomy).pipeline().collect(
+                bench.build_tasks, agents, samples=samples, temperature=self.cfg.sample_temperature)
+            # A trajectory without turns is a task the LM never answered (an lm_error marker), not an attempt.
+            self.collected[key] = [t for t in collected if t.turns]
+        return self.collected[key]
+
+    def build_memory(self, memory: MemoryPlan) -> MemoryMethod:
+        """Build one memory (every LM result cached), export it, and keep it for the cells that read it."""
+        if memory.id in self.methods:
+            return self.methods[memory.id]
+        bench = next(b for b in self.plan.benchmarks.values()
+                     if b.build_source == memory.build_source and b.taxonomy == memory.taxonomy)
+        agents = [self.seeded(name, memory.seed) for name in memory.source]
+        workdir = self.run_dir / "memories" / memory.id
+        self.announce(f"memory {memory.id}: {memory.spec.kind} from {'+'.join(memory.source)} "
+                      f"on {len(bench.build_tasks)} {memory.build_source} tasks")
+        start = time.perf_counter()
+        trajectories = self.trajectories(memory, bench, agents)
+        method = make_method(memory.spec, self.context(memory.taxonomy), workdir)
+        report = method.build(BuildInputs(bench.build_tasks, agents, trajectories, samples=self.cfg.samples,
+                                          temperature=self.cfg.sample_temperature))
+        seconds = time.perf_counter() - start
+        self.timings[f"build.{memory.id}_s"] = seconds
+        method.export(workdir / "memory.jsonl")
+        entries = method.entries()
+        if entries:
+            plot_heatmap(*error_type_matrix(entries), workdir / "error_types.png")
+        info = {"id": memory.id, "kind": memory.spec.kind, "settings": memory.spec.memory_settings(),
+                "source": list(memory.source), "seed": memory.seed, "build_source": memory.build_source,
+                "taxonomy": memory.taxonomy, "build_tasks": len(bench.build_tasks), "hash": method.content_hash(),
+                "report": report, "seconds": round(seconds, 1)}
+        (workdir / "build.json").write_text(json.dumps(info, indent=2, default=str))
+        self.methods[memory.id] = method
+        return method
+
+    def method_for(self, cell: Cell) -> MemoryMethod:
+        memory_id = self.plan.cell_memory[cell.id]
+        ctx = self.context(self.plan.benchmarks[cell.benchmark].taxonomy)
+        if memory_id is None:
+            return make_method(cell.method, ctx)
+        return self.build_memory(self.plan.memories[memory_id]).variant(cell.method)
+
+    def categories(self, bench: BenchmarkPlan) -> dict[str, str]:
+        """The classifier's category of every evaluation task (the per-category tables group by it)."""
+        ctx = self.context(bench.taxonomy)
+        tasks = list(bench.eval_tasks.values())
+        if ctx.classifier is None and not ctx.gold_categories:
+            return {t.id: t.category for t in tasks}
+        return dict(zip([t.id for t in tasks], ctx.map(ctx.classify, tasks, f"classifying {bench.name} tasks")))
+
+    def evaluate(self, cell: Cell, categories: dict[str, str]) -> list[dict[str, Any]]:
+        """Solve the cell's tasks with its method's guidance; per-task rows (also written to cells/<id>.jsonl)."""
+        bench = self.plan.benchmarks[cell.benchmark]
+        ctx = self.context(bench.taxonomy)
+        method = self.method_for(cell)
+        tasks = bench.tasks_of(cell)
+        agent = self.agents[cell.target]
+        method.prepare(tasks)
+        start = time.perf_counter()
+
+        def one(task: Task) -> dict[str, Any]:
+            guidance = method.guidance(task)
+            trajectory = solve_with(ctx.shared, task, agent, guidance)
+            return task_row(cell, task, trajectory, guidance, categories.get(task.id, ""))
+
+        def failed(task: Task, exc: Exception) -> dict[str, Any]:
+            if lm_endpoint_error(exc) is None:
+                raise exc  # a bug, not an unreachable endpoint: keep its traceback
+            return lm_error_row(cell, task, exc, categories.get(task.id, ""))
+
+        rows = parallel_map(one, tasks, workers=self.cfg.workers, show=self.show_progress, on_error=failed,
+                            max_errors=self.cfg.max_errors,
+                            description=f"{cell.target} {cell.method.name} ({cell.source_label}) on {cell.benchmark}")
+        wall = time.perf_counter() - start
+        self.timings[f"eval.{cell.id}_s"] = wall
+        memory_id = self.plan.cell_memory[cell.id]
+        self.extra[cell.id] = {"wall_s": round(wall, 2), "memory_id": memory_id or "",
+                               "memory_hash": method.content_hash() if memory_id else "",
+                               "memory_size": len(method.records()) if memory_id else 0}
+        _write_jsonl(self.run_dir / "cells" / f"{cell.id}.jsonl", list(rows))
+        return list(rows)
+
+    # ----- the whole grid -------------------------------------------------------------------
+    def run(self) -> GridResult:
+        if self.results is None:
+            raise RuntimeError("open the GridRun first: `with GridRun(plan) as run: run.run()`")
+        cfg, plan = self.cfg, self.plan
+        estimate = self.estimate()
+        if estimate is not None:
+            self.announce(f"estimated machine time: about {estimate / 60:.0f} min for {len(plan.cells)} cells and "
+                          f"{len(plan.memories)} memories (measured tokens/s; calls made before are free)")
+        self._write_plan(estimate)
+        assert self.tracker is not None
+        with self.tracker.invocation(cfg.name, self._params()) as parent:
+            self._log_programs()
+            rows: list[dict[str, Any]] = []
+            for name, bench in plan.benchmarks.items():
+                cells = [c for c in plan.cells if c.benchmark == name]
+                for cell in cells:  # memories first: the build agents decode, then the classifier, then targets
+                    memory_id = plan.cell_memory[cell.id]
+                    if memory_id is not None:
+                        self.build_memory(plan.memories[memory_id])
+                categories = self.categories(bench)
+                for target in dict.fromkeys(c.target for c in cells):
+                    for cell in (c for c in cells if c.target == target):
+                        rows += self.evaluate(cell, categories)
+            result = self._report(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), estimate)
+            result.parent_run_id = parent.run_id
+            self._log(result)
+        return result
+
+    def _report(self, rows: pd.DataFrame, estimate: float | None) -> GridResult:
+        cfg, plan = self.cfg, self.plan
+        _write_jsonl(self.run_dir / "tasks.jsonl", rows.to_dict("records"))
+        table = cell_table(rows, plan.cells, samples=cfg.bootstrap_samples, extra=self.extra)
+        categories = category_table(rows, plan.cells)
+        ablation = k_ablation(table)
+        transfer_ids = {}
+        if cfg.transfer is not None:
+            for name, bench in plan.benchmarks.items():
+                ids = cfg.transfer.ids_for(name)
+                if ids is not None:
+                    transfer_ids[name] = [t.id for t in parse_ids(ids).select(list(bench.eval_tasks.values()), name)]
+        transfer = transfer_table(rows, cfg, transfer_ids, samples=cfg.bootstrap_samples)
+        for frame, name in ((table, "table"), (categories, "categories"), (ablation, "k_ablation"),
+                            (transfer, "transfer")):
+            frame.to_csv(self.run_dir / f"{name}.csv", index=False)
+        plot_transfer(transfer, self.run_dir / "transfer.png")
+        plot_k_ablation(ablation, self.run_dir / "k_ablation.png")
+        timings = self._write_summary(estimate)
+        return GridResult(self.run_dir, table, categories, transfer, ablation, estimate, timings)
+
+    def _write_plan(self, estimate: float | None) -> None:
+        plan = self.plan
+        payload = {
+            "config": json.loads(self.cfg.model_dump_json()),
+            "estimate_s": estimate,
+            "cells": [{"id": c.id, "benchmark": c.benchmark, "target": c.target, "method": c.method.model_dump(),
+                       "family": c.family, "source": list(c.source), "seed": c.seed, "eval_ids": c.eval_ids,
+                       "tasks": len(plan.benchmarks[c.benchmark].cell_tasks[c.id]),
+                       "memory": plan.cell_memory[c.id]} for c in plan.cells],
+            "memories": {m.id: {"kind": m.spec.kind, "settings": m.spec.memory_settings(), "source": list(m.source),
+                                "seed": m.seed, "build_source": m.build_source} for m in plan.memories.values()},
+            "tasks": {name: {"build": len(b.build_tasks), "build_hash": stable_hash([t.id for t in b.build_tasks]),
+                             "eval": len(b.eval_tasks), "eval_hash": stable_hash(list(b.eval_tasks))}
+                      for name, b in plan.benchmarks.items()},
+        }
+        (self.run_dir / "grid.json").write_text(json.dumps(payload, indent=2, default=str))
+
+    def _write_summary(self, estimate: float | None) -> dict[str, float]:
+        """summary.json; phase timings add up over invocations (a resumed grid reports what its results took)."""
+        path = self.run_dir / "summary.json"
+        try:
+            before = json.loads(path.read_text())
+            previous = {k: float(v) for k, v in before.get("timings_s", {}).items()}
+            invocations = int(before.get("invocations", 0))
+        except (OSError, ValueError, AttributeError, TypeError):
+            previous, invocations = {}, 0  # no summary yet, or one we cannot read: start from zero
+        timings = {k: round(previous.get(k, 0.0) + self.timings.get(k, 0.0), 1) for k in {*previous, *self.timings}}
+        path.write_text(json.dumps({"name": self.cfg.name, "estimate_s": estimate, "invocations": invocations + 1,
+                                    "timings_s": dict(sorted(timings.items()))}, indent=2))
+        return timings
+
+    # ----- MLflow ---------------------------------------------------------------------------
+    def _params(self) -> dict[str, Any]:
+        cfg, plan = self.cfg, self.plan
+        config = json.loads(cfg.model_dump_json())
+        config["cells"] = json.dumps(config["cells"])[:5000]
+        return {
+            "config": config,
+            "agents": {name: agent_params(agent.config) for name, agent in self.agents.items()},
+            "tasks": {name: {"build_hash": stable_hash([t.id for t in b.build_tasks]), "build_n": len(b.build_tasks),
+                             "eval_hash": stable_hash(list(b.eval_tasks)), "eval_n": len(b.eval_tasks)}
+                      for name, b in plan.benchmarks.items()},
+            "k_values": sorted({c.method.k for c in plan.cells if c.method.kind != "none"}),
+            "n_cells": len(plan.cells), "n_memories": len(plan.memories),
+            "solver_program": self._solver_version(),
+        }
+
+    def _solver_version(self) -> str:
+        taxonomy = next(iter(self.plan.benchmarks.values())).taxonomy
+        return self.context(taxonomy).shared.solver_version
+
+    def _log_programs(self) -> None:
+        """The DSPy programs every cell ran (solver, classifier) and those that built the memories."""
+        from memcollab.programs.distiller import Distiller, Reflector
+        from memcollab.programs.methods.category import CategoryDistiller
+        from memcollab.programs.methods.cheatsheet import Curator
+
+        assert self.tracker is not None
+        if not self.tracker.enabled:
+            return
+        bench = next(iter(self.plan.benchmarks.values()))
+        shared = self.context(bench.taxonomy).shared
+        kinds = {m.spec.kind for m in self.plan.memories.values()}
+        taxonomy = shared.taxonomy
+        programs: dict[str, Any] = {"solver": shared.solver, "classifier": shared.classifier}
+        if "memcollab" in kinds:
+            programs["distiller"] = Distiller(taxonomy)
+        if "reflect" in kinds:
+            programs["reflector"] = Reflector(taxonomy)
+        if "category" in kinds:
+            programs["category_distiller"] = CategoryDistiller(taxonomy)
+        if "cheatsheet" in kinds:
+            programs["curator"] = Curator()
+        for name, program in programs.items():
+            self.tracker.log_program(program, name)
+
+    def _log(self, result: GridResult) -> None:
+        assert self.tracker is not None
+        tracker = self.tracker
+        if not tracker.enabled:
+            return
+        table = result.table.set_index("cell")
+        for cell in self.plan.cells:
+            line = table.loc[cell.id]
+            metrics = {k: float(v) for k, v in line.items()
+                       if isinstance(v, (int, float, bool)) and not isinstance(v, str) and pd.notna(v)
+                       and k not in ("seed", "k")}
+            cats = result.categories[result.categories["cell"] == cell.id]
+            metrics.update({f"category.{c}.diff": float(d) for c, d in zip(cats["category"], cats["diff"])})
+            memory_id = self.plan.cell_memory[cell.id]
+            agent = self.agents[cell.target]
+            params = {"benchmark": cell.benchmark, "target": cell.target, "method": cell.method.model_dump(),
+                      "source": cell.source_label, "seed": cell.seed, "k": cell.method.k,
+                      "target_agent": agent_params(agent.config),
+                      "tasks": {"n": int(line["n"]), "hash": stable_hash(self.plan.benchmarks[cell.benchmark].cell_tasks[cell.id])},
+                      "memory": {"id": memory_id or "none", "hash": line.get("memory_hash", "") or "none"},
+                      "solver_program": self._solver_version()}
+            artifacts: list[tuple[Path, str | None]] = [(self.run_dir / "cells" / f"{cell.id}.jsonl", None)]
+            if memory_id:
+                folder = self.run_dir / "memories" / memory_id
+                artifacts += [(folder / "memory.jsonl", "memory"), (folder / "error_types.png", "figures")]
+            rows = pd.read_json(self.run_dir / "cells" / f"{cell.id}.jsonl", lines=True).to_dict("records")
+            tracker.cell(cell.id, params, metrics, rows, artifacts)
+        parent = tracker.parent
+        if not result.transfer.empty:
+            parent.log_transfer_matrix(tracker_matrix(result.transfer), "transfer")
+        for name in ("table.csv", "categories.csv", "transfer.csv", "k_ablation.csv", "grid.json", "summary.json",
+                     "tasks.jsonl"):
+            parent.log_artifact(self.run_dir / name)
+        for name in ("transfer.png", "k_ablation.png"):
+            parent.log_artifact(self.run_dir / name, "figures")
+        none = result.table[result.table["kind"] == "none"]
+        parent.log_metrics({f"{b}.{t}.none.accuracy": a for b, t, a in zip(none["benchmark"], none["target"], none["accuracy"])})
+
+
+def run_grid(cfg: GridConfig, agents: dict[str, Agent] | None = None,
+             announce: Callable[[str], None] = progress_console.print, show_progress: bool = True) -> GridResult:
+    """Plan (validate everything, no writes), then run the grid; `agents` replaces named agents (tests)."""
+    plan = plan_grid(cfg, injected=set(agents or {}), announce=announce)
+    with GridRun(plan, agents, announce=announce, show_progress=show_progress) as grid:
+        return grid.run()

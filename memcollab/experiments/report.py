@@ -1,0 +1,154 @@
+"""The grid's tables from its per-task rows: every cell against `none` on the same tasks, paired.
+
+A cell's accuracy carries a Wilson 95% interval; its difference to `none` a paired bootstrap 95% interval
+and McNemar's exact p (`experiments.stats.compare`); `helps` / `hurts` only where that interval excludes 0.
+A task the LM never answered (`lm_error`: its endpoint failed after retries) is missing data, not a wrong
+answer: it leaves the comparison on both sides and is counted in `lm_errors`; a rerun asks for it again.
+Per-category differences use the classifier's category of each task, the same for every cell. Pure
+functions of the rows (a pandas DataFrame), so the notebook recomputes exactly what the run wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from memcollab.experiments.grid_config import Cell
+from memcollab.experiments.metrics import wilson_interval
+from memcollab.experiments.stats import compare
+
+#: Columns of a per-task row (one task solved in one cell).
+ROW_COLUMNS = ("cell", "benchmark", "target", "method", "family", "kind", "source", "seed", "k", "gate", "task_id",
+               "category", "correct", "first_turn_correct", "turns", "tokens", "latency_s", "format_error",
+               "error_type", "lm_error", "memories", "memory_ids", "guidance_key")
+
+
+def none_rows(rows: pd.DataFrame, benchmark: str, target: str) -> pd.DataFrame:
+    """The no-memory rows of one target, indexed by task id."""
+    mask = (rows["benchmark"] == benchmark) & (rows["target"] == target) & (rows["kind"] == "none")
+    return rows[mask].drop_duplicates("task_id").set_index("task_id")
+
+
+def paired(rows: pd.DataFrame, baseline: pd.DataFrame, samples: int, seed: int = 0) -> dict[str, Any]:
+    """Accuracy, interval and the paired comparison with `baseline` (the none rows, by task id) on `rows`' tasks,
+    both without the tasks either side has no answer for (`lm_error`)."""
+    missing = set(rows["task_id"]) - set(baseline.index)
+    if missing:
+        raise ValueError(f"{len(missing)} task(s) have no no-memory result to pair with (e.g. {sorted(missing)[0]})")
+    unanswered = set(rows.loc[rows["lm_error"].astype(bool), "task_id"]) | set(baseline.index[baseline["lm_error"].astype(bool)])
+    lost = int(rows["task_id"].isin(unanswered).sum())
+    rows = rows[~rows["task_id"].isin(unanswered)]
+    n, correct = len(rows), int(rows["correct"].sum())
+    low, high = wilson_interval(correct, n)
+    out: dict[str, Any] = {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+                           "acc_low": low, "acc_high": high, "lm_errors": lost}
+    base = baseline.loc[list(rows["task_id"]), "correct"].astype(bool).tolist()
+    result = compare(base, rows["correct"].astype(bool).tolist(), samples=samples, seed=seed)
+    out.update({"none_accuracy": result.accuracy_a, "diff": result.difference, "diff_low": result.ci_low,
+                "diff_high": result.ci_high, "p_value": result.p_value, "only_none": result.only_a,
+                "only_method": result.only_b, "helps": result.ci_low > 0, "hurts": result.ci_high < 0})
+    return out
+
+
+def _effort(rows: pd.DataFrame) -> dict[str, float]:
+    solved = rows[rows["correct"].astype(bool)]
+    return {"turns": float(rows["turns"].mean()) if len(rows) else 0.0,
+            "turns_to_success": float(solved["turns"].mean()) if len(solved) else float("nan"),
+            "first_turn_accuracy": float(rows["first_turn_correct"].mean()) if len(rows) else 0.0,
+            "tokens": float(rows["tokens"].mean()) if len(rows) else 0.0,
+            "latency_s": float(rows["latency_s"].mean()) if len(rows) else 0.0,
+            "format_errors": int(rows["format_error"].sum()), "memories": float(rows["memories"].mean()) if len(rows) else 0.0}
+
+
+def cell_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 10_000,
+               extra: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One line per cell: accuracy (95% CI), difference to none (paired bootstrap 95% CI, McNemar p), effort.
+
+    `extra`: more columns per cell id (wall time of this invocation, memory size and hash).
+    """
+    lines = []
+    for cell in cells:
+        mine = rows[rows["cell"] == cell.id]
+        baseline = none_rows(rows, cell.benchmark, cell.target)
+        line = {"cell": cell.id, "benchmark": cell.benchmark, "target": cell.target, "method": cell.method.name,
+                "family": cell.family, "kind": cell.method.kind, "source": cell.source_label, "seed": cell.seed,
+                "k": cell.method.k if cell.method.kind != "none" else None, "gate": cell.method.gate,
+                **paired(mine, baseline, samples), **_effort(mine), **(extra or {}).get(cell.id, {})}
+        lines.append(line)
+    table = pd.DataFrame(lines)
+    table["k"] = table["k"].astype("Int64")  # none has no k; the rest stay integers
+    return table
+
+
+def category_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 2_000) -> pd.DataFrame:
+    """Per cell and category (the classifier's, the same for every cell): accuracy and difference to none."""
+    lines = []
+    for cell in cells:
+        if cell.method.kind == "none":
+            continue
+        mine = rows[rows["cell"] == cell.id]
+        baseline = none_rows(rows, cell.benchmark, cell.target)
+        for category, group in mine.groupby("category", sort=True):
+            stats = paired(group, baseline, samples)
+            lines.append({"cell": cell.id, "benchmark": cell.benchmark, "target": cell.target,
+                          "method": cell.method.name, "source": cell.source_label, "seed": cell.seed,
+                          "category": category or "-", "n": stats["n"], "accuracy": stats["accuracy"],
+                          "none_accuracy": stats["none_accuracy"], "diff": stats["diff"],
+                          "diff_low": stats["diff_low"], "diff_high": stats["diff_high"], "p_value": stats["p_value"]})
+    return pd.DataFrame(lines, columns=["cell", "benchmark", "target", "method", "source", "seed", "category", "n",
+                                        "accuracy", "none_accuracy", "diff", "diff_low", "diff_high", "p_value"])
+
+
+def k_ablation(table: pd.DataFrame) -> pd.DataFrame:
+    """The cells of every method family run with more than one k (same target, source, seed), by k."""
+    memory = table[table["kind"] != "none"]
+    keys = ["benchmark", "target", "family", "source", "seed"]
+    sizes = memory.groupby(keys)["k"].transform("nunique")
+    columns = [*keys, "k", "n", "accuracy", "acc_low", "acc_high", "diff", "diff_low", "diff_high", "p_value"]
+    return memory[sizes > 1][columns].sort_values([*keys, "k"]).reset_index(drop=True)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_k_ablation(ablation: pd.DataFrame, path: Path) -> Path | None:
+    """Accuracy against k, one line per (benchmark, target, family, source), with 95% intervals; None if empty."""
+    if ablation.empty:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        for label, group in ablation.groupby(["benchmark", "target", "family", "source"]):
+            group = group.groupby("k", as_index=False).mean(numeric_only=True)  # seeds averaged
+            ax.errorbar(group["k"], group["accuracy"],
+                        yerr=[group["accuracy"] - group["acc_low"], group["acc_high"] - group["accuracy"]],
+                        marker="o", capsize=3, label=" / ".join(str(part) for part in label))
+        ax.set_xlabel("memories per task (k)")
+        ax.set_ylabel("accuracy")
+        ax.set_xticks(sorted(ablation["k"].unique()))
+        ax.legend(fontsize=7)
+        ax.set_title("k ablation")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def format_cell(line: dict[str, Any] | pd.Series) -> tuple[str, str]:
+    """(accuracy with CI, difference with CI and p) as the CLI and README print them."""
+    accuracy = f"{line['accuracy']:.1%} ({line['acc_low']:.0%}-{line['acc_high']:.0%})"
+    if line["kind"] == "none":
+        return accuracy, "-"
+    mark = " helps" if line["helps"] else (" hurts" if line["hurts"] else "")
+    return accuracy, (f"{line['diff']:+.1%} ({line['diff_low']:+.0%} to {line['diff_high']:+.0%}), "
+                      f"p={line['p_value']:.2g}{mark}")

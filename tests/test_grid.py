@@ -1,0 +1,399 @@
+"""The grid harness with scripted DSPy DummyLM agents: config expansion, paired tables, transfer matrix, k ablation,
+resume, the time estimate, and the notebook on the committed smoke run (data flow only, no claims about accuracy).
+
+`python tests/test_grid.py results/grid-smoke` regenerates the committed smoke run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dspy.utils.dummies import DummyLM
+
+from memcollab.benchmarks import get_benchmark, load_source
+from memcollab.errors import ConfigError
+from memcollab.experiments.grid import run_grid
+from memcollab.experiments.grid_config import GridConfig, expand_cells, is_grid_config, load_grid_config
+from memcollab.experiments.grid_estimate import estimate_grid_seconds
+from memcollab.experiments.grid_plan import plan_grid
+from memcollab.paths import default_data_dir
+from memcollab.programs.pipeline import Agent
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = ROOT / "configs" / "experiments" / "grid_smoke.yaml"
+SMOKE_DIR = ROOT / "results" / "grid-smoke"
+needs_data = pytest.mark.skipif(default_data_dir() is None, reason="benchmark data directory not found")
+
+#: The one evaluation task the weak agent solves, and only when the prompt carries a rule list.
+HELPED_TASK = "gsm8k/test/1"
+RULE = {"when": "several quantities are combined into a total", "enforce": "write each partial result",
+        "avoid": "dropping a group from the sum", "error_type": "missed_case"}
+CATEGORIES = ("multi_step_counting", "money_and_shopping", "rates_and_time")
+#: What the scripted distiller writes per category: two categories fail alike, one differently (Fig. 5 has a shape).
+CONTRAST_RULES = {
+    "multi_step_counting": [RULE, {**RULE, "when": "a count is repeated over several days", "error_type": "arithmetic_slip"}],
+    "money_and_shopping": [{**RULE, "when": "a price applies to each item bought"},
+                           {**RULE, "when": "change is owed after paying", "error_type": "arithmetic_slip"}],
+    "rates_and_time": [{**RULE, "when": "a rate is given per hour", "enforce": "convert minutes to hours first",
+                        "error_type": "unit_or_format"}],
+}
+
+
+def _tasks(cfg: GridConfig) -> list:
+    """Every build and evaluation task the config names (what the scripted agents must answer)."""
+    tasks = []
+    for name in cfg.benchmarks:
+        spec = get_benchmark(name)
+        tasks += load_source(spec.build, ids=cfg.build_ids_for(name))
+        ids = ",".join(g.ids_for(name) for g in cfg.cells if g.ids_for(name))
+        tasks += load_source(spec.eval, ids=ids)
+    return tasks
+
+
+def scripted_agents(cfg: GridConfig) -> dict[str, Agent]:
+    """weak: wrong everywhere except HELPED_TASK when given rules; strong: the reference everywhere, classifies
+    (alternating categories), distils, reflects and curates; other: wrong everywhere. Keys are matched in order,
+    so the distiller's prompts (which quote tasks) come before the tasks."""
+    tasks = _tasks(cfg)
+    weak, strong, other = {}, {
+        **{f"{category}\n\n[[ ## successful_solution ## ]]": {"reasoning": "contrast", "constraints": rules}
+           for category, rules in CONTRAST_RULES.items()},
+        "successful_solution": {"reasoning": "contrast", "constraints": [RULE]},
+        "[[ ## verdict ## ]]": {"reasoning": "reflect", "constraints": [
+            {**RULE, "when": "a quantity is reused in later steps", "error_type": "arithmetic_slip"}]},
+        "[[ ## contrasts ## ]]": {"reasoning": "shared", "constraints": [
+            {**RULE, "when": "a total is split over groups", "error_type": "wrong_formula"}]},
+        "[[ ## attempts ## ]]": {"updated": "1. write each partial total\n2. re-read what is asked"},
+    }, {}
+    for i, task in enumerate(tasks):
+        if task.kind == "math":
+            if task.id == HELPED_TASK:
+                weak[f"{task.prompt}\n\n[[ ## guidance ## ]]\n1. "] = {"reasoning": "with the rule", "answer": task.answer}
+            weak[task.prompt] = {"reasoning": "guess", "answer": "0"}
+            other[task.prompt] = {"reasoning": "guess", "answer": "1"}
+            strong[task.prompt] = {"reasoning": "step by step", "answer": task.answer, "category": CATEGORIES[i % 3]}
+        else:
+            wrong = {"reasoning": "stub", "code": f"def {task.entry_point}(*args):\n    return None"}
+            weak[task.prompt], other[task.prompt] = wrong, wrong
+            strong[task.prompt] = {"reasoning": "reference", "code": task.solution, "category": "string_processing"}
+
+    def agent(name: str, model: str, answers: dict) -> Agent:
+        return Agent(name=name, lm=DummyLM(answers), config={"name": name, "model": model, "backend": "server",
+                                                               "temperature": 0.0, "max_tokens": 512, "seed": 0})
+
+    return {"weak": agent("weak", "qwen2.5-coder-0.5b", weak), "strong": agent("strong", "qwen2.5-coder-1.5b", strong),
+            "other": agent("other", "smollm2-135m", other)}
+
+
+def smoke_config(run_dir: Path, **overrides) -> GridConfig:
+    return load_grid_config(SMOKE_CONFIG, run_dir=run_dir, track=False, **overrides)
+
+
+def make_smoke_run(run_dir: Path, **overrides):
+    """The committed smoke run: grid_smoke.yaml with scripted agents (returns the result and the agents)."""
+    cfg = smoke_config(run_dir, **overrides)
+    agents = scripted_agents(cfg)
+    return run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False), agents
+
+
+def lm_calls(agents: dict[str, Agent]) -> int:
+    return sum(len(agent.lm.history) for agent in agents.values())
+
+
+# ----- config ------------------------------------------------------------------------------------------------
+def grid(**fields) -> GridConfig:
+    base = {"name": "t", "benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": [
+        {"target": "weak", "eval_ids": "1-4", "methods": ["memcollab", {"method": "memcollab", "k": [1, 3, 10]}]},
+        {"target": "weak", "eval_ids": "5-6", "methods": ["naive"]},
+        {"target": "strong", "eval_ids": "1-2", "methods": ["none", "naive"]}]}
+    return GridConfig(**{**base, **fields})
+
+
+def test_cells_pair_every_method_with_a_none_cell_over_the_union_of_its_tasks():
+    cells = expand_cells(grid())
+    by_id = {c.id: c for c in cells}
+    assert [c.id for c in cells] == [
+        "gsm8k.weak.none.none.s0", "gsm8k.weak.memcollab.weak_strong.s0", "gsm8k.weak.memcollab-k1.weak_strong.s0",
+        "gsm8k.weak.memcollab-k10.weak_strong.s0", "gsm8k.weak.naive.strong.s0",
+        "gsm8k.strong.none.none.s0", "gsm8k.strong.naive.weak.s0"]
+    assert by_id["gsm8k.weak.none.none.s0"].eval_ids == "1-4,5-6", "none runs on every task of the target's cells"
+    assert by_id["gsm8k.weak.memcollab-k10.weak_strong.s0"].method.k == 10
+    assert by_id["gsm8k.weak.memcollab-k10.weak_strong.s0"].family == "memcollab"
+    assert by_id["gsm8k.strong.naive.weak.s0"].source == ("weak",), "peer of the strong target is weak"
+
+
+def test_transfer_rows_are_sources_and_merge_with_the_same_cells_of_the_groups():
+    cfg = grid(transfer={"sources": ["weak", "strong", "other", "weak+strong"], "targets": ["weak"], "eval_ids": "1-2"},
+               seeds=[0, 1])
+    cells = {c.id: c for c in expand_cells(cfg)}
+    assert cells["gsm8k.weak.self.weak.s0"].method.kind == "reflect"
+    assert cells["gsm8k.weak.naive.other.s1"].source == ("other",), "an agent named other is an agent, not an alias"
+    assert cells["gsm8k.weak.naive.strong.s0"].eval_ids == "5-6,1-2", "the group's naive cell, extended"
+    assert cells["gsm8k.weak.memcollab.weak_strong.s1"].eval_ids == "1-4,1-2"
+    assert "gsm8k.weak.none.none.s1" not in cells, "no memory has nothing to seed"
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"cells": [{"target": "weak", "eval_ids": "1-4", "methods": ["memcolab"]}]}, "did you mean 'memcollab'"),
+    ({"build_ids": "9-1"}, "runs backwards"),
+    ({"cells": [{"target": "weak", "eval_ids": "1-4", "methods": [{"method": "memcollab", "k": 0}]}]}, "k"),
+    ({"methods": {"memcollab": {"kind": "memcollab"}}}, "is a preset"),
+    ({"seeds": [0, 0]}, "each seed once"),
+])
+def test_config_mistakes_are_one_line(tmp_path, fields, message):
+    data = {"benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": [{"target": "weak", "eval_ids": "1-2", "methods": ["none"]}],
+            **fields}
+    path = tmp_path / "g.yaml"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as error:
+        load_grid_config(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_grid_configs_are_told_apart_from_run_configs():
+    assert is_grid_config(SMOKE_CONFIG)
+    assert not is_grid_config(ROOT / "configs" / "experiments" / "gsm8k_default.yaml")
+    for name in ("grid.yaml", "code_grid.yaml", "grid_smoke.yaml"):
+        cfg = load_grid_config(ROOT / "configs" / "experiments" / name)
+        assert expand_cells(cfg)
+
+
+@needs_data
+def test_shipped_grids_have_the_slices_the_issue_asks_for():
+    cfg = load_grid_config(ROOT / "configs" / "experiments" / "grid.yaml")
+    plan = plan_grid(cfg, injected={"weak", "strong", "other"})
+    cells = {(c.target, c.method.name, c.source_label): len(plan.benchmarks["gsm8k"].cell_tasks[c.id]) for c in plan.cells}
+    assert len(plan.benchmarks["gsm8k"].build_tasks) == 200 and cfg.samples > 0
+    for method, source in (("none", "-"), ("naive", "strong"), ("memcollab", "weak+strong"), ("examples", "weak+strong")):
+        assert cells[("weak", method, source)] == 400
+    assert cells[("weak", "cheatsheet", "weak+strong")] == cells[("weak", "self", "weak")] == 200
+    assert cells[("weak", "naive", "other")] == 200, "the transfer row of SmolLM2's memory"
+    assert {m for t, m, _ in cells if t == "strong"} >= {"none", "self", "naive", "memcollab"}
+    code = plan_grid(load_grid_config(ROOT / "configs" / "experiments" / "code_grid.yaml"),
+                     injected={"weak", "strong", "other"})
+    assert len(code.benchmarks["humaneval"].eval_tasks) == 164 and len(code.benchmarks["mbpp"].eval_tasks) == 200
+    assert {b.build_source for b in code.benchmarks.values()} == {"mbpp/train"}
+    assert len(code.benchmarks["mbpp"].build_tasks) == 200 and code.cfg.max_turns == 3
+    contrast = [m for m in code.memories.values() if m.spec.kind == "memcollab"]
+    assert len(contrast) == 2, "plain and verified, each one memory for both benchmarks"
+
+
+# ----- the smoke grid ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    return make_smoke_run(tmp_path_factory.mktemp("grid") / "run")
+
+
+@needs_data
+def test_every_cell_is_compared_with_none_on_exactly_its_tasks(smoke):
+    result, _ = smoke
+    table = result.table.set_index("cell")
+    rows = pd.read_json(result.run_dir / "tasks.jsonl", lines=True)
+    for cell, line in table.iterrows():
+        mine = rows[rows["cell"] == cell]
+        none = rows[(rows["benchmark"] == line["benchmark"]) & (rows["target"] == line["target"]) & (rows["kind"] == "none")]
+        assert set(mine["task_id"]) <= set(none["task_id"]) and len(mine) == line["n"]
+        expected = none.set_index("task_id").loc[list(mine["task_id"]), "correct"].mean()
+        assert line["none_accuracy"] == pytest.approx(expected)
+        assert line["diff"] == pytest.approx(line["accuracy"] - expected)
+        assert line["diff_low"] <= line["diff"] <= line["diff_high"]
+
+
+@needs_data
+def test_rules_reach_the_solver_and_the_table_shows_what_they_did(smoke):
+    result, agents = smoke
+    table = result.table.set_index("cell")
+    memcollab = table.loc["gsm8k.weak.memcollab.weak_strong.s0"]
+    # the scripted weak agent solves one of the four tasks, and only with rules in its prompt
+    assert (memcollab["n"], memcollab["correct"], memcollab["none_accuracy"]) == (4, 1, 0.0)
+    assert memcollab["only_method"] == 1 and memcollab["p_value"] == 1.0 and not memcollab["helps"]
+    examples = table.loc["gsm8k.weak.examples.weak_strong.s0"]
+    assert examples["correct"] == 0 and examples["memories"] > 0, "worked examples are demos, not rules"
+    guided = [json.dumps(h["messages"]) for h in agents["weak"].lm.history if "write each partial result" in json.dumps(h["messages"])]
+    assert guided, "the distilled rule is in the weak agent's prompts"
+    strong_none = table.loc["gsm8k.strong.none.none.s0"]
+    assert strong_none["accuracy"] == 1.0
+    code = table.loc["humaneval.weak.none.none.s0"]
+    assert code["turns"] == 2 and code["correct"] == 0, "a failed code task uses every turn"
+    assert table.loc["humaneval.weak.memcollab.weak_strong.s0", "memory_size"] >= 1
+
+
+@needs_data
+def test_transfer_matrix_k_ablation_and_categories(smoke):
+    result, _ = smoke
+    transfer = result.transfer
+    assert list(dict.fromkeys(transfer["source"])) == ["weak", "strong", "other", "weak+strong", "weak+other", "strong+other"]
+    assert set(transfer["target"]) == {"weak", "strong"} and len(transfer) == 12
+    assert (transfer["n"] == 3).all(), "the transfer slice, not the cell's whole slice"
+    line = transfer[(transfer["source"] == "strong") & (transfer["target"] == "weak")].iloc[0]
+    assert line["method"] == "naive"
+    assert (result.run_dir / "transfer.png").stat().st_size > 0
+    ablation = result.ablation
+    weak = ablation[(ablation["benchmark"] == "gsm8k") & (ablation["target"] == "weak")]
+    assert list(weak["k"]) == [1, 3, 5]
+    assert (result.run_dir / "k_ablation.png").stat().st_size > 0
+    categories = result.categories
+    assert set(categories["category"]) <= {*CATEGORIES, "string_processing"}
+    per_cell = categories[categories["cell"] == "gsm8k.weak.memcollab.weak_strong.s0"]
+    assert per_cell["n"].sum() == 4
+
+
+@needs_data
+def test_a_rerun_resumes_without_any_lm_call(tmp_path):
+    first, agents = make_smoke_run(tmp_path / "run")
+    calls = lm_calls(agents)
+    cfg = smoke_config(tmp_path / "run")
+    again = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False)
+    assert lm_calls(agents) == calls, "every LM result of the first invocation is read back"
+    columns = ["cell", "n", "correct", "accuracy", "diff", "p_value"]
+    pd.testing.assert_frame_equal(first.table[columns], again.table[columns])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["invocations"] == 2
+
+
+@needs_data
+def test_a_seed_rebuilds_memory_with_reseeded_agents_and_shares_the_rest(tmp_path):
+    from memcollab.memory.results import ResultStore
+
+    fields = {"name": "seeds", "benchmarks": ["gsm8k"], "build_ids": "1-3", "samples": 1, "track": False,
+              "run_dir": tmp_path / "run", "cells": [{"target": "weak", "eval_ids": "1-2", "methods": ["none", "memcollab"]}]}
+
+    def trajectories() -> int:
+        with ResultStore(tmp_path / "run" / "results.sqlite") as store:
+            return store.count("trajectory")
+
+    cfg = GridConfig(**fields)
+    run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    before = trajectories()
+    result = run_grid(GridConfig(**fields, seeds=[0, 1]), agents=scripted_agents(cfg), announce=lambda _: None,
+                      show_progress=False)
+    # seed 1: both agents solve the 3 build tasks again under their new seed (every task has a contrast, so no
+    # sample); the distilled memory is the same, so the seed-1 cell's solves are the seed-0 cell's results
+    assert trajectories() - before == 6
+    assert list(result.table["cell"]) == ["gsm8k.weak.none.none.s0", "gsm8k.weak.memcollab.weak_strong.s0",
+                                          "gsm8k.weak.memcollab.weak_strong.s1"]
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "run" / "memories").glob("*/build.json"))
+    assert seeds == [0, 1]
+
+
+@needs_data
+def test_an_unanswered_task_is_missing_data_on_both_sides_not_a_wrong_answer(tmp_path, monkeypatch):
+    from dspy.utils.exceptions import LMTimeoutError
+
+    import memcollab.experiments.grid as grid_module
+
+    solve = grid_module.solve_with
+
+    def flaky(pipeline, task, agent, guidance):
+        if task.id == "gsm8k/test/2" and guidance.text:  # the endpoint times out on one guided solve
+            raise LMTimeoutError("no answer in 600 s")
+        return solve(pipeline, task, agent, guidance)
+
+    monkeypatch.setattr(grid_module, "solve_with", flaky)
+    cfg = GridConfig(name="flaky", benchmarks=["gsm8k"], build_ids="1-3", track=False, run_dir=tmp_path / "run",
+                     cells=[{"target": "weak", "eval_ids": "1-3", "methods": ["none", "memcollab"]}])
+    table = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False).table.set_index("cell")
+    line = table.loc["gsm8k.weak.memcollab.weak_strong.s0"]
+    assert (line["n"], line["lm_errors"], line["correct"]) == (2, 1, 1), "paired on the two answered tasks"
+    assert table.loc["gsm8k.weak.none.none.s0", "n"] == 3
+    rows = pd.read_json(tmp_path / "run" / "cells" / "gsm8k.weak.memcollab.weak_strong.s0.jsonl", lines=True)
+    assert rows.set_index("task_id").loc["gsm8k/test/2", "error_type"] == "lm_error"
+
+    monkeypatch.setattr(grid_module, "solve_with", lambda *a: (_ for _ in ()).throw(KeyError("a bug")))
+    with pytest.raises(KeyError):
+        run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+
+
+@needs_data
+def test_estimate_counts_the_grids_calls(tmp_path):
+    small = plan_grid(smoke_config(tmp_path / "a"), injected={"weak", "strong", "other"})
+    big_cfg = smoke_config(tmp_path / "b")
+    big_cfg.cells[0].eval_ids = {"gsm8k": "1-40", "humaneval": "0-2"}
+    big = plan_grid(big_cfg, injected={"weak", "strong", "other"})
+    agents = {name: agent.config for name, agent in scripted_agents(big_cfg).items()}
+    low, high = estimate_grid_seconds(small, agents), estimate_grid_seconds(big, agents)
+    assert low is not None and 0 < low < high
+    agents["weak"] = {**agents["weak"], "backend": "litellm", "model": "openai/x"}
+    assert estimate_grid_seconds(small, agents) is None, "a remote agent has no measured rate"
+
+
+@needs_data
+def test_cli_dry_run_validates_and_lists_cells_without_running(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from memcollab.cli.grid import register
+
+    agents = tmp_path / "agents.yaml"
+    agents.write_text("agents:\n" + "".join(f"  - {{name: {n}, backend: litellm, model: openai/{n}}}\n"
+                                             for n in ("weak", "strong", "other")))
+    config = tmp_path / "grid.yaml"
+    config.write_text(SMOKE_CONFIG.read_text() + f"agents_file: {agents}\n")
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # two commands: typer keeps the subcommand name
+    result = CliRunner().invoke(app, ["grid", str(config), "--dry-run", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "gsm8k.weak.memcollab.weak_strong.s0: 4 tasks" in result.output
+    assert "28 cells, 12 memories" in result.output and "unknown" in result.output
+    assert not (tmp_path / "run").exists(), "a dry run writes nothing"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE_CONFIG.read_text().replace("memcollab-nogate", "memcollab-nogat"))
+    failed = CliRunner().invoke(app, ["grid", str(bad), "--dry-run"])
+    assert isinstance(failed.exception, ConfigError) and "did you mean 'memcollab-nogate'" in str(failed.exception)
+
+
+# ----- the committed smoke run and the notebook ---------------------------------------------------------------
+@needs_data
+def test_committed_smoke_run_is_what_the_code_makes_now(smoke):
+    result, _ = smoke
+    committed = pd.read_csv(SMOKE_DIR / "table.csv")
+    columns = ["cell", "n", "correct", "accuracy", "none_accuracy", "diff", "memories"]
+    pd.testing.assert_frame_equal(committed[columns], result.table[columns], check_dtype=False)
+    assert "data-flow smoke run" in (SMOKE_DIR / "README.md").read_text()
+
+
+def test_notebook_runs_on_the_committed_smoke_run(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    run_dir = tmp_path / "grid-smoke"
+    shutil.copytree(SMOKE_DIR, run_dir)
+    notebook = nbformat.read(ROOT / "notebooks" / "grid.ipynb", as_version=4)
+    os.environ["MEMCOLLAB_GRID_DIR"] = str(run_dir)
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        os.environ.pop("MEMCOLLAB_GRID_DIR")
+    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    assert "DATA-FLOW SMOKE RUN" in outputs
+    assert "gsm8k.weak.memcollab.weak_strong.s0" in outputs
+    for figure in ("transfer_heatmap.png", "k_ablation_plot.png", "code_turns.png", "error_types.png",
+                   "category_dendrogram.png"):
+        assert (run_dir / "notebook" / figure).stat().st_size > 0, figure
+
+
+if __name__ == "__main__":  # regenerate the committed smoke run
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else SMOKE_DIR)
+    if target.exists():
+        shutil.rmtree(target)
+    result, _ = make_smoke_run(target)
+    for scratch in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "dspy_cache"):
+        path = target / scratch
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for store in target.glob("memories/*/memory.sqlite*"):
+        store.unlink()
+    (target / "README.md").write_text(
+        "# grid-smoke: a data-flow smoke run, NOT results\n\n"
+        "Made by `python tests/test_grid.py results/grid-smoke` from `configs/experiments/grid_smoke.yaml` with\n"
+        "scripted DSPy DummyLM agents (weak solves one task, and only when its prompt carries rules; strong\n"
+        "answers every reference). It checks that the grid's tables, figures and the notebook `notebooks/grid.ipynb`\n"
+        "work end to end; its numbers say nothing about any model. This is a data-flow smoke run.\n")
+    print(result.table[["cell", "n", "accuracy", "diff"]].to_string())
