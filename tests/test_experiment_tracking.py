@@ -78,7 +78,8 @@ def test_experiment_logs_to_mlflow_server_and_notebook_runs(tmp_path, mlflow_ser
     metrics = run.data.metrics
     assert metrics["build.pairs"] == 3 and metrics["memory.size"] == 1
     assert metrics["eval.weak.memcollab.accuracy"] == 0.0
-    assert "accuracy.memcollab.to.weak" in metrics
+    assert metrics["transfer.none.to.weak"] == metrics["eval.weak.no_memory.accuracy"]  # row = memory source
+    assert metrics["transfer.weak_strong.to.weak"] == metrics["eval.weak.memcollab.accuracy"]
     assert run.data.params["benchmark"] == "gsm8k"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"summary.json", "memory", "eval_weak_memcollab.json"} <= artifacts

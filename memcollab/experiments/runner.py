@@ -219,8 +219,13 @@ class Experiment:
                     prefix=f"eval.{name}.{condition}.",
                 )
                 self.tracker.log_table(rows, f"eval_{safe_name(name)}_{condition}.json")
-        matrix = {c: {s.agent: s.accuracy for s in summaries if s.condition == c} for c in {s.condition for s in summaries}}
-        self.tracker.log_transfer_matrix(matrix, "accuracy")
+        # Transfer matrix as the paper means it: rows = memory source (the agents that built it; "none" without
+        # memory), columns = target agent.
+        source = "+".join(self.store_sources()) or "memory"
+        matrix: dict[str, dict[str, float]] = {}
+        for s in summaries:
+            matrix.setdefault("none" if s.condition == "no_memory" else source, {})[s.agent] = s.accuracy
+        self.tracker.log_transfer_matrix(matrix, "transfer")
         self.summaries.extend(summaries)
         return summaries
 
@@ -248,6 +253,12 @@ class Experiment:
         self.tracker.log_program(zero_shot, "classifier_zero_shot")
         self.tracker.log_program(compiled, f"classifier_{optimizer}")
         return metrics
+
+    def store_sources(self) -> list[str]:
+        """The agents whose trajectories built the memory: this run's build agents, else the store's provenance."""
+        if self.cfg.build_agents:
+            return list(self.cfg.build_agents)
+        return self.store.source_agents()
 
     def compile_solver(self, agent: str, optimizer: str, train: int, dev: int, out: Path) -> dict[str, float]:
         """Compile the solver on the first `train` build tasks; compare with zero-shot on the next `dev` build tasks

@@ -464,6 +464,10 @@ class MemoryStore:
         """Every task id any memory was distilled from (for the build/eval overlap check)."""
         return {tid for e in self.entries() for tid in e.provenance.task_ids}
 
+    def source_agents(self) -> list[str]:
+        """The agents whose trajectories the memories were distilled from (both sides of every contrast), sorted."""
+        return sorted({a for e in self.entries() for a in [*e.provenance.positive_agents, *e.provenance.negative_agents]})
+
     def content_hash(self) -> str:
         """Stable hash of what a solver can see: content, category, domain and support of every entry.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,12 +130,16 @@ class Tracker:
             self._client.log_artifact(self.run_id, str(path), "programs")
 
     def log_transfer_matrix(self, matrix: dict[str, dict[str, float]], name: str = "transfer") -> None:
-        """Accuracy of each target agent (columns) with memory built by each source (rows)."""
+        """Accuracy of each target agent (columns) with memory built by each source (rows; "none" = no memory).
+
+        Source names like "weak+strong" keep their spelling in the JSON artefact; in metric names, characters
+        MLflow refuses become "_" (`transfer.weak_strong.to.other`)."""
         if not self.run_id:
             return
         for source, row in matrix.items():
             for target, value in row.items():
-                self._client.log_metric(self.run_id, f"{name}.{source}.to.{target}", float(value))
+                key = re.sub(r"[^A-Za-z0-9_\-. /]", "_", f"{name}.{source}.to.{target}")
+                self._client.log_metric(self.run_id, key, float(value))
         self.log_dict(matrix, f"{name}_matrix.json")
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
