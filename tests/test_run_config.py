@@ -148,8 +148,11 @@ def test_ids_win_over_limits_and_the_defaults_still_load(tmp_path: Path) -> None
     cfg = RunConfig(build_ids="1-100", eval_ids=" 1001-1100, 1205", eval_limit=5)
     assert cfg.selection("build") == {"ids": "1-100"} and cfg.selection("eval") == {"ids": "1001-1100,1205"}
     assert RunConfig(sample=True, seed=3).selection("eval") == {"sample": 20, "seed": 3}
+    from memcollab.experiments.grid_config import is_grid_config, load_grid_config
+
     for path in sorted(Path(__file__).resolve().parents[1].glob("configs/experiments/*.yaml")):
-        assert load_config(path).benchmark, path  # every committed experiment file is valid
+        # every committed experiment file is valid: a grid as a grid, any other as one run
+        assert (load_grid_config(path).cells if is_grid_config(path) else load_config(path).benchmark), path
     (tmp_path / "list.yaml").write_text("- benchmark: gsm8k\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(tmp_path / "list.yaml")

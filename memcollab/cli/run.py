@@ -54,6 +54,11 @@ EXAMPLES = typer.Option(
     help="show the distiller the worked examples of configs/distill_examples/ before each pair",
 )
 RUN_DIR = typer.Option(Path("runs/default"), "--run-dir", help="where results, memory and caches go (a rerun resumes)")
+MAX_ERRORS = typer.Option(
+    10, "--max-errors", min=0,
+    help="LM calls that may fail after retries (endpoint down, hung, overloaded) before a step stops; each such task "
+    "is recorded as an LM error, not stored, and retried by a rerun",
+)
 
 
 def _csv(value: str) -> list[str]:
@@ -69,14 +74,18 @@ def _config(**kwargs):
 
 def print_results(summaries, title: str = "results") -> None:
     table = Table(title=title)
-    for column in ("agent", "memory", "n", "accuracy", "95% CI", "turns", "tokens/task", "format errors"):
+    for column in ("agent", "memory", "n", "accuracy", "95% CI", "turns", "tokens/task", "format errors", "LM errors"):
         table.add_column(column, justify="right" if column not in ("agent", "memory") else "left")
     for s in summaries:
         table.add_row(
             s.agent, s.condition, str(s.n), f"{s.accuracy:.1%}", f"{s.ci_low:.0%}-{s.ci_high:.0%}",
-            f"{s.mean_turns:.2f}", f"{s.mean_tokens:.0f}", str(s.format_errors),
+            f"{s.mean_turns:.2f}", f"{s.mean_tokens:.0f}", str(s.format_errors), str(s.lm_errors),
         )
     console.print(table)
+    lm_errors = sum(s.lm_errors for s in summaries)
+    if lm_errors:
+        console.print(f"{lm_errors} task(s) got no answer from their LM (LM errors: not counted in n); "
+                      "rerun the same command to retry only those", markup=False)
 
 
 def print_build(report, store_size: int) -> None:
@@ -88,6 +97,7 @@ def print_build(report, store_size: int) -> None:
         f"{report.added} added, {report.merged} merged into existing"
         + (f", {report.unverified} failed verification" if report.unverified else "")
         + f"; memory size {store_size}"
+        + (f"; {report.lm_errors} LM calls failed (LM errors: rerun to retry them)" if report.lm_errors else "")
     )
 
 
@@ -121,6 +131,7 @@ def run_command(
     verify_memory: bool = VERIFY,
     verify_tasks: int = VERIFY_TASKS,
     distill_examples: bool = EXAMPLES,
+    max_errors: int = MAX_ERRORS,
 ) -> None:
     """The main job: build a shared memory with two agents, then evaluate agents with and without it.
 
@@ -135,7 +146,7 @@ def run_command(
         gold_categories=gold_categories, workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens,
         backend=backend, tracking_uri=tracking_uri, track=track, cache=cache, classifier_program=classifier_program,
         solver_program=solver_program, verify_memory=verify_memory, verify_tasks=verify_tasks,
-        distill_examples=distill_examples,
+        distill_examples=distill_examples, max_errors=max_errors,
     )
     summaries, exp = run_experiment(cfg, name="run")
     print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
@@ -165,7 +176,7 @@ def run_experiment(cfg, name: str):
             print_build(report, len(exp.store))
             summaries = exp.evaluate(cfg.eval_agents)
             exp.write_summary({"pairs": len(report.pairs), "constraints_proposed": report.proposed,
-                               "constraints_unverified": report.unverified})
+                               "constraints_unverified": report.unverified, "build_lm_errors": report.lm_errors})
     return summaries, exp
 
 
@@ -192,6 +203,7 @@ def build_memory_command(
     tracking_uri: Optional[str] = TRACKING_URI,
     track: bool = TRACK,
     cache: bool = CACHE,
+    max_errors: int = MAX_ERRORS,
 ) -> None:
     """Build (or extend) a shared memory from contrast pairs of the given agents."""
     from memcollab.experiments.preflight import preflight
@@ -202,7 +214,7 @@ def build_memory_command(
         distiller=distiller, classifier=classifier, samples=samples, memory_path=memory, agents_file=agents_file,
         workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend,
         tracking_uri=tracking_uri, track=track, cache=cache, verify_memory=verify_memory, verify_tasks=verify_tasks,
-        distill_examples=distill_examples,
+        distill_examples=distill_examples, max_errors=max_errors,
     )
     plan = preflight(cfg, build=True, evaluate=False, announce=err.print)
     with Experiment(cfg, plan) as exp:
@@ -236,6 +248,7 @@ def evaluate_command(
     tracking_uri: Optional[str] = TRACKING_URI,
     track: bool = TRACK,
     cache: bool = CACHE,
+    max_errors: int = MAX_ERRORS,
 ) -> None:
     """Evaluate agents on a benchmark's evaluation split, with a memory file and/or without."""
     from memcollab.errors import ConfigError
@@ -253,6 +266,7 @@ def evaluate_command(
         allow_overlap=allow_overlap, max_turns=max_turns, memory_path=memory or Path(":memory:"),
         build_agents=[], agents_file=agents_file, workers=workers, run_dir=run_dir, data_dir=data_dir,
         max_tokens=max_tokens, backend=backend, tracking_uri=tracking_uri, track=track, cache=cache,
+        max_errors=max_errors,
     )
     conditions = (False,) if memory is None else ((False, True) if baseline else (True,))
     plan = preflight(cfg, build=False, evaluate=True, announce=err.print)
@@ -264,17 +278,28 @@ def evaluate_command(
 
 
 def experiment_command(
-    config: Path = typer.Argument(..., help="YAML file of RunConfig fields (see configs/experiments/)"),
+    config: Path = typer.Argument(
+        ..., help="YAML file: RunConfig fields, or a grid (with `cells:`; see configs/experiments/grid.yaml)"
+    ),
     run_dir: Optional[Path] = typer.Option(None, help="override the config's run_dir"),
     tracking_uri: Optional[str] = TRACKING_URI,
+    max_errors: Optional[int] = typer.Option(None, "--max-errors", min=0, help="override the config's max_errors "
+                                             "(LM calls that may fail after retries before a step stops; default 10)"),
 ) -> None:
-    """Run a whole experiment (build memory + evaluate) from a YAML configuration.
+    """Run a whole experiment (build memory + evaluate) from a YAML configuration, or a grid of them.
 
     Every field is checked first: a misspelt field, an unknown benchmark or fallback is one line, before any LM call.
     """
     from memcollab.experiments.config import load_config
+    from memcollab.experiments.grid_config import is_grid_config
 
-    cfg = load_config(config, run_dir=run_dir, tracking_uri=tracking_uri)
+    if config.is_file() and is_grid_config(config):  # paired comparisons of memory methods (`memcollab grid`)
+        from memcollab.cli.grid import grid_command
+
+        grid_command(config, run_dir=run_dir, tracking_uri=tracking_uri, workers=None, max_errors=max_errors,
+                     dry_run=False)
+        return
+    cfg = load_config(config, run_dir=run_dir, tracking_uri=tracking_uri, max_errors=max_errors)
     summaries, _ = run_experiment(cfg, name=config.stem)
     print_results(summaries, title=f"{config.stem}: accuracy without and with shared memory")
 

@@ -61,6 +61,7 @@ class RunConfig(BaseModel):
     verify_memory: bool = False
     verify_tasks: int = Field(3, ge=0)
     distill_examples: bool = False
+    max_errors: int = Field(10, ge=0)  # LM calls that may fail after retries (recorded as lm_error) before a step stops
 
     @field_validator("build_ids", "eval_ids")
     @classmethod

@@ -1,4 +1,9 @@
-"""Metrics of an evaluation: accuracy with a confidence interval, turns, tokens, latency."""
+"""Metrics of an evaluation: accuracy with a confidence interval, turns, tokens, latency, LM errors.
+
+A task the LM never answered (its endpoint failed after retries: an `lm_error` trajectory) is
+not a wrong answer: it is left out of n, accuracy and the means, and counted in `lm_errors`, so a
+flaky endpoint shows up as missing data instead of lowering accuracy. A rerun asks for it again.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from statistics import mean
 
 from pydantic import BaseModel
 
+from memcollab.programs.calls import is_lm_error
 from memcollab.records import Trajectory
 
 
@@ -36,10 +42,13 @@ class EvalSummary(BaseModel):
     mean_latency_s: float
     format_errors: int
     mean_memories: float
+    lm_errors: int = 0  # tasks without an answer (LM endpoint failed after retries): not in n
 
 
 def summarize(trajectories: list[Trajectory], agent: str, condition: str, benchmark: str) -> EvalSummary:
-    """Aggregate per-task trajectories into the figures the paper reports (accuracy, turns)."""
+    """Aggregate per-task trajectories into the figures the paper reports (accuracy, turns); `lm_error` ones apart."""
+    lm_errors = sum(is_lm_error(t) for t in trajectories)
+    trajectories = [t for t in trajectories if not is_lm_error(t)]
     n = len(trajectories)
     correct = sum(t.correct for t in trajectories)
     low, high = wilson_interval(correct, n)
@@ -62,6 +71,7 @@ def summarize(trajectories: list[Trajectory], agent: str, condition: str, benchm
         mean_latency_s=avg([t.latency_s for t in trajectories]),
         format_errors=sum(bool(t.error) for t in trajectories),
         mean_memories=avg([len(t.memory_ids) for t in trajectories]),
+        lm_errors=lm_errors,
     )
 
 
@@ -74,12 +84,13 @@ def task_rows(trajectories: list[Trajectory], condition: str) -> list[dict]:
             "condition": condition,
             "category": t.category,
             "correct": t.correct,
-            "error_type": t.verdict.error_type,
+            "error_type": "lm_error" if is_lm_error(t) else t.verdict.error_type,
             "turns": t.n_turns,
             "tokens": t.tokens,
             "latency_s": round(t.latency_s, 3),
             "memory_ids": ",".join(t.memory_ids),
             "final": t.final[:2000],
+            "error": t.error,
         }
         for t in trajectories
     ]

@@ -129,7 +129,7 @@ class Experiment:
             verify=self.cfg.verify_memory,
             verify_tasks=self.cfg.verify_tasks,
             distill_examples=self.cfg.distill_examples,
-            max_errors=self.cfg.max_errors,  # TEMP(lm-faults): lead to integrate
+            max_errors=self.cfg.max_errors,
         )
 
     def ensure_agents(self, names: list[str]) -> None:

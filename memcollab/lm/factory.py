@@ -1,20 +1,207 @@
 """Turn an `AgentConfig` into what DSPy runs: its LM, its adapter, and the response cache they share.
 
+Every LM on an endpoint (litellm and llama-server backends) retries a failed request (timeout,
+refused or dropped connection, HTTP 429/5xx, a cut-off body) with jittered exponential backoff and
+gives up on a request that waits too long, so a flaky or hung endpoint costs a few retries, not the
+run. Per agent, `extra: {num_retries: N, timeout: SECONDS, retry_backoff_s: SECONDS}` overrides the
+defaults below.
+
 Heavy imports (dspy, llama-cpp-python, the server machinery) happen inside the
 functions, so reading agent configs and checking them stays fast.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
+import logging
+import math
 import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from memcollab.errors import ConfigError
 from memcollab.lm.config import AgentConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import dspy
+
+T = TypeVar("T")
+log = logging.getLogger("memcollab.lm")
+
+# ---------------------------------------------------------------- retries and timeouts
+
+#: Retries after a request's first try. With the backoff below they wait 8-15 s in all (1+2+4+8, jittered):
+#: long enough for a rate limit window or a briefly overloaded server, short enough that a dead one is
+#: reported within a minute.
+DEFAULT_NUM_RETRIES = 4
+#: Of those, retries after a timeout: waiting the whole timeout again rarely revives a hung endpoint, and a
+#: generation too long for the timeout does not get shorter; one retry covers a dropped connection.
+MAX_TIMEOUT_RETRIES = 1
+#: First wait; it doubles per retry up to MAX_BACKOFF_S, and each wait is drawn from [1/2, 1] of that so
+#: workers that failed together do not retry together.
+DEFAULT_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+#: A server's Retry-After is honoured up to this (plus jitter); beyond it the endpoint is as good as down.
+MAX_RETRY_AFTER_S = 120.0
+#: Seconds a request may wait for its next byte. A non-streamed completion sends nothing until it is done:
+#: llama-server on 2 cores needs about 4 min for 1024 tokens of the 1.5B model with all 8 slots busy, hence
+#: 10 min; hosted or remote endpoints get 5 min. A hung endpoint costs a task two timeouts, then it is an
+#: LM error.
+DEFAULT_TIMEOUT_S: dict[str, float] = {"server": 600.0, "litellm": 300.0}
+#: Keys of an agent's `extra` read here (never sent to the provider as request parameters).
+RETRY_KEYS = ("num_retries", "timeout", "retry_backoff_s")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a failed LM request is retried."""
+
+    retries: int = DEFAULT_NUM_RETRIES
+    backoff_s: float = DEFAULT_BACKOFF_S
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds before retry `attempt` (0 = the first): the server's Retry-After (capped) plus up to one
+        backoff of jitter, else jittered exponential backoff."""
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER_S) + random.uniform(0.0, self.backoff_s)
+        return min(MAX_BACKOFF_S, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def endpoint_settings(agent: AgentConfig) -> tuple[RetryPolicy, float, dict[str, Any]]:
+    """(retry policy, timeout in seconds, the rest of `extra`) for an agent on an endpoint; bad values are one line."""
+    extra = dict(agent.extra)
+    retries = extra.pop("num_retries", DEFAULT_NUM_RETRIES)
+    timeout = extra.pop("timeout", DEFAULT_TIMEOUT_S.get(agent.backend, DEFAULT_TIMEOUT_S["litellm"]))
+    backoff = extra.pop("retry_backoff_s", DEFAULT_BACKOFF_S)
+    where = f"agent '{agent.name}': extra"
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"{where}.num_retries must be a whole number >= 0 (got {retries!r})")
+    for name, value, low_ok in (("timeout", timeout, False), ("retry_backoff_s", backoff, True)):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or value < 0 or (value == 0 and not low_ok):
+            bound = ">= 0" if low_ok else "> 0"
+            raise ConfigError(f"{where}.{name} must be a number of seconds {bound} (got {value!r})")
+    return RetryPolicy(retries=retries, backoff_s=float(backoff)), float(timeout), extra
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what caused it, outermost first, each once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+
+
+def _malformed_body(exc: BaseException) -> bool:
+    """A provider error caused by a response body that is not JSON: the endpoint answered 200 but the body
+    was cut off or mangled on the way. DSPy reports it as a non-retryable provider error; it is transient."""
+    return any(isinstance(e, json.JSONDecodeError) for e in _chain(exc))
+
+
+def _transient(exc: Exception, model: str) -> Exception | None:
+    """The exception to retry on (possibly restated as a server error), or None when retrying cannot help."""
+    from dspy.utils.exceptions import LMError, LMServerError, is_retryable_lm_error
+
+    if is_retryable_lm_error(exc):
+        return exc
+    if isinstance(exc, LMError) and _malformed_body(exc):
+        restated = LMServerError(f"malformed response body ({exc.__cause__ or exc})", model=model)
+        restated.__cause__ = exc
+        return restated
+    return None
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Did the request time out (DSPy's LMTimeoutError, or a transport error over a socket timeout)?"""
+    from dspy.utils.exceptions import LMTimeoutError
+
+    return any(isinstance(e, (LMTimeoutError, TimeoutError)) for e in _chain(exc))
+
+
+def _retry_after(exc: Exception) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _give_up_or_wait(exc: Exception, attempt: int, timeouts: int, policy: RetryPolicy, model: str) -> float:
+    """Seconds to wait before the next try (`attempt` tries failed, `timeouts` of them by timing out before
+    this one); raises the (possibly restated) error when there is none."""
+    transient = _transient(exc, model)
+    if transient is None:
+        raise exc
+    if attempt >= policy.retries or (_timed_out(transient) and timeouts >= MAX_TIMEOUT_RETRIES):
+        if transient is exc:
+            raise exc
+        raise transient from exc
+    wait = policy.delay(attempt, _retry_after(transient))
+    log.warning("LM %s: %s; retry %d of %d in %.1f s", model, _gist(transient, model), attempt + 1, policy.retries,
+                wait)
+    return wait
+
+
+def _gist(exc: Exception, model: str, limit: int = 120) -> str:
+    """The first sentence of an error, without DSPy's `[model] ` prefix, on one line."""
+    text = " ".join(str(exc).split()).removeprefix(f"[{model}] ")
+    text = text.split(" To fix:")[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def call_with_retries(send: Callable[[], T], policy: RetryPolicy, model: str) -> T:
+    """`send()`, retried on transient endpoint failures with `policy`'s backoff; anything else raises at once."""
+    attempt = timeouts = 0
+    while True:
+        try:
+            return send()
+        except Exception as exc:  # classified by _give_up_or_wait, which re-raises the rest
+            wait = _give_up_or_wait(exc, attempt, timeouts, policy, model)
+            timeouts += _timed_out(exc)
+        time.sleep(wait)
+        attempt += 1
+
+
+async def acall_with_retries(send: Callable[[], Awaitable[T]], policy: RetryPolicy, model: str) -> T:
+    """The async twin of :func:`call_with_retries`."""
+    attempt = timeouts = 0
+    while True:
+        try:
+            return await send()
+        except Exception as exc:
+            wait = _give_up_or_wait(exc, attempt, timeouts, policy, model)
+            timeouts += _timed_out(exc)
+        await asyncio.sleep(wait)
+        attempt += 1
+
+
+@functools.cache
+def retrying_lm_class() -> type:
+    """`dspy.LM` that retries here, with jitter, instead of in DSPy's own loop.
+
+    DSPy 3.4 retries the same errors (rate limit, timeout, 5xx, transport) but waits exactly
+    1, 2, 4 s or the server's Retry-After: parallel workers that failed together retry together.
+    Build it with `num_retries=0` (DSPy's loop off) and set `retry_policy`.
+    """
+    import dspy
+
+    class RetryingLM(dspy.LM):
+        retry_policy: RetryPolicy = RetryPolicy()
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return call_with_retries(lambda: dspy.LM.__call__(self, *args, **kwargs), self.retry_policy, self.model)
+
+        async def acall(self, *args: Any, **kwargs: Any) -> Any:
+            return await acall_with_retries(lambda: dspy.LM.acall(self, *args, **kwargs), self.retry_policy, self.model)
+
+    return RetryingLM
 
 
 def build_lm(
@@ -39,6 +226,7 @@ def _local_lm(agent: AgentConfig, *, cache: bool, model_dir: str | os.PathLike[s
         path, fingerprint = agent.gguf_path, None  # LlamaCppLM fingerprints the file by path+size+mtime
     else:
         path, fingerprint = model_path(agent.model, model_dir), get_spec(agent.model).sha256
+    extra = {k: v for k, v in agent.extra.items() if k not in RETRY_KEYS}  # in-process: no endpoint to retry
     return LlamaCppLM(
         f"local/{agent.name}" if agent.gguf_path is not None else f"local/{agent.model}",
         model_path=path,
@@ -49,14 +237,13 @@ def _local_lm(agent: AgentConfig, *, cache: bool, model_dir: str | os.PathLike[s
         seed=agent.seed,
         cache=cache,
         fingerprint=fingerprint,
-        **agent.extra,
+        **extra,
     )
 
 
 def _litellm_lm(agent: AgentConfig, *, cache: bool) -> dspy.BaseLM:
-    import dspy
-
-    kwargs: dict[str, Any] = dict(agent.extra)
+    policy, timeout, extra = endpoint_settings(agent)
+    kwargs: dict[str, Any] = {**extra, "timeout": timeout}
     if agent.api_base:
         kwargs["api_base"] = agent.api_base
     if agent.api_key_env:
@@ -66,7 +253,10 @@ def _litellm_lm(agent: AgentConfig, *, cache: bool) -> dspy.BaseLM:
         kwargs["api_key"] = key
     if agent.seed is not None:
         kwargs["seed"] = agent.seed
-    return dspy.LM(agent.model, temperature=agent.temperature, max_tokens=agent.max_tokens, cache=cache, **kwargs)
+    lm = retrying_lm_class()(agent.model, temperature=agent.temperature, max_tokens=agent.max_tokens, cache=cache,
+                             num_retries=0, **kwargs)
+    lm.retry_policy = policy
+    return lm
 
 
 def build_adapter(agent: AgentConfig) -> dspy.Adapter:

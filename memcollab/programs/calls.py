@@ -3,6 +3,10 @@
 A parse failure is not a crash: the raw completion is kept (the graders extract answers and
 code from free text) and the failure is recorded, so a weak model's attempt still counts as
 an attempt with a verdict.
+
+An endpoint failure is different: the model never answered, so there is no attempt to grade.
+`call` lets it propagate (after the LM's own retries); the pipeline records the task as an
+`lm_error` (:func:`lm_error_trajectory`), never stores it, and a rerun asks again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,36 @@ from typing import Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
+
+from memcollab.errors import lm_endpoint_error
+from memcollab.records import Task, Trajectory
+
+#: `Trajectory.error` of a task the LM never answered starts with this (then the exception type and why).
+LM_ERROR = "lm_error"
+
+
+def is_lm_failure(exc: BaseException) -> bool:
+    """An LM endpoint failure (refused, timed out, rate-limited, 5xx, cut-off body), not a bug of ours."""
+    return lm_endpoint_error(exc) is not None
+
+
+def lm_error_text(exc: BaseException, limit: int = 300) -> str:
+    """`lm_error: <ExcType>: <why>`, one line, for a trajectory's `error`."""
+    known = lm_endpoint_error(exc)
+    why = " ".join(str(known if known is not None else exc).split())
+    text = f"{LM_ERROR}: {type(exc).__name__}: {why}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def lm_error_trajectory(task: Task, agent: str, exc: BaseException, attempt: int = 0, category: str = "") -> Trajectory:
+    """The marker of a task whose LM call failed after retries: no turns, `error` says why."""
+    return Trajectory(task_id=task.id, benchmark=task.benchmark, agent=agent, attempt=attempt,
+                      category=category or task.category, error=lm_error_text(exc))
+
+
+def is_lm_error(trajectory: Trajectory) -> bool:
+    """Was this trajectory never answered by the LM (see :func:`lm_error_trajectory`)?"""
+    return trajectory.error.startswith(f"{LM_ERROR}:")
 
 
 @dataclass

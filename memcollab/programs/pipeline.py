@@ -8,29 +8,44 @@ of a few build tasks of its category that the agents solved without it (beyond t
 grounding check against rules that fix nothing or only restate their task). `solve(task, agent)`
 classifies the task, retrieves the top-k memories of that category and solves with them.
 Every LM result is persisted under a key the moment it exists, so a rerun resumes.
+
+An LM call that still fails after the LM's retries (the endpoint is down, hung or overloaded) does not
+stop the run: the task is recorded as an `lm_error` (evaluation and build trajectories), its pair is
+not distilled, its check does not pass, and nothing of it is persisted, so a rerun asks again. More
+than `max_errors` such failures in one pipeline stop it with one line. Any other exception is a bug
+and raises with its traceback.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dspy
 
-from memcollab.memory.results import ResultStore, record_key
+from memcollab.errors import LMEndpointError, lm_endpoint_error
 from memcollab.memory import MemoryStore, retrieve
+from memcollab.memory.results import ResultStore, record_key
+from memcollab.parallel import TooManyFailures, parallel_map
+from memcollab.programs.calls import is_lm_error, is_lm_failure, lm_error_trajectory
 from memcollab.programs.classifier import Classifier
 from memcollab.programs.distiller import Distiller
 from memcollab.programs.pairs import PairStats, build_pairs
 from memcollab.programs.solver import Solver, render_guidance
-from memcollab.parallel import parallel_map
 from memcollab.records import ContrastPair, MemoryEntry, Task, Trajectory, stable_hash
 from memcollab.signatures.distill import Constraint
 from memcollab.taxonomy import Taxonomy
 
 #: Part of every result key: bump when a program's prompts change, so no stale LM result is replayed.
 PROGRAM_VERSION = "memcollab-v2"  # v2: plain-chat solver signatures (NaturalAdapter)
+
+#: LM calls that may fail (after retries) in one pipeline before it stops; RunConfig.max_errors sets it.
+DEFAULT_MAX_ERRORS = 10
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -59,6 +74,7 @@ class BuildReport:
     merged: int = 0
     unverified: int = 0
     accuracy_by_agent: dict[str, float] = field(default_factory=dict)
+    lm_errors: int = 0  # LM calls that failed after retries (solves, classifications, distillations, checks)
 
 
 class MemCollab:
@@ -82,6 +98,7 @@ class MemCollab:
         verify: bool = False,
         verify_tasks: int = 3,
         distill_examples: bool = False,
+        max_errors: int | None = DEFAULT_MAX_ERRORS,
     ) -> None:
         self.taxonomy = taxonomy
         self.store = store
@@ -94,6 +111,8 @@ class MemCollab:
         self.verify = verify
         self.verify_tasks = verify_tasks
         self.show_progress = show_progress
+        self.max_errors = max_errors  # None: no limit
+        self.lm_errors = 0  # LM calls that failed after retries, over every step of this pipeline
         self.solver = Solver(max_turns=max_turns)
         self.classifier = Classifier(taxonomy, use_gold=use_gold_categories)
         self.classifier_version = "zero-shot"
@@ -131,11 +150,15 @@ class MemCollab:
     def collect(self, tasks: list[Task], agents: list[Agent], samples: int = 0, temperature: float = 0.7) -> list[Trajectory]:
         """Every agent solves every task at temperature 0; tasks without a contrast get up to `samples` extra tries."""
         # One agent at a time: two embedded models decoding at once would fight over the same cores.
+        # An LM failure yields an `lm_error` trajectory: counted, never paired (no answer is not a wrong answer).
         trajectories: list[Trajectory] = []
         for agent in agents:
-            trajectories += self._map(lambda task, a=agent: self.attempt(task, a), tasks, f"{agent.name} solving build tasks")
+            trajectories += self._map(
+                lambda task, a=agent: self.attempt(task, a), tasks, f"{agent.name} solving build tasks",
+                on_lm_error=lambda task, exc, a=agent: lm_error_trajectory(task, a.name, exc),
+            )
         for attempt in range(1, samples + 1):
-            paired = {pair.task_id for pair in build_pairs(trajectories)[0]}
+            paired = {pair.task_id for pair in build_pairs(answered(trajectories))[0]}
             retry = [t for t in tasks if t.id not in paired]
             if not retry:
                 break
@@ -144,6 +167,7 @@ class MemCollab:
                     lambda task, a=agent, n=attempt: self.attempt(task, a, attempt=n, temperature=temperature),
                     retry,
                     f"{agent.name} sampling attempt {attempt} ({len(retry)} tasks without a contrast)",
+                    on_lm_error=lambda task, exc, a=agent, n=attempt: lm_error_trajectory(task, a.name, exc, attempt=n),
                 )
         return trajectories
 
@@ -187,16 +211,17 @@ class MemCollab:
 
     def build(self, tasks: list[Task], agents: list[Agent], samples: int = 0, temperature: float = 0.7) -> BuildReport:
         """Collect, pair, distill and store; returns what happened at each step."""
+        errors_before = self.lm_errors
         trajectories = self.collect(tasks, agents, samples=samples, temperature=temperature)
-        pairs, stats = build_pairs(trajectories)
+        pairs, stats = build_pairs(answered(trajectories))
         by_id = {task.id: task for task in tasks}
         report = BuildReport(trajectories=trajectories, pairs=pairs, pair_stats=stats)
         for agent in agents:
-            own = [t for t in trajectories if t.agent == agent.name and t.attempt == 0]
+            own = [t for t in answered(trajectories) if t.agent == agent.name and t.attempt == 0]
             report.accuracy_by_agent[agent.name] = sum(t.correct for t in own) / max(len(own), 1)
 
         distilled = self._map(lambda pair: self.distill_pair(pair, by_id[pair.task_id]), pairs,
-                              "distilling contrast pairs")
+                              "distilling contrast pairs", on_lm_error=lambda pair, exc: ([], 0))
         report.proposed = sum(proposed for _, proposed in distilled)
         candidates = [(entry, pair) for pair, (entries, _) in zip(pairs, distilled) for entry in entries]
         if self.verify:
@@ -205,6 +230,7 @@ class MemCollab:
             _, is_new = self.store.add(entry)
             report.added += int(is_new)
             report.merged += int(not is_new)
+        report.lm_errors = self.lm_errors - errors_before
         return report
 
     def guided_correct(self, entry: MemoryEntry, task: Task, agent: Agent) -> bool:
@@ -231,7 +257,9 @@ class MemCollab:
         })
         survivors = [i for i, ok in passed.items() if ok]
         if self.verify_tasks > 0 and survivors:
-            categories = dict(zip([t.id for t in tasks], self._map(self.classify, tasks, "classifying build tasks")))
+            # A task the classifier could not be asked about (LM failure) has no category: it checks nothing.
+            categories = dict(zip([t.id for t in tasks], self._map(self.classify, tasks, "classifying build tasks",
+                                                                   on_lm_error=lambda task, exc: "")))
             solved = {(t.agent, t.task_id) for t in trajectories if t.attempt == 0 and t.correct}
 
             def unbroken(i: int, name: str) -> list[Task]:
@@ -254,7 +282,8 @@ class MemCollab:
         for name, items in checks.items():
             if items:
                 verdicts = self._map(lambda c, a=agents[name]: self.guided_correct(candidates[c[0]][0], c[1], a), items,
-                                     f"{name} {what} ({len(items)} solves)")
+                                     f"{name} {what} ({len(items)} solves)",
+                                     on_lm_error=lambda c, exc: False)  # a check that could not run does not pass
                 for (i, _), ok in zip(items, verdicts):
                     passed[i] = passed.get(i, True) and ok
         return passed
@@ -275,12 +304,56 @@ class MemCollab:
                             memory_hash=memory_hash or self.store.content_hash())
 
     def evaluate(self, tasks: list[Task], agent: Agent, use_memory: bool = True) -> list[Trajectory]:
+        """One trajectory per task, in order; a task whose LM calls failed after retries gets an `lm_error` one."""
         label = "with memory" if use_memory else "no memory"
         memory_hash = None
+        unclassified: dict[str, Exception] = {}
         if use_memory:  # classify first (one LM), so the solve phase only uses the agent's LM
-            self._map(self.classify, tasks, "classifying tasks")
+            categories = self._map(self.classify, tasks, "classifying tasks", on_lm_error=lambda task, exc: exc)
+            unclassified = {t.id: c for t, c in zip(tasks, categories) if isinstance(c, Exception)}
             memory_hash = self.store.content_hash()  # the store does not change while evaluating: hash it once
-        return self._map(lambda task: self.solve(task, agent, use_memory, memory_hash), tasks, f"{agent.name} {label}")
 
-    def _map(self, fn, items, description):
-        return parallel_map(fn, items, workers=self.workers, description=description, show=self.show_progress)
+        def solve(task: Task) -> Trajectory:
+            if task.id in unclassified:  # already counted: no memory can be chosen, so no solve either
+                return lm_error_trajectory(task, agent.name, unclassified[task.id])
+            return self.solve(task, agent, use_memory, memory_hash)
+
+        return self._map(solve, tasks, f"{agent.name} {label}",
+                         on_lm_error=lambda task, exc: lm_error_trajectory(task, agent.name, exc))
+
+    def _map(self, fn: Callable[[T], R], items: Sequence[T], description: str,
+             on_lm_error: Callable[[T, Exception], R] | None = None) -> list[R]:
+        """`parallel_map` under the pipeline's error budget.
+
+        An item whose LM call failed after retries gets `on_lm_error(item, exc)` (None without it) and
+        counts against `max_errors`, over all maps of this pipeline; one failure more stops the run
+        with one line (finished results are stored: a rerun retries only the rest). Any other
+        exception is a bug: it raises as it is, traceback and all.
+        """
+        budget = None if self.max_errors is None else max(self.max_errors - self.lm_errors, 0)
+
+        def failed(item: T, exc: Exception) -> R:
+            if not is_lm_failure(exc):
+                raise exc
+            self.lm_errors += 1
+            return on_lm_error(item, exc) if on_lm_error is not None else None  # type: ignore[return-value]
+
+        try:
+            return parallel_map(fn, items, workers=self.workers, description=description, show=self.show_progress,
+                                max_errors=budget, on_error=failed)
+        except TooManyFailures as stop:
+            bugs = [f.error for f in stop.failures if not is_lm_failure(f.error)]
+            if not bugs:
+                self.lm_errors += 1  # the failure that broke the budget never reached `failed`
+                calls = f"{self.lm_errors} LM call{'s' if self.lm_errors != 1 else ''}"
+                raise LMEndpointError(
+                    f"{calls} failed after retries, more than --max-errors {self.max_errors} allows; last: "
+                    f"{lm_endpoint_error(stop.failures[-1].error)}. Finished results are stored: a rerun retries "
+                    "only the rest"
+                ) from stop
+        raise bugs[0]  # outside the handler, so the bug keeps its own context and traceback
+
+
+def answered(trajectories: list[Trajectory]) -> list[Trajectory]:
+    """The trajectories the LM actually produced (no `lm_error` markers)."""
+    return [t for t in trajectories if not is_lm_error(t)]

@@ -55,11 +55,11 @@ class SolveMath(dspy.Signature):
     )
 
 
-class CompleteFunction(dspy.Signature):
-    """Complete the following Python function."""  # + CODE_REPLY, set below: one line, as a person types it
+class SolveCode(dspy.Signature):
+    """Write the Python function."""  # each task kind gets its own one-line instruction below
 
     task: Annotated[str, Natural("main", instruction="before")] = dspy.InputField(
-        desc="the function's signature and docstring"
+        desc="a function stub with its docstring, or a description with an example test"
     )
     guidance: Rules = dspy.InputField(desc="numbered rules to follow where they apply; may be empty")
     previous_attempt: Annotated[str, Natural("previous")] = dspy.InputField(
@@ -72,22 +72,7 @@ class CompleteFunction(dspy.Signature):
     code: Code = dspy.OutputField(desc="the complete Python function in a ```python block")
 
 
-class WriteFunction(dspy.Signature):
-    """Write a Python function for the task below."""  # + CODE_REPLY, set below
-
-    task: Annotated[str, Natural("main", instruction="before")] = dspy.InputField(
-        desc="the task, with an example test that fixes the function's name and signature"
-    )
-    guidance: Rules = dspy.InputField(desc="numbered rules to follow where they apply; may be empty")
-    previous_attempt: Annotated[str, Natural("previous")] = dspy.InputField(
-        desc="your previous code; empty on the first turn"
-    )
-    feedback: Annotated[str, Natural("feedback", template=FEEDBACK_TURN)] = dspy.InputField(
-        desc="test feedback for the previous attempt; empty on the first turn"
-    )
-    entry_point: EntryPoint = dspy.InputField(desc="the name of the function to define")
-    code: Code = dspy.OutputField(desc="the complete Python function in a ```python block")
-
-
-CompleteFunction = CompleteFunction.with_instructions(f"{CompleteFunction.instructions} {CODE_REPLY}")
-WriteFunction = WriteFunction.with_instructions(f"{WriteFunction.instructions} {CODE_REPLY}")
+#: HumanEval-style tasks (the prompt is a stub): the single-turn protocol, one line as a person types it.
+CompleteFunction = SolveCode.with_instructions(f"Complete the following Python function. {CODE_REPLY}")
+#: MBPP-style tasks (the prompt is prose plus one test).
+WriteFunction = SolveCode.with_instructions(f"Write a Python function for the task below. {CODE_REPLY}")

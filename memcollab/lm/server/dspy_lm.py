@@ -3,6 +3,9 @@
 Why a server at all: llama-cpp-python in-process decodes one sequence at a
 time; llama-server batches the sequences of its slots into one forward pass,
 which on a CPU multiplies total tokens/s for small models (benchmarks/README.md).
+
+The LM retries failed requests and bounds how long one may wait, like every endpoint LM
+(`memcollab.lm.factory`): a llama-server that is busy, restarting or wedged costs retries, not the run.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from memcollab.lm.config import AgentConfig
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _server_lm_class() -> type:
-    """dspy.LM that tells DSPy's JSONAdapter it may send a JSON schema: llama-server turns the schema into
-    a grammar. Without this, DSPy sees an unknown `openai/` model, sends no `response_format`, and small
-    models wrap their JSON in fences or Python triple quotes that no parser accepts."""
-    import dspy
+    """The retrying dspy.LM (`memcollab.lm.factory.retrying_lm_class`), telling DSPy's JSONAdapter it may send
+    a JSON schema: llama-server turns the schema into a grammar. Without this, DSPy sees an unknown `openai/`
+    model, sends no `response_format`, and small models wrap their JSON in fences or Python triple quotes
+    that no parser accepts."""
+    from memcollab.lm.factory import retrying_lm_class
 
-    class ServerLM(dspy.LM):
+    class ServerLM(retrying_lm_class()):  # type: ignore[misc]
         @property
         def supported_params(self) -> set[str]:
             return set(super().supported_params) | {"response_format", "seed"}
@@ -50,6 +54,9 @@ def server_lm(
     slots of `agent.n_ctx` tokens. The LM carries `memcollab_serving` (url,
     n_parallel, seed, ...) for run records.
     """
+    from memcollab.lm.factory import endpoint_settings
+
+    policy, timeout, _ = endpoint_settings(agent)  # only the retry keys of `extra`: the rest is llama-cpp-python's
     if agent.api_base:
         if not server_healthy(agent.api_base):
             raise ServerError(
@@ -77,7 +84,10 @@ def server_lm(
         temperature=agent.temperature,
         max_tokens=agent.max_tokens,
         cache=cache,
+        num_retries=0,  # retried by the class, with jitter
+        timeout=timeout,
         **extra,
     )
+    lm.retry_policy = policy
     lm.memcollab_serving = {**serving, "seed": agent.seed}
     return lm
