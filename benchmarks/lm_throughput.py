@@ -62,7 +62,9 @@ def wait_idle(max_wait: float, threshold: float = 0.9, checks: int = 3) -> float
 # ---------------------------------------------------------------- throughput
 
 
-def throughput(name: str, n_ctx: int, threads: int | None, pp_tokens: int = 512, tg_tokens: int = 128) -> dict[str, Any]:
+def throughput(
+    name: str, n_ctx: int, threads: int | None, pp_tokens: int = 512, tg_tokens: int = 128
+) -> dict[str, Any]:
     """pp: evaluate a `pp_tokens` prompt from an empty cache (3x); tg: generate up to `tg_tokens` (2x)."""
     import llama_cpp
 
@@ -90,8 +92,9 @@ def throughput(name: str, n_ctx: int, threads: int | None, pp_tokens: int = 512,
         llm.reset()
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
         llama_cpp.llama_perf_context_reset(ctx)
-        llm.create_completion("Write a long story about a robot who learns to paint.\n\n", max_tokens=tg_tokens,
-                              temperature=0.0, seed=0)
+        llm.create_completion(
+            "Write a long story about a robot who learns to paint.\n\n", max_tokens=tg_tokens, temperature=0.0, seed=0
+        )
         perf = llama_cpp.llama_perf_context(ctx)
         tg_rates.append(perf.n_eval / (perf.t_eval_ms / 1000))
     return {
@@ -123,14 +126,18 @@ def grade(task: Any, answer: str) -> bool:
     return grade_math(task, answer).correct
 
 
-def accuracy(name: str, adapter_name: str, tasks: list[Any], max_tokens: int, n_ctx: int, threads: int | None) -> dict[str, Any]:
+def accuracy(
+    name: str, adapter_name: str, tasks: list[Any], max_tokens: int, n_ctx: int, threads: int | None
+) -> dict[str, Any]:
     import dspy
     from dspy.utils.exceptions import AdapterParseError
 
     from memcollab.lm.config import AgentConfig
     from memcollab.lm.factory import build_lm
 
-    agent = AgentConfig(name=name, model=name, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads, temperature=0.0, seed=0)
+    agent = AgentConfig(
+        name=name, model=name, max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads, temperature=0.0, seed=0
+    )
     lm = build_lm(agent, cache=False)
     adapter = dspy.JSONAdapter() if adapter_name == "json" else dspy.ChatAdapter(use_json_adapter_fallback=False)
     solver = dspy.ChainOfThought("question -> answer")
@@ -147,20 +154,24 @@ def accuracy(name: str, adapter_name: str, tasks: list[Any], max_tokens: int, n_
             answer, parsed = "", False
         calls = lm.history[n_hist:]
         timings = [c["response"]["timings"] for c in calls if isinstance(c.get("response"), dict)]
-        rows.append({
-            "id": task.id,
-            "gold": task.answer,
-            "answer": answer[:200],
-            "parsed": parsed,
-            "correct": parsed and grade(task, answer),
-            "prompt_tokens": sum(c["usage"].get("prompt_tokens", 0) for c in calls),
-            "completion_tokens": sum(c["usage"].get("completion_tokens", 0) for c in calls),
-            "predicted_n": sum(t["predicted_n"] for t in timings),
-            "predicted_ms": sum(t["predicted_ms"] for t in timings),
-            "seconds": round(time.perf_counter() - t0, 2),
-        })
-        log(f"  {name}/{adapter_name} {task.id}: gold={task.answer} answer={answer[:40]!r} "
-            f"parsed={parsed} correct={rows[-1]['correct']} ({rows[-1]['seconds']} s)")
+        rows.append(
+            {
+                "id": task.id,
+                "gold": task.answer,
+                "answer": answer[:200],
+                "parsed": parsed,
+                "correct": parsed and grade(task, answer),
+                "prompt_tokens": sum(c["usage"].get("prompt_tokens", 0) for c in calls),
+                "completion_tokens": sum(c["usage"].get("completion_tokens", 0) for c in calls),
+                "predicted_n": sum(t["predicted_n"] for t in timings),
+                "predicted_ms": sum(t["predicted_ms"] for t in timings),
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+        log(
+            f"  {name}/{adapter_name} {task.id}: gold={task.answer} answer={answer[:40]!r} "
+            f"parsed={parsed} correct={rows[-1]['correct']} ({rows[-1]['seconds']} s)"
+        )
     gen_ms = sum(r["predicted_ms"] for r in rows)
     return {
         "adapter": adapter_name,
@@ -205,9 +216,19 @@ def main() -> None:
     import llama_cpp
 
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "llama_cpp": llama_cpp.__version__,
-                    "dspy": dspy.__version__},
-        "settings": {"n": len(tasks), "max_tokens": args.max_tokens, "n_ctx": args.n_ctx, "temperature": 0.0, "seed": 0},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)),
+            "llama_cpp": llama_cpp.__version__,
+            "dspy": dspy.__version__,
+        },
+        "settings": {
+            "n": len(tasks),
+            "max_tokens": args.max_tokens,
+            "n_ctx": args.n_ctx,
+            "temperature": 0.0,
+            "seed": 0,
+        },
         "models": {},
     }
     for name in models:
@@ -222,8 +243,10 @@ def main() -> None:
         for adapter in [a for a in args.adapters.split(",") if a]:
             result = accuracy(name, adapter, tasks, args.max_tokens, args.n_ctx, args.threads)
             entry["gsm8k"][adapter] = result
-            log(f"{name}/{adapter}: accuracy {result['correct']}/{result['n']}, parse failures {result['parse_failures']}, "
-                f"workload tg {result['workload_tg_tok_s']} tok/s, {result['seconds']} s")
+            log(
+                f"{name}/{adapter}: accuracy {result['correct']}/{result['n']}, parse failures {result['parse_failures']}, "
+                f"workload tg {result['workload_tg_tok_s']} tok/s, {result['seconds']} s"
+            )
         entry["load_avg_after"] = os.getloadavg()
         report["models"][name] = entry
         unload_all()
@@ -233,7 +256,9 @@ def main() -> None:
     log("summary")
     for name, entry in report["models"].items():
         tp = entry["throughput"] or {"pp_tok_s": float("nan"), "tg_tok_s": float("nan")}
-        accs = ", ".join(f"{a}: {r['correct']}/{r['n']} (parse fail {r['parse_failures']})" for a, r in entry["gsm8k"].items())
+        accs = ", ".join(
+            f"{a}: {r['correct']}/{r['n']} (parse fail {r['parse_failures']})" for a, r in entry["gsm8k"].items()
+        )
         print(f"{name:20s} pp {tp['pp_tok_s']:7.1f} tok/s  tg {tp['tg_tok_s']:6.1f} tok/s  GSM8K {accs}", flush=True)
 
 

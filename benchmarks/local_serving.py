@@ -126,7 +126,7 @@ class CpuMeter:
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self.t0, self.busy0 = time.perf_counter(), _busy_jiffies()
         self.own0 = sum(_proc_jiffies(p) for p in self.pids)
         return self
@@ -159,7 +159,9 @@ def wait_for_idle(max_wait: float, threshold: float = 0.85) -> float:
 # ---------------------------------------------------------------- runners
 
 
-def run_baseline(model_path: Path, rows: list[dict], max_tokens: int, threads: int, wait_idle: float = 0) -> dict[str, Any]:
+def run_baseline(
+    model_path: Path, rows: list[dict], max_tokens: int, threads: int, wait_idle: float = 0
+) -> dict[str, Any]:
     """Single-stream in-process llama-cpp-python: the speed an agent gets without the server."""
     from llama_cpp import Llama
 
@@ -174,8 +176,14 @@ def run_baseline(model_path: Path, rows: list[dict], max_tokens: int, threads: i
             tokens += out["usage"]["completion_tokens"]
         wall = time.perf_counter() - started
     del llm
-    return {"requests": len(rows), "completion_tokens": tokens, "wall_s": round(wall, 2),
-            "tok_s": round(tokens / wall, 2), "idle_before": idle, "foreign_cpu_share": meter.foreign_share}
+    return {
+        "requests": len(rows),
+        "completion_tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tok_s": round(tokens / wall, 2),
+        "idle_before": idle,
+        "foreign_cpu_share": meter.foreign_share,
+    }
 
 
 def _chat(client: httpx.Client, url: str, question: str, max_tokens: int) -> dict[str, Any]:
@@ -199,23 +207,42 @@ def run_server_batch(
             outs = list(pool.map(lambda r: _chat(client, server.url, r["question"], max_tokens), rows))
             wall = time.perf_counter() - started
     tokens = sum(o["usage"]["completion_tokens"] for o in outs)
-    stats = {"requests": len(rows), "workers": workers, "completion_tokens": tokens, "wall_s": round(wall, 2),
-             "tok_s": round(tokens / wall, 2), "idle_before": idle, "foreign_cpu_share": meter.foreign_share}
+    stats = {
+        "requests": len(rows),
+        "workers": workers,
+        "completion_tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tok_s": round(tokens / wall, 2),
+        "idle_before": idle,
+        "foreign_cpu_share": meter.foreign_share,
+    }
     return stats, [o["choices"][0]["message"]["content"] or "" for o in outs]
 
 
 def bench_model(name: str, args: argparse.Namespace, rows: list[dict], det_rows: list[dict]) -> dict[str, Any]:
     path, _ = resolve_model(name)
-    result: dict[str, Any] = {"model": name, "path": str(path), "threads": args.threads, "server_args": args.server_args,
-                              "max_tokens": args.max_tokens, "n_prompts": len(rows)}
+    result: dict[str, Any] = {
+        "model": name,
+        "path": str(path),
+        "threads": args.threads,
+        "server_args": args.server_args,
+        "max_tokens": args.max_tokens,
+        "n_prompts": len(rows),
+    }
     base_rows = rows[: args.baseline_prompts or len(rows)]
     if not args.skip_baseline:
         result["baseline"] = run_baseline(path, base_rows, args.max_tokens, args.threads, args.wait_idle)
         print(f"[{name}] in-process baseline: {result['baseline']}", flush=True)
     result["server"] = {}
     for slots in args.slots:
-        with LlamaServer(path, n_parallel=slots, ctx_per_slot=args.ctx_per_slot, threads=args.threads,
-                             binary=args.binary, extra_args=tuple(args.server_args.split())) as server:
+        with LlamaServer(
+            path,
+            n_parallel=slots,
+            ctx_per_slot=args.ctx_per_slot,
+            threads=args.threads,
+            binary=args.binary,
+            extra_args=tuple(args.server_args.split()),
+        ) as server:
             stats, _ = run_server_batch(server, rows, args.max_tokens, slots, args.wait_idle)
         if "baseline" in result:
             stats["ratio_to_baseline"] = round(stats["tok_s"] / result["baseline"]["tok_s"], 2)
@@ -224,8 +251,14 @@ def bench_model(name: str, args: argparse.Namespace, rows: list[dict], det_rows:
     if det_rows:
         answers = {}
         for slots in (1, 8):
-            with LlamaServer(path, n_parallel=slots, ctx_per_slot=args.ctx_per_slot, threads=args.threads,
-                             binary=args.binary, extra_args=tuple(args.server_args.split())) as server:
+            with LlamaServer(
+                path,
+                n_parallel=slots,
+                ctx_per_slot=args.ctx_per_slot,
+                threads=args.threads,
+                binary=args.binary,
+                extra_args=tuple(args.server_args.split()),
+            ) as server:
                 stats, texts = run_server_batch(server, det_rows, args.det_max_tokens, slots, args.wait_idle)
             answers[slots] = texts
             result[f"determinism_{slots}slot"] = stats
@@ -238,7 +271,9 @@ def bench_model(name: str, args: argparse.Namespace, rows: list[dict], det_rows:
             "max_tokens": args.det_max_tokens,
             "final_answer_agreement": round(agree / n, 3),
             "identical_text": round(identical / n, 3),
-            "accuracy_sequential_1slot": round(sum(grade(t, r["reference"]) for t, r in zip(answers[1], det_rows)) / n, 3),
+            "accuracy_sequential_1slot": round(
+                sum(grade(t, r["reference"]) for t, r in zip(answers[1], det_rows)) / n, 3
+            ),
             "accuracy_batched_8slot": round(sum(grade(t, r["reference"]) for t, r in zip(answers[8], det_rows)) / n, 3),
         }
         print(f"[{name}] determinism: {result['determinism']}", flush=True)
@@ -250,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="", help=f"comma list (default: every installed one of {', '.join(MODELS)})")
     p.add_argument("--slots", default="1,4,8,16", help="slot counts to measure (workers = slots)")
     p.add_argument("--n-prompts", type=int, default=16, help="GSM8K prompts per throughput setting")
-    p.add_argument("--baseline-prompts", type=int, default=0, help="prompts for the in-process baseline (0 = n-prompts)")
+    p.add_argument(
+        "--baseline-prompts", type=int, default=0, help="prompts for the in-process baseline (0 = n-prompts)"
+    )
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--ctx-per-slot", type=int, default=1024)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -259,8 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--binary", default=None, help="llama-server to use (default: find_server_binary())")
     p.add_argument("--server-args", default="", help="extra llama-server arguments, e.g. '-kvu'")
-    p.add_argument("--wait-idle", type=float, default=0,
-                   help="before each measurement wait up to this many seconds for the CPUs to be >= 85%% idle")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        help="before each measurement wait up to this many seconds for the CPUs to be >= 85%% idle",
+    )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="GSM8K test.jsonl")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)

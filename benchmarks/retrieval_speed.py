@@ -42,8 +42,12 @@ def synthetic_entries(n: int, n_categories: int, seed: int = 0) -> list[MemoryEn
 
     return [
         MemoryEntry(
-            id=f"m-{i:06d}", when=phrase(8), enforce=phrase(10), avoid=phrase(8),
-            category=f"cat{i % n_categories}", error_type=f"err{rng.randrange(5)}",
+            id=f"m-{i:06d}",
+            when=phrase(8),
+            enforce=phrase(10),
+            avoid=phrase(8),
+            category=f"cat{i % n_categories}",
+            error_type=f"err{rng.randrange(5)}",
             domain="math" if i % n_categories < n_categories // 2 else "code",
         )
         for i in range(n)
@@ -66,8 +70,9 @@ def brute_force(query: str, entries: list[MemoryEntry], k: int) -> list[MemoryEn
 
 def measure(size: int, n_queries: int, n_categories: int, k: int) -> dict:
     rng = random.Random(size)
-    queries = [(" ".join(rng.choice(WORDS) for _ in range(15)), f"cat{rng.randrange(n_categories)}")
-               for _ in range(n_queries)]
+    queries = [
+        (" ".join(rng.choice(WORDS) for _ in range(15)), f"cat{rng.randrange(n_categories)}") for _ in range(n_queries)
+    ]
     with tempfile.TemporaryDirectory() as tmp, MemoryStore(Path(tmp) / "bench.sqlite") as store:
         for entry in synthetic_entries(size, n_categories):
             store.add(entry, dedup_threshold=None)
@@ -81,9 +86,15 @@ def measure(size: int, n_queries: int, n_categories: int, k: int) -> dict:
             brute_force(query, store.entries(), k)  # the baseline pays the full-table fetch too
             slow.append(time.perf_counter() - start)
     retrieve_ms, brute_ms = statistics.median(fast) * 1e3, statistics.median(slow) * 1e3
-    return {"size": size, "categories": n_categories, "k": k, "queries": n_queries,
-            "retrieve_ms": round(retrieve_ms, 2), "brute_force_ms": round(brute_ms, 2),
-            "ratio": round(retrieve_ms / brute_ms, 3)}
+    return {
+        "size": size,
+        "categories": n_categories,
+        "k": k,
+        "queries": n_queries,
+        "retrieve_ms": round(retrieve_ms, 2),
+        "brute_force_ms": round(brute_ms, 2),
+        "ratio": round(retrieve_ms / brute_ms, 3),
+    }
 
 
 def main() -> None:

@@ -20,8 +20,11 @@ from memcollab.grading.code import prepare, verdict_from_result
 from memcollab.grading.sandbox import SandboxLimits, SandboxPool, isolation_mode
 
 MODES = ("bwrap", "bwrap-cold", "guard")
-LABELS = {"bwrap": "isolation on (bwrap, warm)", "bwrap-cold": "isolation on (bwrap, cold)",
-          "guard": "isolation off (guard)"}
+LABELS = {
+    "bwrap": "isolation on (bwrap, warm)",
+    "bwrap-cold": "isolation on (bwrap, cold)",
+    "guard": "isolation off (guard)",
+}
 
 
 def _programs(data_dir: str | None, limit: int | None) -> tuple[str, list[str], list[str]]:
@@ -50,8 +53,10 @@ def main() -> None:
     args = parser.parse_args()
 
     what, programs, sentinels = _programs(args.data_dir, args.limit)
-    limits = {mode: SandboxLimits(wall_s=30.0, cpu_s=20.0, isolation=mode.split("-")[0], warm=mode != "bwrap-cold")
-              for mode in MODES}
+    limits = {
+        mode: SandboxLimits(wall_s=30.0, cpu_s=20.0, isolation=mode.split("-")[0], warm=mode != "bwrap-cold")
+        for mode in MODES
+    }
     for mode in MODES:
         isolation_mode(limits[mode].isolation)  # probe before timing; raises if bubblewrap is unavailable
     pool = SandboxPool(workers=args.workers)
@@ -75,8 +80,10 @@ def main() -> None:
         median = statistics.median(seconds[mode])
         rate[mode] = n / median
         rounds = ", ".join(f"{s:.2f}" for s in seconds[mode])
-        print(f"{LABELS[mode]:27}: {rate[mode]:6.1f} programs/s  (median {median:.2f} s; rounds {rounds} s; "
-              f"{passed[mode]}/{n} passed)")
+        print(
+            f"{LABELS[mode]:27}: {rate[mode]:6.1f} programs/s  (median {median:.2f} s; rounds {rounds} s; "
+            f"{passed[mode]}/{n} passed)"
+        )
     for mode in ("bwrap", "bwrap-cold"):
         print(f"ratio {mode + ' / guard':21}: {rate[mode] / rate['guard']:.3f}  (target: at least 0.9)")
 

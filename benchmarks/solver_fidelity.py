@@ -67,8 +67,11 @@ class RowFile:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def done(self, model: str, benchmark: str, variant: str) -> dict[str, dict[str, Any]]:
-        return {r["task_id"]: r for r in self.rows()
-                if (r["model"], r["benchmark"], r["variant"]) == (model, benchmark, variant)}
+        return {
+            r["task_id"]: r
+            for r in self.rows()
+            if (r["model"], r["benchmark"], r["variant"]) == (model, benchmark, variant)
+        }
 
     def append(self, row: dict[str, Any]) -> None:
         with self.lock, self.path.open("a") as fh:
@@ -77,10 +80,18 @@ class RowFile:
 
 def plain_reply(url: str, model: str, prompt: str, max_tokens: int, seed: int) -> tuple[str, int]:
     """One chat completion straight from llama-server's OpenAI endpoint: (text, total tokens)."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0.0,
-            "max_tokens": max_tokens, "seed": seed}
-    request = urllib.request.Request(url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+        "seed": seed,
+    }
+    request = urllib.request.Request(
+        url.rstrip("/") + "/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=600) as response:
         payload = json.loads(response.read())
     return payload["choices"][0]["message"]["content"] or "", int(payload.get("usage", {}).get("total_tokens", 0))
@@ -91,12 +102,22 @@ def solve_plain(task: Any, lm: Any) -> dict[str, Any]:
 
     template = PLAIN_MATH if task.kind == "math" else PLAIN_CODE
     start = time.perf_counter()
-    text, tokens = plain_reply(lm.kwargs["api_base"], lm.model.split("/", 1)[1],
-                               template.format(prompt=task.prompt.strip()), lm.kwargs["max_tokens"], lm.kwargs["seed"])
+    text, tokens = plain_reply(
+        lm.kwargs["api_base"],
+        lm.model.split("/", 1)[1],
+        template.format(prompt=task.prompt.strip()),
+        lm.kwargs["max_tokens"],
+        lm.kwargs["seed"],
+    )
     verdict = grade(task, text)
     parse_failure = verdict.error_type in ("no_answer", "no_code")
-    return {"correct": verdict.correct, "parse_failure": parse_failure, "tokens": tokens,
-            "seconds": time.perf_counter() - start, "error_type": verdict.error_type}
+    return {
+        "correct": verdict.correct,
+        "parse_failure": parse_failure,
+        "tokens": tokens,
+        "seconds": time.perf_counter() - start,
+        "error_type": verdict.error_type,
+    }
 
 
 def solver_runner(lm: Any, adapter: Any, program: Path | None) -> Callable[[Any], dict[str, Any]]:
@@ -112,8 +133,13 @@ def solver_runner(lm: Any, adapter: Any, program: Path | None) -> Callable[[Any]
         start = time.perf_counter()
         with dspy.context(lm=lm, adapter=adapter):
             trajectory = solver(task=task).trajectory
-        return {"correct": trajectory.correct, "parse_failure": bool(trajectory.error), "tokens": trajectory.tokens,
-                "seconds": time.perf_counter() - start, "error_type": trajectory.verdict.error_type}
+        return {
+            "correct": trajectory.correct,
+            "parse_failure": bool(trajectory.error),
+            "tokens": trajectory.tokens,
+            "seconds": time.perf_counter() - start,
+            "error_type": trajectory.verdict.error_type,
+        }
 
     return solve
 
@@ -128,8 +154,15 @@ def compiled_program(path: Path) -> Path:
     return path
 
 
-def run_cell(rows: RowFile, model: str, benchmark: str, variant: str, tasks: list[Any],
-             solve: Callable[[Any], dict[str, Any]], workers: int) -> None:
+def run_cell(
+    rows: RowFile,
+    model: str,
+    benchmark: str,
+    variant: str,
+    tasks: list[Any],
+    solve: Callable[[Any], dict[str, Any]],
+    workers: int,
+) -> None:
     from rich.progress import Progress
 
     done = rows.done(model, benchmark, variant)
@@ -159,7 +192,10 @@ def summarise(rows: list[dict[str, Any]], tasks_by_bench: dict[str, list[str]]) 
             continue
         picked = [by_task[i] for i in ids]
         entry: dict[str, Any] = {
-            "model": model, "benchmark": benchmark, "variant": variant, "n": len(ids),
+            "model": model,
+            "benchmark": benchmark,
+            "variant": variant,
+            "n": len(ids),
             "correct": sum(r["correct"] for r in picked),
             "accuracy": sum(r["correct"] for r in picked) / len(ids),
             "parse_failures": sum(r["parse_failure"] for r in picked),
@@ -170,8 +206,14 @@ def summarise(rows: list[dict[str, Any]], tasks_by_bench: dict[str, list[str]]) 
         paired = [i for i in ids if i in plain]
         if variant != "plain" and paired:
             cmp = compare([plain[i]["correct"] for i in paired], [by_task[i]["correct"] for i in paired])
-            entry.update({"paired_n": cmp.n, "diff_vs_plain": cmp.difference, "diff_ci": [cmp.ci_low, cmp.ci_high],
-                          "mcnemar_p": cmp.p_value})
+            entry.update(
+                {
+                    "paired_n": cmp.n,
+                    "diff_vs_plain": cmp.difference,
+                    "diff_ci": [cmp.ci_low, cmp.ci_high],
+                    "mcnemar_p": cmp.p_value,
+                }
+            )
         out.append(entry)
     return out
 
@@ -181,14 +223,34 @@ def print_table(summary: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="solver fidelity (same llama-server, temperature 0)")
-    for column in ("model", "benchmark", "variant", "n", "accuracy", "parse fail", "tokens/task", "s/task",
-                   "vs plain", "McNemar p"):
+    for column in (
+        "model",
+        "benchmark",
+        "variant",
+        "n",
+        "accuracy",
+        "parse fail",
+        "tokens/task",
+        "s/task",
+        "vs plain",
+        "McNemar p",
+    ):
         table.add_column(column)
     for s in summary:
         diff = f"{s['diff_vs_plain']:+.1%}" if "diff_vs_plain" in s else ""
         p = f"{s['mcnemar_p']:.3f}" if "mcnemar_p" in s else ""
-        table.add_row(s["model"], s["benchmark"], s["variant"], str(s["n"]), f"{s['correct']}/{s['n']} ({s['accuracy']:.1%})",
-                      str(s["parse_failures"]), f"{s['tokens_per_task']:.0f}", f"{s['seconds_per_task']:.1f}", diff, p)
+        table.add_row(
+            s["model"],
+            s["benchmark"],
+            s["variant"],
+            str(s["n"]),
+            f"{s['correct']}/{s['n']} ({s['accuracy']:.1%})",
+            str(s["parse_failures"]),
+            f"{s['tokens_per_task']:.0f}",
+            f"{s['seconds_per_task']:.1f}",
+            diff,
+            p,
+        )
     Console().print(table)
 
 
@@ -199,8 +261,11 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--workers", type=int, default=4, help="concurrent requests (llama-server slots)")
     parser.add_argument("--max-tokens", type=int, default=512)
-    parser.add_argument("--ids", default=None, help="task ids or ranges for every benchmark (default: GSM8K test "
-                        "1-100, all of HumanEval)")
+    parser.add_argument(
+        "--ids",
+        default=None,
+        help="task ids or ranges for every benchmark (default: GSM8K test 1-100, all of HumanEval)",
+    )
     parser.add_argument("--solver-program", type=Path, default=None, help="compiled solver (default: labeled demos)")
     args = parser.parse_args()
 

@@ -18,14 +18,18 @@ PREVIOUS = Path(__file__).with_name("prompt_previous_attempt.py")
 
 EXAMPLES = [
     ("Math (GSM8K), no memory: the plain prompt", "--benchmark gsm8k --id 1"),
-    ("Math with memory: the rules come first, as a short numbered list",
-     "--benchmark gsm8k --id 1 --rule 'When a quantity is used up in several ways, enforce: subtract every use "
-     "before pricing the rest; avoid: pricing the total' --rule 'When a rate is per item, enforce: multiply by "
-     "the count of items; avoid: adding the rate once'"),
+    (
+        "Math with memory: the rules come first, as a short numbered list",
+        "--benchmark gsm8k --id 1 --rule 'When a quantity is used up in several ways, enforce: subtract every use "
+        "before pricing the rest; avoid: pricing the total' --rule 'When a rate is per item, enforce: multiply by "
+        "the count of items; avoid: adding the rate once'",
+    ),
     ("Code (HumanEval), turn 1: the single-turn protocol", "--benchmark humaneval --id 2"),
-    ("Code (HumanEval), turn 2: the previous attempt replayed, then the test feedback",
-     f"--benchmark humaneval --id 2 --previous {PREVIOUS.relative_to(DOC.parents[1])} "
-     "--feedback 'AssertionError: truncate_number(3.5) returned 3 (expected 0.5)'"),
+    (
+        "Code (HumanEval), turn 2: the previous attempt replayed, then the test feedback",
+        f"--benchmark humaneval --id 2 --previous {PREVIOUS.relative_to(DOC.parents[1])} "
+        "--feedback 'AssertionError: truncate_number(3.5) returned 3 (expected 0.5)'",
+    ),
     ("Code (MBPP): prose task, one example test", "--benchmark mbpp --id 11"),
 ]
 
@@ -56,8 +60,12 @@ def main() -> None:
     for i, (title, args) in enumerate(EXAMPLES):
         parts.append(f"## {title}\n\n````text\n$ memcollab show-prompt {args}\n{run(args)}\n````\n")
         if template and i in (0, 3):
-            templated = run(f"{args} --template qwen2.5-coder-0.5b").split("chat template applied by llama-server ---\n")[1]
-            parts.append(f"After Qwen2.5-Coder's chat template (what the model reads):\n\n````text\n{templated}\n````\n")
+            templated = run(f"{args} --template qwen2.5-coder-0.5b").split(
+                "chat template applied by llama-server ---\n"
+            )[1]
+            parts.append(
+                f"After Qwen2.5-Coder's chat template (what the model reads):\n\n````text\n{templated}\n````\n"
+            )
     DOC.write_text("\n".join(parts))
     print(f"wrote {DOC}")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from memcollab.errors import ConfigError
 from memcollab.paths import config_dir
+
 
 class Taxonomy(BaseModel):
     """Categories and error types of one domain, each with a one-line description."""
@@ -47,7 +48,7 @@ def _closest(raw: str, names: list[str], default: str | None = None) -> str:
     return default if default is not None else names[0]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_taxonomy(name_or_path: str) -> Taxonomy:
     """Load a taxonomy by name (a file in `configs/taxonomies/`) or by path."""
     path = Path(name_or_path)

@@ -48,11 +48,16 @@ def _prompt_text(payload: Any) -> str:
 
 def completion(content: str, model: str = "stub") -> bytes:
     """An OpenAI chat.completion body with one assistant message."""
-    return json.dumps({
-        "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-    }).encode()
+    return json.dumps(
+        {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+    ).encode()
 
 
 @dataclass
@@ -122,8 +127,9 @@ class _Endpoint:
         self.stop()
 
     @staticmethod
-    def _reply(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes,
-               headers: Mapping[str, str] | None = None) -> bool:
+    def _reply(
+        handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> bool:
         """Write a whole response; False if the client was gone."""
         try:
             handler.send_response(status)
@@ -153,8 +159,15 @@ class OpenAIStub(_Endpoint):
     or one fault as a string for every request. A request matching no marker gets `default`.
     """
 
-    def __init__(self, answers: Mapping[str, str], faults: Mapping[str, Sequence[str] | str] | None = None, *,
-                 default: str = "I do not know.", hang_s: float = 30.0, retry_after_s: int = 1) -> None:
+    def __init__(
+        self,
+        answers: Mapping[str, str],
+        faults: Mapping[str, Sequence[str] | str] | None = None,
+        *,
+        default: str = "I do not know.",
+        hang_s: float = 30.0,
+        retry_after_s: int = 1,
+    ) -> None:
         super().__init__()
         self.answers = dict(answers)
         self.faults = dict(faults or {})
@@ -207,8 +220,12 @@ class OpenAIStub(_Endpoint):
         elif fault == "400":  # the request itself is wrong: retrying cannot help
             self._reply(handler, 400, b'{"error": {"message": "injected bad request", "type": "invalid_request"}}')
         elif fault == "429":
-            self._reply(handler, 429, b'{"error": {"message": "injected rate limit", "type": "rate_limit_error"}}',
-                        {"Retry-After": str(self.retry_after_s)})
+            self._reply(
+                handler,
+                429,
+                b'{"error": {"message": "injected rate limit", "type": "rate_limit_error"}}',
+                {"Retry-After": str(self.retry_after_s)},
+            )
         elif fault == "hang":
             self._stop.wait(self.hang_s)  # longer than the client's timeout: it gives up first
             handler.close_connection = True
@@ -251,8 +268,9 @@ class CountingProxy(_Endpoint):
         with self._lock:
             return [s for s in self.seen if s.answered]
 
-    def _forward(self, handler: http.server.BaseHTTPRequestHandler, method: str, body: bytes | None,
-                 seen: Seen | None = None) -> bool:
+    def _forward(
+        self, handler: http.server.BaseHTTPRequestHandler, method: str, body: bytes | None, seen: Seen | None = None
+    ) -> bool:
         conn = http.client.HTTPConnection(*self._upstream, timeout=600)
         try:
             dropped = ("host", "connection", "content-length")  # http.client sets them for the (maybe new) body
@@ -262,8 +280,11 @@ class CountingProxy(_Endpoint):
             payload = response.read()
             if seen is not None:
                 seen.response = payload
-            passed = {k: v for k, v in response.getheaders()
-                      if k.lower() not in ("content-length", "connection", "transfer-encoding", "content-type")}
+            passed = {
+                k: v
+                for k, v in response.getheaders()
+                if k.lower() not in ("content-length", "connection", "transfer-encoding", "content-type")
+            }
             passed["Content-Type"] = response.getheader("Content-Type", "application/json")
             return self._reply(handler, response.status, payload, passed)
         finally:

@@ -95,11 +95,23 @@ def test_a_reply_without_an_answer_is_a_format_error_and_still_graded() -> None:
 
 def test_solver_grades_math_and_code_through_the_adapter() -> None:
     math = Task(id="t/2", benchmark="math500", split="test", kind="math", prompt="3/4?", answer="\\frac{3}{4}")
-    code = Task(id="t/3", benchmark="humaneval", split="test", kind="code", prompt=STUB, entry_point="double",
-                tests="assert double(2) == 4\n")
-    lm = DummyLM([{"reply": "It is \\boxed{\\frac{3}{4}}"},
-                  {"reply": "```python\ndef double(x: int) -> int:\n    return x\n```"},
-                  {"reply": "```python\ndef double(x: int) -> int:\n    return 2 * x\n```"}], adapter=NaturalAdapter())
+    code = Task(
+        id="t/3",
+        benchmark="humaneval",
+        split="test",
+        kind="code",
+        prompt=STUB,
+        entry_point="double",
+        tests="assert double(2) == 4\n",
+    )
+    lm = DummyLM(
+        [
+            {"reply": "It is \\boxed{\\frac{3}{4}}"},
+            {"reply": "```python\ndef double(x: int) -> int:\n    return x\n```"},
+            {"reply": "```python\ndef double(x: int) -> int:\n    return 2 * x\n```"},
+        ],
+        adapter=NaturalAdapter(),
+    )
     with dspy.context(lm=lm, adapter=NaturalAdapter()):
         assert Solver()(task=math).trajectory.correct  # graded as 3/4, not as its last number
         trajectory = Solver(max_turns=3)(task=code).trajectory
@@ -108,8 +120,13 @@ def test_solver_grades_math_and_code_through_the_adapter() -> None:
 
 
 def test_mbpp_prose_prompts_use_the_write_instruction() -> None:
-    inputs = {"task": "Write a function to double x.\nYour code should pass this test:\nassert double(2) == 4",
-              "guidance": "", "previous_attempt": "", "feedback": "", "entry_point": "double"}
+    inputs = {
+        "task": "Write a function to double x.\nYour code should pass this test:\nassert double(2) == 4",
+        "guidance": "",
+        "previous_attempt": "",
+        "feedback": "",
+        "entry_point": "double",
+    }
     [message] = NaturalAdapter().format(cot(WriteFunction), [], inputs)
     assert message["content"].startswith("Write a Python function for the task below.")
 

@@ -52,8 +52,11 @@ def test_default_path_follows_config_dir(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_defaults_block_is_merged_and_entries_win(tmp_path: Path) -> None:
-    path = _write(tmp_path, "defaults: {temperature: 0.7, max_tokens: 64}\nagents:\n"
-                            "  - {name: a, model: smollm2-135m}\n  - {name: b, model: smollm2-135m, temperature: 0.1}\n")
+    path = _write(
+        tmp_path,
+        "defaults: {temperature: 0.7, max_tokens: 64}\nagents:\n"
+        "  - {name: a, model: smollm2-135m}\n  - {name: b, model: smollm2-135m, temperature: 0.1}\n",
+    )
     agents = load_agents(path)
     assert (agents["a"].temperature, agents["a"].max_tokens) == (0.7, 64)
     assert agents["b"].temperature == 0.1
@@ -63,11 +66,17 @@ def test_defaults_block_is_merged_and_entries_win(tmp_path: Path) -> None:
     "text, fragment",
     [
         ("agents:\n  - {name: x, backend: litellm, model: openai/gpt-4o-mini, api_key: sk-123}\n", "api_key_env"),
-        ("agents:\n  - {name: x, backend: litellm, model: openai/gpt-4o-mini, extra: {api_key: sk-1}}\n", "extra.api_key"),
+        (
+            "agents:\n  - {name: x, backend: litellm, model: openai/gpt-4o-mini, extra: {api_key: sk-1}}\n",
+            "extra.api_key",
+        ),
         ("agents:\n  - {name: x, model: smollm2-135m, temprature: 0.1}\n", "temprature"),
         ("agents:\n  - {name: x, model: smollm2-135m, temperature: 5}\n", "temperature"),
         ("agents:\n  - {name: x, model: smollm2-135m, backend: cloud}\n", "backend"),
-        ("agents:\n  - {name: x, model: m, backend: litellm, api_key_env: 'sk-abc def'}\n", "NAME of an environment variable"),
+        (
+            "agents:\n  - {name: x, model: m, backend: litellm, api_key_env: 'sk-abc def'}\n",
+            "NAME of an environment variable",
+        ),
         ("agents:\n  - {name: x, model: smollm2-135m}\n  - {name: x, model: smollm2-135m}\n", "declared twice"),
         ("agents: []\n", "non-empty 'agents:' list"),
         ("agent:\n  - {name: x, model: m}\n", "agents"),
@@ -101,11 +110,20 @@ def test_resolve_by_name_and_inline_specs() -> None:
     assert resolve_agent("weak", agents) is agents["weak"]
 
     local = resolve_agent("local:smollm2-135m", agents)
-    assert (local.backend, local.model, local.family, local.name) == ("local", "smollm2-135m", "smollm", "local:smollm2-135m")
+    assert (local.backend, local.model, local.family, local.name) == (
+        "local",
+        "smollm2-135m",
+        "smollm",
+        "local:smollm2-135m",
+    )
 
     hosted = resolve_agent("litellm:openai/gpt-4o-mini", agents)
     assert (hosted.backend, hosted.model, hosted.api_key_env, hosted.family) == (
-        "litellm", "openai/gpt-4o-mini", "OPENAI_API_KEY", "gpt")
+        "litellm",
+        "openai/gpt-4o-mini",
+        "OPENAI_API_KEY",
+        "gpt",
+    )
     assert resolve_agent("litellm:anthropic/claude-3-5-haiku", {}).api_key_env == "ANTHROPIC_API_KEY"
     assert resolve_agent("server:qwen2.5-coder-1.5b", {}).family == "qwen"
     assert resolve_agent("local:/models/Llama-3.2-1B.Q4.gguf", {}).family == "llama"
@@ -122,7 +140,13 @@ def test_apply_overrides() -> None:
     same = apply_overrides(agent)
     assert same is agent
     changed = apply_overrides(agent, temperature=0.5, max_tokens=64, seed=7, n_ctx=2048, backend="server")
-    assert (changed.temperature, changed.max_tokens, changed.seed, changed.n_ctx, changed.backend) == (0.5, 64, 7, 2048, "server")
+    assert (changed.temperature, changed.max_tokens, changed.seed, changed.n_ctx, changed.backend) == (
+        0.5,
+        64,
+        7,
+        2048,
+        "server",
+    )
     assert (agent.temperature, agent.backend) == (0.0, "local")  # the original is untouched
     hosted = apply_overrides(resolve_agent("litellm:openai/m", {}), api_base="http://127.0.0.1:9/v1")
     assert hosted.api_base == "http://127.0.0.1:9/v1"
@@ -176,7 +200,9 @@ def _closed_port() -> int:
 
 
 def test_check_litellm_key_and_endpoint(monkeypatch: pytest.MonkeyPatch, local_http: str) -> None:
-    agent = AgentConfig(name="h", backend="litellm", model="openai/m", api_key_env="MEMCOLLAB_TEST_KEY", api_base=local_http)
+    agent = AgentConfig(
+        name="h", backend="litellm", model="openai/m", api_key_env="MEMCOLLAB_TEST_KEY", api_base=local_http
+    )
     monkeypatch.delenv("MEMCOLLAB_TEST_KEY", raising=False)
     with pytest.raises(ConfigError) as info:
         check_agent(agent)
@@ -236,7 +262,9 @@ def test_check_server_without_binary(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_check_server_with_running_endpoint(local_http: str) -> None:
     check_agent(AgentConfig(name="s", backend="server", model="anything", api_base=local_http))
     with pytest.raises(ConfigError, match="unreachable"):
-        check_agent(AgentConfig(name="s", backend="server", model="x", api_base=f"http://127.0.0.1:{_closed_port()}/v1"))
+        check_agent(
+            AgentConfig(name="s", backend="server", model="x", api_base=f"http://127.0.0.1:{_closed_port()}/v1")
+        )
 
 
 def test_server_lm_refuses_an_unhealthy_external_server(local_http: str) -> None:
@@ -259,8 +287,16 @@ def test_build_litellm_lm_reads_key_from_env(monkeypatch: pytest.MonkeyPatch) ->
     import dspy
 
     monkeypatch.setenv("MEMCOLLAB_TEST_KEY", "secret-from-env")
-    agent = AgentConfig(name="h", backend="litellm", model="openai/gpt-4o-mini", api_key_env="MEMCOLLAB_TEST_KEY",
-                        api_base="http://127.0.0.1:9/v1", temperature=0.3, max_tokens=77, seed=5)
+    agent = AgentConfig(
+        name="h",
+        backend="litellm",
+        model="openai/gpt-4o-mini",
+        api_key_env="MEMCOLLAB_TEST_KEY",
+        api_base="http://127.0.0.1:9/v1",
+        temperature=0.3,
+        max_tokens=77,
+        seed=5,
+    )
     lm = build_lm(agent, cache=False)
     assert isinstance(lm, dspy.LM) and lm.model == "openai/gpt-4o-mini" and lm.cache is False
     assert lm.kwargs["api_key"] == "secret-from-env" and lm.kwargs["temperature"] == 0.3

@@ -132,7 +132,10 @@ def test_ids_ranges_tails_and_order(data_dir: Path) -> None:
     """Ranges of numeric tails are inclusive, keep the order given, and name each task once."""
     assert [t.id for t in load_tasks("gsm8k", data_dir=data_dir, ids="1-2")] == ["gsm8k/test/1", "gsm8k/test/2"]
     assert [t.id for t in load_tasks("gsm8k", "train", data_dir=data_dir, ids="4,1-2,2")] == [
-        "gsm8k/train/4", "gsm8k/train/1", "gsm8k/train/2"]
+        "gsm8k/train/4",
+        "gsm8k/train/1",
+        "gsm8k/train/2",
+    ]
     assert [t.id for t in load_tasks("mbpp", "test", data_dir=data_dir, ids="11-12")] == ["mbpp/11", "mbpp/12"]
     assert [t.id for t in load_tasks("humaneval", data_dir=data_dir, ids=["0-0"])] == ["humaneval/HumanEval/0"]
     assert len(load_tasks("gsm8k", data_dir=data_dir, ids="1-3", limit=2)) == 2  # a limit cuts the selection
@@ -221,7 +224,9 @@ def test_hub_unreachable_is_a_data_error(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MEMCOLLAB_DATA_DIR"}
     env["HF_HUB_OFFLINE"] = "1"
     env["HF_DATASETS_CACHE"] = str(tmp_path / "hf")  # an empty cache: nothing to fall back on
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120
+    )
     assert "DATAERROR no local data directory" in out.stdout and "openai/gsm8k" in out.stdout, out.stderr[-2000:]
 
 
@@ -253,7 +258,7 @@ def test_real_math500_build_eval() -> None:
 
 @needs_real
 def test_real_gsm8k_ids_are_line_numbers_and_ranges_cover_the_real_splits() -> None:
-    """"GSM8K test 1-100" is the first 100 lines of test.jsonl; HumanEval 0-9 and MBPP 11-210 select whole ranges."""
+    """ "GSM8K test 1-100" is the first 100 lines of test.jsonl; HumanEval 0-9 and MBPP 11-210 select whole ranges."""
     first_line = json.loads((REAL / "gsm8k/test.jsonl").read_text().splitlines()[0])
     first_100 = load_tasks("gsm8k", "test", ids="1-100")
     assert first_100 == load_tasks("gsm8k", "test", limit=100)

@@ -37,13 +37,15 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path, prefix: Sequence[str] = (), env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, prefix: Sequence[str] = (), env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     exe = shutil.which("memcollab")
     if exe is None:
         pytest.fail("console script `memcollab` not on PATH; run `pip install -e . --no-deps`")
-    return subprocess.run([*prefix, exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env or cli_env())
+    return subprocess.run(
+        [*prefix, exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env or cli_env()
+    )
 
 
 def error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -74,8 +76,14 @@ def read_only_prefix(directory: Path) -> list[str]:
 
 
 def entry(i: int, category: str = "algebra") -> MemoryEntry:
-    return MemoryEntry(when=f"case {i} " * 12, enforce=f"rule {i} " * 12, avoid=f"mistake {i} " * 8,
-                       category=category, error_type="sign_error", domain="math")
+    return MemoryEntry(
+        when=f"case {i} " * 12,
+        enforce=f"rule {i} " * 12,
+        avoid=f"mistake {i} " * 8,
+        category=category,
+        error_type="sign_error",
+        domain="math",
+    )
 
 
 @pytest.fixture
@@ -115,8 +123,9 @@ DAMAGE = {"wrong columns": damage_columns, "garbage pages": damage_pages}
 
 @pytest.mark.parametrize("damage", DAMAGE)
 @pytest.mark.parametrize("command", [["stats"], ["list"], ["export", "out.jsonl"], ["import", "in.jsonl"]])
-def test_damaged_store_is_one_line_for_every_command(tmp_path: Path, store_path: Path, damage: str,
-                                                     command: list[str]) -> None:
+def test_damaged_store_is_one_line_for_every_command(
+    tmp_path: Path, store_path: Path, damage: str, command: list[str]
+) -> None:
     DAMAGE[damage](store_path)
     (tmp_path / "in.jsonl").write_text(entry(999).model_dump_json() + "\n")
     line = error_line(run_cli("memory", *command, "--store", str(store_path), cwd=tmp_path), str(store_path))
@@ -139,8 +148,9 @@ def test_export_into_a_read_only_directory(tmp_path: Path, store_path: Path) -> 
     locked.mkdir()
     prefix = read_only_prefix(locked)
     try:
-        proc = run_cli("memory", "export", str(locked / "out.jsonl"), "--store", str(store_path), cwd=tmp_path,
-                       prefix=prefix)
+        proc = run_cli(
+            "memory", "export", str(locked / "out.jsonl"), "--store", str(store_path), cwd=tmp_path, prefix=prefix
+        )
     finally:
         locked.chmod(0o755)
     error_line(proc, "cannot write", str(locked / "out.jsonl"))
@@ -157,8 +167,11 @@ def test_export_under_a_regular_file_and_onto_a_directory(tmp_path: Path, store_
 
     existing = tmp_path / "dump"
     existing.mkdir()
-    error_line(run_cli("memory", "export", str(existing), "--store", str(store_path), cwd=tmp_path),
-               "cannot write", "is a directory")
+    error_line(
+        run_cli("memory", "export", str(existing), "--store", str(store_path), cwd=tmp_path),
+        "cannot write",
+        "is a directory",
+    )
     assert list(existing.iterdir()) == []
 
 
@@ -167,8 +180,16 @@ def test_heatmap_into_a_read_only_directory(tmp_path: Path, store_path: Path) ->
     locked.mkdir()
     prefix = read_only_prefix(locked)
     try:
-        proc = run_cli("memory", "stats", "--store", str(store_path), "--heatmap", str(locked / "heat.png"),
-                       cwd=tmp_path, prefix=prefix)
+        proc = run_cli(
+            "memory",
+            "stats",
+            "--store",
+            str(store_path),
+            "--heatmap",
+            str(locked / "heat.png"),
+            cwd=tmp_path,
+            prefix=prefix,
+        )
     finally:
         locked.chmod(0o755)
     error_line(proc, "cannot write", str(locked / "heat.png"))
@@ -204,8 +225,16 @@ def test_path_with_markup_characters_prints_verbatim(tmp_path: Path) -> None:
 
     odd.parent.mkdir(parents=True)
     with MemoryStore(odd) as store:
-        store.add(MemoryEntry(when="a [/x] tag in a rule", enforce="keep [red]brackets[/red]", avoid="[/]",
-                              category="[/x]", error_type="[bold]", domain="math"))
+        store.add(
+            MemoryEntry(
+                when="a [/x] tag in a rule",
+                enforce="keep [red]brackets[/red]",
+                avoid="[/]",
+                category="[/x]",
+                error_type="[bold]",
+                domain="math",
+            )
+        )
     for command in (["list"], ["stats"]):
         proc = run_cli("memory", *command, "--store", str(odd), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
@@ -223,12 +252,32 @@ def test_install_hint_keeps_its_brackets(tmp_path: Path) -> None:
     llama-cpp-python is hidden from this one process (`sys.modules['llama_cpp'] = None`, the way
     Python marks a module as unimportable) so the real CLI hits the real check and prints its hint.
     """
-    script = ("import sys; sys.modules['llama_cpp'] = None; sys.argv[0] = 'memcollab'; "
-              "from memcollab.cli import main; main()")
+    script = (
+        "import sys; sys.modules['llama_cpp'] = None; sys.argv[0] = 'memcollab'; from memcollab.cli import main; main()"
+    )
     proc = subprocess.run(
-        [sys.executable, "-c", script, "evaluate", "--agent", "local:smollm2-135m", "--backend", "local",
-         "--limit", "1", "--no-track", "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir())],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=cli_env(),
+        [
+            sys.executable,
+            "-c",
+            script,
+            "evaluate",
+            "--agent",
+            "local:smollm2-135m",
+            "--backend",
+            "local",
+            "--limit",
+            "1",
+            "--no-track",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--data-dir",
+            str(data_dir()),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
     )
     error_line(proc, "pip install 'memcollab[llama]'")
 
@@ -254,8 +303,10 @@ def endpoint_that_closes() -> Iterator[int]:
         with conn:
             conn.recv(65536)
             body = b'{"object": "list", "data": []}'
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -283,9 +334,25 @@ def test_unreachable_lm_endpoint_is_one_line(tmp_path: Path, endpoint_that_close
         "    api_key_env: MEMCOLLAB_TEST_LM_KEY\n"
         "    extra: {num_retries: 0}\n"  # one attempt: the test is about the message, not DSPy's back-off
     )
-    proc = run_cli("evaluate", "--agent", "remote", "--agents-file", str(agents), "--limit", "1", "--workers", "1",
-                   "--no-track", "--no-cache", "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir()),
-                   cwd=tmp_path, env=cli_env(MEMCOLLAB_TEST_LM_KEY="not-a-real-key"))
+    proc = run_cli(
+        "evaluate",
+        "--agent",
+        "remote",
+        "--agents-file",
+        str(agents),
+        "--limit",
+        "1",
+        "--workers",
+        "1",
+        "--no-track",
+        "--no-cache",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--data-dir",
+        str(data_dir()),
+        cwd=tmp_path,
+        env=cli_env(MEMCOLLAB_TEST_LM_KEY="not-a-real-key"),
+    )
     line = error_line(proc, f"error: LM endpoint 127.0.0.1:{port}", "unreachable", "refused")
     assert len(line) < 200, line
 
@@ -320,8 +387,14 @@ def test_litellm_connection_error_names_the_real_endpoint() -> None:
     litellm = pytest.importorskip("litellm")
     port = closed_port()
     with pytest.raises(Exception) as failure:
-        litellm.completion(model="openai/x", api_base=f"http://127.0.0.1:{port}/v1", api_key="k",
-                           messages=[{"role": "user", "content": "hi"}], num_retries=0, max_retries=0)
+        litellm.completion(
+            model="openai/x",
+            api_base=f"http://127.0.0.1:{port}/v1",
+            api_key="k",
+            messages=[{"role": "user", "content": "hi"}],
+            num_retries=0,
+            max_retries=0,
+        )
     found = lm_endpoint_error(failure.value)
     assert found is not None
     assert str(found).startswith(f"LM endpoint http://127.0.0.1:{port} ")
@@ -336,7 +409,7 @@ def test_overloaded_endpoint_is_one_line(status: int, reason: str) -> None:
     dspy = pytest.importorskip("dspy")
 
     class Busy(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             body = b'{"error": {"message": "try again later", "type": "overloaded"}}'
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -351,8 +424,13 @@ def test_overloaded_endpoint_is_one_line(status: int, reason: str) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        lm = dspy.LM("openai/x", api_base=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="k",
-                     cache=False, num_retries=0)
+        lm = dspy.LM(
+            "openai/x",
+            api_base=f"http://127.0.0.1:{server.server_address[1]}/v1",
+            api_key="k",
+            cache=False,
+            num_retries=0,
+        )
         with pytest.raises(Exception) as failure:
             lm("hello")
     finally:

@@ -6,24 +6,38 @@ import numpy as np
 import pytest
 
 from memcollab.errors import ConfigError
-from memcollab.memory.clustering import cluster_categories, error_type_matrix, plot_heatmap, refine_taxonomy
 from memcollab.memory import MemoryStore
+from memcollab.memory.clustering import cluster_categories, error_type_matrix, plot_heatmap, refine_taxonomy
 from memcollab.records import MemoryEntry
 
 
 def make(category: str, error_type: str, n: int = 1, support: int = 1) -> list[MemoryEntry]:
-    return [MemoryEntry(when=f"{category} {error_type} {i}", enforce="e", avoid="a", category=category,
-                        error_type=error_type, support=support) for i in range(n)]
+    return [
+        MemoryEntry(
+            when=f"{category} {error_type} {i}",
+            enforce="e",
+            avoid="a",
+            category=category,
+            error_type=error_type,
+            support=support,
+        )
+        for i in range(n)
+    ]
 
 
 def two_groups() -> list[MemoryEntry]:
     """algebra/precalculus/intermediate_algebra fail on signs; geometry/counting fail on setup/casework."""
     return [
-        *make("algebra", "sign_error", 5), *make("algebra", "arithmetic", 1),
-        *make("precalculus", "sign_error", 4), *make("precalculus", "arithmetic", 2),
-        *make("intermediate_algebra", "sign_error", 6), *make("intermediate_algebra", "arithmetic", 1),
-        *make("geometry", "wrong_setup", 5), *make("geometry", "casework", 1),
-        *make("counting", "wrong_setup", 3), *make("counting", "casework", 3),
+        *make("algebra", "sign_error", 5),
+        *make("algebra", "arithmetic", 1),
+        *make("precalculus", "sign_error", 4),
+        *make("precalculus", "arithmetic", 2),
+        *make("intermediate_algebra", "sign_error", 6),
+        *make("intermediate_algebra", "arithmetic", 1),
+        *make("geometry", "wrong_setup", 5),
+        *make("geometry", "casework", 1),
+        *make("counting", "wrong_setup", 3),
+        *make("counting", "casework", 3),
     ]
 
 

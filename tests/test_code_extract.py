@@ -78,7 +78,10 @@ def test_humaneval_full_function_keeps_prompt_imports() -> None:
 
 
 def test_mbpp_program_is_the_code_alone() -> None:
-    assert candidate_program(MB, "```python\ndef add(a, b):\n    return a + b\n```") == "def add(a, b):\n    return a + b\n"
+    assert (
+        candidate_program(MB, "```python\ndef add(a, b):\n    return a + b\n```")
+        == "def add(a, b):\n    return a + b\n"
+    )
 
 
 def test_defines() -> None:

@@ -134,7 +134,10 @@ def test_mbpp_reference_solutions_pass_sample() -> None:
         ('    raise ZeroDivisionError("x\\n  indented\\nNameError: fake")', "runtime_error:ZeroDivisionError"),
         ('    raise AssertionError("looks fine\\nTypeError: no")', "assertion_failure"),
         # a program that prints a fake traceback and exits 1 did not raise ZeroDivisionError
-        ("    import sys\n    sys.stderr.write('Traceback:\\nZeroDivisionError: fake\\n')\n    sys.exit(1)", "runtime_error:SystemExit"),
+        (
+            "    import sys\n    sys.stderr.write('Traceback:\\nZeroDivisionError: fake\\n')\n    sys.exit(1)",
+            "runtime_error:SystemExit",
+        ),
         ("    import os\n    os.write(2, b'TypeError: fake\\n')\n    os._exit(1)", "runtime_error:Unknown"),
         # a class name that is not an identifier cannot become an error type
         ('    raise type("Bad Name\\nX", (Exception,), {})("m")', "runtime_error:Unknown"),
@@ -171,8 +174,13 @@ def test_feedback_is_capped_on_every_path(body: str) -> None:
 
 def test_verdict_uses_the_reported_class_even_when_stderr_says_otherwise() -> None:
     """The pure classifier: stderr's last line names KeyError, the side channel names ValueError."""
-    result = ExecResult(status="error", returncode=1, stderr="Traceback ...\nValueError: bad input\nKeyError: 3\n",
-                        exception="ValueError", exception_message="bad input\nKeyError: 3")
+    result = ExecResult(
+        status="error",
+        returncode=1,
+        stderr="Traceback ...\nValueError: bad input\nKeyError: 3\n",
+        exception="ValueError",
+        exception_message="bad input\nKeyError: 3",
+    )
     verdict = verdict_from_result(result, "sentinel", FAST)
     assert verdict.error_type == "runtime_error:ValueError" and "KeyError: 3" in verdict.feedback
     unreported = result.model_copy(update={"exception": "", "exception_message": ""})

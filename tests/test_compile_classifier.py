@@ -5,6 +5,7 @@ from __future__ import annotations
 import dspy
 from dspy.utils.dummies import DummyLM
 
+from memcollab.benchmarks import taxonomy_for
 from memcollab.programs.compile import (
     classifier_examples,
     compile_classifier,
@@ -13,14 +14,20 @@ from memcollab.programs.compile import (
     save_classifier,
 )
 from memcollab.records import Task
-from memcollab.benchmarks import taxonomy_for
 
 TAXONOMY = taxonomy_for("math500")
 
 
 def task(i: int, subject: str) -> Task:
-    return Task(id=f"math500/test/{i}", benchmark="math500", split="test", kind="math",
-                prompt=f"Problem {i} about {subject.replace('_', ' ')}", answer="1", category=subject)
+    return Task(
+        id=f"math500/test/{i}",
+        benchmark="math500",
+        split="test",
+        kind="math",
+        prompt=f"Problem {i} about {subject.replace('_', ' ')}",
+        answer="1",
+        category=subject,
+    )
 
 
 def test_examples_keep_only_gold_categories():

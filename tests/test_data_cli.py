@@ -23,9 +23,7 @@ def _cli(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProces
     if data_dir is not None:
         env["MEMCOLLAB_DATA_DIR"] = str(data_dir)
     env["COLUMNS"] = "200"
-    return subprocess.run(
-        [*MEMCOLLAB, *args], check=False, capture_output=True, text=True, env=env, timeout=300
-    )
+    return subprocess.run([*MEMCOLLAB, *args], check=False, capture_output=True, text=True, env=env, timeout=300)
 
 
 def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -81,10 +79,14 @@ def test_show_takes_ranges_and_ids_win_over_limit(data_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "humaneval/HumanEval/0" in result.stdout and "humaneval/HumanEval/1" in result.stdout
     assert "2 task(s)" in result.stdout
-    _assert_one_line_error(_cli("data", "show", "gsm8k", "--ids", "1-2", "--sample", "1", data_dir=data_dir),
-                           "--ids and --sample")
-    _assert_one_line_error(_cli("data", "show", "gsm8k", "--ids", "1-5", data_dir=data_dir),
-                           "unknown task id(s) in gsm8k/test: 3-5", "numeric ids run from 1 to 2")
+    _assert_one_line_error(
+        _cli("data", "show", "gsm8k", "--ids", "1-2", "--sample", "1", data_dir=data_dir), "--ids and --sample"
+    )
+    _assert_one_line_error(
+        _cli("data", "show", "gsm8k", "--ids", "1-5", data_dir=data_dir),
+        "unknown task id(s) in gsm8k/test: 3-5",
+        "numeric ids run from 1 to 2",
+    )
 
 
 def test_missing_file_is_one_line(data_dir: Path) -> None:
@@ -99,8 +101,10 @@ def test_malformed_line_names_file_and_line(data_dir: Path) -> None:
 
 
 def test_unknown_benchmark_is_one_line(data_dir: Path) -> None:
-    _assert_one_line_error(_cli("data", "show", "imagenet", "--data-dir", str(data_dir)),
-                           "unknown benchmark 'imagenet'; available: math500, gsm8k, humaneval, mbpp")
+    _assert_one_line_error(
+        _cli("data", "show", "imagenet", "--data-dir", str(data_dir)),
+        "unknown benchmark 'imagenet'; available: math500, gsm8k, humaneval, mbpp",
+    )
     _assert_one_line_error(_cli("data", "check", "--benchmark", "imagenet", "--data-dir", str(data_dir)), "imagenet")
 
 

@@ -50,16 +50,35 @@ def test_run_end_to_end_with_smollm2(tmp_path):
     if reason:
         pytest.skip(reason)
     agents = tmp_path / "agents.yaml"
-    agents.write_text(textwrap.dedent("""
+    agents.write_text(
+        textwrap.dedent("""
         defaults: {model: smollm2-135m, family: smollm, max_tokens: 160}
         agents:
           - {name: greedy}
           - {name: sampler, temperature: 0.9, seed: 7}
-    """))
+    """)
+    )
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "memcollab.cli", "run", "--agents-file", str(agents), "--build-agents", "greedy,sampler",
-           "--eval-agents", "greedy", "--build-limit", "3", "--eval-limit", "3", "--workers", "2",
-           "--run-dir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "memcollab.cli",
+        "run",
+        "--agents-file",
+        str(agents),
+        "--build-agents",
+        "greedy,sampler",
+        "--eval-agents",
+        "greedy",
+        "--build-limit",
+        "3",
+        "--eval-limit",
+        "3",
+        "--workers",
+        "2",
+        "--run-dir",
+        str(run_dir),
+    ]
     env = {**os.environ, "COLUMNS": "160"}
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert first.returncode == 0, first.stderr[-3000:]

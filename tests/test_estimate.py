@@ -11,7 +11,9 @@ MODELS = {"weak": "qwen2.5-coder-0.5b", "strong": "qwen2.5-coder-1.5b", "other":
 
 
 def agents(backend: str = "server") -> dict[str, Agent]:
-    return {name: Agent(name=name, lm=None, config={"model": model, "backend": backend}) for name, model in MODELS.items()}
+    return {
+        name: Agent(name=name, lm=None, config={"model": model, "backend": backend}) for name, model in MODELS.items()
+    }
 
 
 def test_code_runs_count_every_turn_and_grow_with_the_slices():
@@ -26,7 +28,10 @@ def test_code_runs_count_every_turn_and_grow_with_the_slices():
 
 def test_in_process_is_estimated_slower_and_remote_models_are_unknown():
     assert estimate_seconds(RunConfig(), agents("local")) > estimate_seconds(RunConfig(), agents("server"))
-    remote = {**agents(), "weak": Agent(name="weak", lm=None, config={"model": "openai/gpt-4o-mini", "backend": "litellm"})}
+    remote = {
+        **agents(),
+        "weak": Agent(name="weak", lm=None, config={"model": "openai/gpt-4o-mini", "backend": "litellm"}),
+    }
     assert estimate_seconds(RunConfig(), remote) is None
 
 
@@ -44,7 +49,8 @@ def test_the_figures_come_from_the_data_file(tmp_path):
     assert base is not None and base.rate("smollm2-135m", "server") > base.rate("smollm2-135m", "local")
     slower = Throughput(
         tokens_per_s={m: {b: r / 2 for b, r in rates.items()} for m, rates in base.tokens_per_s.items()},
-        tokens_per_call=base.tokens_per_call, contrast_pair_rate=base.contrast_pair_rate,
+        tokens_per_call=base.tokens_per_call,
+        contrast_pair_rate=base.contrast_pair_rate,
     )
     cfg = RunConfig()
     assert estimate_seconds(cfg, agents(), throughput=slower) == pytest.approx(2 * estimate_seconds(cfg, agents()))

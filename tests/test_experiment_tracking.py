@@ -41,8 +41,12 @@ def mlflow_server(tmp_path_factory):
 
 def scripted_agents(build, evaluation) -> dict[str, Agent]:
     """weak: always answers 0; strong: the reference answer, a category, and one constraint when distilling."""
-    constraint = {"when": "several quantities are combined into a total", "enforce": "write each partial result",
-                  "avoid": "dropping a group from the sum", "error_type": "missed_case"}
+    constraint = {
+        "when": "several quantities are combined into a total",
+        "enforce": "write each partial result",
+        "avoid": "dropping a group from the sum",
+        "error_type": "missed_case",
+    }
     strong = {"successful_solution": {"reasoning": "contrast", "constraints": [constraint]}}
     for task in [*build, *evaluation]:
         strong[task.prompt] = {"reasoning": "step by step", "answer": task.answer, "category": "multi_step_counting"}
@@ -56,8 +60,16 @@ def scripted_agents(build, evaluation) -> dict[str, Agent]:
 def test_experiment_logs_to_mlflow_server_and_notebook_runs(tmp_path, mlflow_server):
     from mlflow import MlflowClient
 
-    cfg = RunConfig(benchmark="gsm8k", build_limit=3, eval_limit=2, build_agents=["weak", "strong"],
-                    eval_agents=["weak"], workers=2, run_dir=tmp_path / "run", tracking_uri=mlflow_server.url)
+    cfg = RunConfig(
+        benchmark="gsm8k",
+        build_limit=3,
+        eval_limit=2,
+        build_agents=["weak", "strong"],
+        eval_agents=["weak"],
+        workers=2,
+        run_dir=tmp_path / "run",
+        tracking_uri=mlflow_server.url,
+    )
     build = load_tasks("gsm8k", split="train", limit=3)
     evaluation = load_tasks("gsm8k", split="test", limit=2)
     with Experiment(cfg) as exp:
@@ -90,10 +102,13 @@ def test_experiment_logs_to_mlflow_server_and_notebook_runs(tmp_path, mlflow_ser
     notebook = nbformat.read(ROOT / "notebooks" / "evaluate_run.ipynb", as_version=4)
     os.environ["MEMCOLLAB_RUN_DIR"] = str(cfg.run_dir)
     try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
     finally:
         os.environ.pop("MEMCOLLAB_RUN_DIR")
     assert (cfg.run_dir / "error_type_heatmap.png").stat().st_size > 0
-    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    outputs = "".join(
+        o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+    )
     assert "1 memory entries" in outputs

@@ -32,16 +32,31 @@ needs_data = pytest.mark.skipif(default_data_dir() is None, reason="benchmark da
 
 #: The one evaluation task the weak agent solves, and only when the prompt carries a rule list.
 HELPED_TASK = "gsm8k/test/1"
-RULE = {"when": "several quantities are combined into a total", "enforce": "write each partial result",
-        "avoid": "dropping a group from the sum", "error_type": "missed_case"}
+RULE = {
+    "when": "several quantities are combined into a total",
+    "enforce": "write each partial result",
+    "avoid": "dropping a group from the sum",
+    "error_type": "missed_case",
+}
 CATEGORIES = ("multi_step_counting", "money_and_shopping", "rates_and_time")
 #: What the scripted distiller writes per category: two categories fail alike, one differently (Fig. 5 has a shape).
 CONTRAST_RULES = {
-    "multi_step_counting": [RULE, {**RULE, "when": "a count is repeated over several days", "error_type": "arithmetic_slip"}],
-    "money_and_shopping": [{**RULE, "when": "a price applies to each item bought"},
-                           {**RULE, "when": "change is owed after paying", "error_type": "arithmetic_slip"}],
-    "rates_and_time": [{**RULE, "when": "a rate is given per hour", "enforce": "convert minutes to hours first",
-                        "error_type": "unit_or_format"}],
+    "multi_step_counting": [
+        RULE,
+        {**RULE, "when": "a count is repeated over several days", "error_type": "arithmetic_slip"},
+    ],
+    "money_and_shopping": [
+        {**RULE, "when": "a price applies to each item bought"},
+        {**RULE, "when": "change is owed after paying", "error_type": "arithmetic_slip"},
+    ],
+    "rates_and_time": [
+        {
+            **RULE,
+            "when": "a rate is given per hour",
+            "enforce": "convert minutes to hours first",
+            "error_type": "unit_or_format",
+        }
+    ],
 }
 
 
@@ -61,20 +76,35 @@ def scripted_agents(cfg: GridConfig) -> dict[str, Agent]:
     (alternating categories), distils, reflects and curates; other: wrong everywhere. Keys are matched in order,
     so the distiller's prompts (which quote tasks) come before the tasks."""
     tasks = _tasks(cfg)
-    weak, strong, other = {}, {
-        **{f"{category}\n\n[[ ## successful_solution ## ]]": {"reasoning": "contrast", "constraints": rules}
-           for category, rules in CONTRAST_RULES.items()},
-        "successful_solution": {"reasoning": "contrast", "constraints": [RULE]},
-        "[[ ## verdict ## ]]": {"reasoning": "reflect", "constraints": [
-            {**RULE, "when": "a quantity is reused in later steps", "error_type": "arithmetic_slip"}]},
-        "[[ ## contrasts ## ]]": {"reasoning": "shared", "constraints": [
-            {**RULE, "when": "a total is split over groups", "error_type": "wrong_formula"}]},
-        "[[ ## attempts ## ]]": {"updated": "1. write each partial total\n2. re-read what is asked"},
-    }, {}
+    weak, strong, other = (
+        {},
+        {
+            **{
+                f"{category}\n\n[[ ## successful_solution ## ]]": {"reasoning": "contrast", "constraints": rules}
+                for category, rules in CONTRAST_RULES.items()
+            },
+            "successful_solution": {"reasoning": "contrast", "constraints": [RULE]},
+            "[[ ## verdict ## ]]": {
+                "reasoning": "reflect",
+                "constraints": [
+                    {**RULE, "when": "a quantity is reused in later steps", "error_type": "arithmetic_slip"}
+                ],
+            },
+            "[[ ## contrasts ## ]]": {
+                "reasoning": "shared",
+                "constraints": [{**RULE, "when": "a total is split over groups", "error_type": "wrong_formula"}],
+            },
+            "[[ ## attempts ## ]]": {"updated": "1. write each partial total\n2. re-read what is asked"},
+        },
+        {},
+    )
     for i, task in enumerate(tasks):
         if task.kind == "math":
             if task.id == HELPED_TASK:
-                weak[f"{task.prompt}\n\n[[ ## guidance ## ]]\n1. "] = {"reasoning": "with the rule", "answer": task.answer}
+                weak[f"{task.prompt}\n\n[[ ## guidance ## ]]\n1. "] = {
+                    "reasoning": "with the rule",
+                    "answer": task.answer,
+                }
             weak[task.prompt] = {"reasoning": "guess", "answer": "0"}
             other[task.prompt] = {"reasoning": "guess", "answer": "1"}
             strong[task.prompt] = {"reasoning": "step by step", "answer": task.answer, "category": CATEGORIES[i % 3]}
@@ -84,11 +114,24 @@ def scripted_agents(cfg: GridConfig) -> dict[str, Agent]:
             strong[task.prompt] = {"reasoning": "reference", "code": task.solution, "category": "string_processing"}
 
     def agent(name: str, model: str, answers: dict) -> Agent:
-        return Agent(name=name, lm=DummyLM(answers), config={"name": name, "model": model, "backend": "server",
-                                                               "temperature": 0.0, "max_tokens": 512, "seed": 0})
+        return Agent(
+            name=name,
+            lm=DummyLM(answers),
+            config={
+                "name": name,
+                "model": model,
+                "backend": "server",
+                "temperature": 0.0,
+                "max_tokens": 512,
+                "seed": 0,
+            },
+        )
 
-    return {"weak": agent("weak", "qwen2.5-coder-0.5b", weak), "strong": agent("strong", "qwen2.5-coder-1.5b", strong),
-            "other": agent("other", "smollm2-135m", other)}
+    return {
+        "weak": agent("weak", "qwen2.5-coder-0.5b", weak),
+        "strong": agent("strong", "qwen2.5-coder-1.5b", strong),
+        "other": agent("other", "smollm2-135m", other),
+    }
 
 
 def smoke_config(run_dir: Path, **overrides) -> GridConfig:
@@ -108,10 +151,16 @@ def lm_calls(agents: dict[str, Agent]) -> int:
 
 # ----- config ------------------------------------------------------------------------------------------------
 def grid(**fields) -> GridConfig:
-    base = {"name": "t", "benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": [
-        {"target": "weak", "eval_ids": "1-4", "methods": ["memcollab", {"method": "memcollab", "k": [1, 3, 10]}]},
-        {"target": "weak", "eval_ids": "5-6", "methods": ["naive"]},
-        {"target": "strong", "eval_ids": "1-2", "methods": ["none", "naive"]}]}
+    base = {
+        "name": "t",
+        "benchmarks": ["gsm8k"],
+        "build_ids": "1-6",
+        "cells": [
+            {"target": "weak", "eval_ids": "1-4", "methods": ["memcollab", {"method": "memcollab", "k": [1, 3, 10]}]},
+            {"target": "weak", "eval_ids": "5-6", "methods": ["naive"]},
+            {"target": "strong", "eval_ids": "1-2", "methods": ["none", "naive"]},
+        ],
+    }
     return GridConfig(**{**base, **fields})
 
 
@@ -119,9 +168,14 @@ def test_cells_pair_every_method_with_a_none_cell_over_the_union_of_its_tasks():
     cells = expand_cells(grid())
     by_id = {c.id: c for c in cells}
     assert [c.id for c in cells] == [
-        "gsm8k.weak.none.none.s0", "gsm8k.weak.memcollab.weak_strong.s0", "gsm8k.weak.memcollab-k1.weak_strong.s0",
-        "gsm8k.weak.memcollab-k10.weak_strong.s0", "gsm8k.weak.naive.strong.s0",
-        "gsm8k.strong.none.none.s0", "gsm8k.strong.naive.weak.s0"]
+        "gsm8k.weak.none.none.s0",
+        "gsm8k.weak.memcollab.weak_strong.s0",
+        "gsm8k.weak.memcollab-k1.weak_strong.s0",
+        "gsm8k.weak.memcollab-k10.weak_strong.s0",
+        "gsm8k.weak.naive.strong.s0",
+        "gsm8k.strong.none.none.s0",
+        "gsm8k.strong.naive.weak.s0",
+    ]
     assert by_id["gsm8k.weak.none.none.s0"].eval_ids == "1-4,5-6", "none runs on every task of the target's cells"
     assert by_id["gsm8k.weak.memcollab-k10.weak_strong.s0"].method.k == 10
     assert by_id["gsm8k.weak.memcollab-k10.weak_strong.s0"].family == "memcollab"
@@ -129,8 +183,10 @@ def test_cells_pair_every_method_with_a_none_cell_over_the_union_of_its_tasks():
 
 
 def test_transfer_rows_are_sources_and_merge_with_the_same_cells_of_the_groups():
-    cfg = grid(transfer={"sources": ["weak", "strong", "other", "weak+strong"], "targets": ["weak"], "eval_ids": "1-2"},
-               seeds=[0, 1])
+    cfg = grid(
+        transfer={"sources": ["weak", "strong", "other", "weak+strong"], "targets": ["weak"], "eval_ids": "1-2"},
+        seeds=[0, 1],
+    )
     cells = {c.id: c for c in expand_cells(cfg)}
     assert cells["gsm8k.weak.self.weak.s0"].method.kind == "reflect"
     assert cells["gsm8k.weak.naive.other.s1"].source == ("other",), "an agent named other is an agent, not an alias"
@@ -139,16 +195,23 @@ def test_transfer_rows_are_sources_and_merge_with_the_same_cells_of_the_groups()
     assert "gsm8k.weak.none.none.s1" not in cells, "no memory has nothing to seed"
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"cells": [{"target": "weak", "eval_ids": "1-4", "methods": ["memcolab"]}]}, "did you mean 'memcollab'"),
-    ({"build_ids": "9-1"}, "runs backwards"),
-    ({"cells": [{"target": "weak", "eval_ids": "1-4", "methods": [{"method": "memcollab", "k": 0}]}]}, "k"),
-    ({"methods": {"memcollab": {"kind": "memcollab"}}}, "is a preset"),
-    ({"seeds": [0, 0]}, "each seed once"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"cells": [{"target": "weak", "eval_ids": "1-4", "methods": ["memcolab"]}]}, "did you mean 'memcollab'"),
+        ({"build_ids": "9-1"}, "runs backwards"),
+        ({"cells": [{"target": "weak", "eval_ids": "1-4", "methods": [{"method": "memcollab", "k": 0}]}]}, "k"),
+        ({"methods": {"memcollab": {"kind": "memcollab"}}}, "is a preset"),
+        ({"seeds": [0, 0]}, "each seed once"),
+    ],
+)
 def test_config_mistakes_are_one_line(tmp_path, fields, message):
-    data = {"benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": [{"target": "weak", "eval_ids": "1-2", "methods": ["none"]}],
-            **fields}
+    data = {
+        "benchmarks": ["gsm8k"],
+        "build_ids": "1-6",
+        "cells": [{"target": "weak", "eval_ids": "1-2", "methods": ["none"]}],
+        **fields,
+    }
     path = tmp_path / "g.yaml"
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError) as error:
@@ -168,15 +231,23 @@ def test_grid_configs_are_told_apart_from_run_configs():
 def test_shipped_grids_have_the_slices_the_issue_asks_for():
     cfg = load_grid_config(ROOT / "configs" / "experiments" / "grid.yaml")
     plan = plan_grid(cfg, injected={"weak", "strong", "other"})
-    cells = {(c.target, c.method.name, c.source_label): len(plan.benchmarks["gsm8k"].cell_tasks[c.id]) for c in plan.cells}
+    cells = {
+        (c.target, c.method.name, c.source_label): len(plan.benchmarks["gsm8k"].cell_tasks[c.id]) for c in plan.cells
+    }
     assert len(plan.benchmarks["gsm8k"].build_tasks) == 200 and cfg.samples > 0
-    for method, source in (("none", "-"), ("naive", "strong"), ("memcollab", "weak+strong"), ("examples", "weak+strong")):
+    for method, source in (
+        ("none", "-"),
+        ("naive", "strong"),
+        ("memcollab", "weak+strong"),
+        ("examples", "weak+strong"),
+    ):
         assert cells[("weak", method, source)] == 400
     assert cells[("weak", "cheatsheet", "weak+strong")] == cells[("weak", "self", "weak")] == 200
     assert cells[("weak", "naive", "other")] == 200, "the transfer row of SmolLM2's memory"
     assert {m for t, m, _ in cells if t == "strong"} >= {"none", "self", "naive", "memcollab"}
-    code = plan_grid(load_grid_config(ROOT / "configs" / "experiments" / "code_grid.yaml"),
-                     injected={"weak", "strong", "other"})
+    code = plan_grid(
+        load_grid_config(ROOT / "configs" / "experiments" / "code_grid.yaml"), injected={"weak", "strong", "other"}
+    )
     assert len(code.benchmarks["humaneval"].eval_tasks) == 164 and len(code.benchmarks["mbpp"].eval_tasks) == 200
     assert {b.build_source for b in code.benchmarks.values()} == {"mbpp/train"}
     assert len(code.benchmarks["mbpp"].build_tasks) == 200 and code.cfg.max_turns == 3
@@ -197,7 +268,9 @@ def test_every_cell_is_compared_with_none_on_exactly_its_tasks(smoke):
     rows = pd.read_json(result.run_dir / "tasks.jsonl", lines=True)
     for cell, line in table.iterrows():
         mine = rows[rows["cell"] == cell]
-        none = rows[(rows["benchmark"] == line["benchmark"]) & (rows["target"] == line["target"]) & (rows["kind"] == "none")]
+        none = rows[
+            (rows["benchmark"] == line["benchmark"]) & (rows["target"] == line["target"]) & (rows["kind"] == "none")
+        ]
         assert set(mine["task_id"]) <= set(none["task_id"]) and len(mine) == line["n"]
         expected = none.set_index("task_id").loc[list(mine["task_id"]), "correct"].mean()
         assert line["none_accuracy"] == pytest.approx(expected)
@@ -215,7 +288,11 @@ def test_rules_reach_the_solver_and_the_table_shows_what_they_did(smoke):
     assert memcollab["only_method"] == 1 and memcollab["p_value"] == 1.0 and not memcollab["helps"]
     examples = table.loc["gsm8k.weak.examples.weak_strong.s0"]
     assert examples["correct"] == 0 and examples["memories"] > 0, "worked examples are demos, not rules"
-    guided = [json.dumps(h["messages"]) for h in agents["weak"].lm.history if "write each partial result" in json.dumps(h["messages"])]
+    guided = [
+        json.dumps(h["messages"])
+        for h in agents["weak"].lm.history
+        if "write each partial result" in json.dumps(h["messages"])
+    ]
     assert guided, "the distilled rule is in the weak agent's prompts"
     strong_none = table.loc["gsm8k.strong.none.none.s0"]
     assert strong_none["accuracy"] == 1.0
@@ -228,7 +305,14 @@ def test_rules_reach_the_solver_and_the_table_shows_what_they_did(smoke):
 def test_transfer_matrix_k_ablation_and_categories(smoke):
     result, _ = smoke
     transfer = result.transfer
-    assert list(dict.fromkeys(transfer["source"])) == ["weak", "strong", "other", "weak+strong", "weak+other", "strong+other"]
+    assert list(dict.fromkeys(transfer["source"])) == [
+        "weak",
+        "strong",
+        "other",
+        "weak+strong",
+        "weak+other",
+        "strong+other",
+    ]
     assert set(transfer["target"]) == {"weak", "strong"} and len(transfer) == 12
     assert (transfer["n"] == 3).all(), "the transfer slice, not the cell's whole slice"
     line = transfer[(transfer["source"] == "strong") & (transfer["target"] == "weak")].iloc[0]
@@ -261,8 +345,15 @@ def test_a_rerun_resumes_without_any_lm_call(tmp_path):
 def test_a_seed_rebuilds_memory_with_reseeded_agents_and_shares_the_rest(tmp_path):
     from memcollab.memory.results import ResultStore
 
-    fields = {"name": "seeds", "benchmarks": ["gsm8k"], "build_ids": "1-3", "samples": 1, "track": False,
-              "run_dir": tmp_path / "run", "cells": [{"target": "weak", "eval_ids": "1-2", "methods": ["none", "memcollab"]}]}
+    fields = {
+        "name": "seeds",
+        "benchmarks": ["gsm8k"],
+        "build_ids": "1-3",
+        "samples": 1,
+        "track": False,
+        "run_dir": tmp_path / "run",
+        "cells": [{"target": "weak", "eval_ids": "1-2", "methods": ["none", "memcollab"]}],
+    }
 
     def trajectories() -> int:
         with ResultStore(tmp_path / "run" / "results.sqlite") as store:
@@ -271,13 +362,17 @@ def test_a_seed_rebuilds_memory_with_reseeded_agents_and_shares_the_rest(tmp_pat
     cfg = GridConfig(**fields)
     run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
     before = trajectories()
-    result = run_grid(GridConfig(**fields, seeds=[0, 1]), agents=scripted_agents(cfg), announce=lambda _: None,
-                      show_progress=False)
+    result = run_grid(
+        GridConfig(**fields, seeds=[0, 1]), agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False
+    )
     # seed 1: both agents solve the 3 build tasks again under their new seed (every task has a contrast, so no
     # sample); the distilled memory is the same, so the seed-1 cell's solves are the seed-0 cell's results
     assert trajectories() - before == 6
-    assert list(result.table["cell"]) == ["gsm8k.weak.none.none.s0", "gsm8k.weak.memcollab.weak_strong.s0",
-                                          "gsm8k.weak.memcollab.weak_strong.s1"]
+    assert list(result.table["cell"]) == [
+        "gsm8k.weak.none.none.s0",
+        "gsm8k.weak.memcollab.weak_strong.s0",
+        "gsm8k.weak.memcollab.weak_strong.s1",
+    ]
     seeds = sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "run" / "memories").glob("*/build.json"))
     assert seeds == [0, 1]
 
@@ -296,9 +391,17 @@ def test_an_unanswered_task_is_missing_data_on_both_sides_not_a_wrong_answer(tmp
         return solve(pipeline, task, agent, guidance)
 
     monkeypatch.setattr(grid_module, "solve_with", flaky)
-    cfg = GridConfig(name="flaky", benchmarks=["gsm8k"], build_ids="1-3", track=False, run_dir=tmp_path / "run",
-                     cells=[{"target": "weak", "eval_ids": "1-3", "methods": ["none", "memcollab"]}])
-    table = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False).table.set_index("cell")
+    cfg = GridConfig(
+        name="flaky",
+        benchmarks=["gsm8k"],
+        build_ids="1-3",
+        track=False,
+        run_dir=tmp_path / "run",
+        cells=[{"target": "weak", "eval_ids": "1-3", "methods": ["none", "memcollab"]}],
+    )
+    table = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False).table.set_index(
+        "cell"
+    )
     line = table.loc["gsm8k.weak.memcollab.weak_strong.s0"]
     assert (line["n"], line["lm_errors"], line["correct"]) == (2, 1, 1), "paired on the two answered tasks"
     assert table.loc["gsm8k.weak.none.none.s0", "n"] == 3
@@ -331,8 +434,10 @@ def test_cli_dry_run_validates_and_lists_cells_without_running(tmp_path):
     from memcollab.cli.grid import register
 
     agents = tmp_path / "agents.yaml"
-    agents.write_text("agents:\n" + "".join(f"  - {{name: {n}, backend: litellm, model: openai/{n}}}\n"
-                                             for n in ("weak", "strong", "other")))
+    agents.write_text(
+        "agents:\n"
+        + "".join(f"  - {{name: {n}, backend: litellm, model: openai/{n}}}\n" for n in ("weak", "strong", "other"))
+    )
     config = tmp_path / "grid.yaml"
     config.write_text(SMOKE_CONFIG.read_text() + f"agents_file: {agents}\n")
     app = typer.Typer()
@@ -368,15 +473,23 @@ def test_notebook_runs_on_the_committed_smoke_run(tmp_path):
     notebook = nbformat.read(ROOT / "notebooks" / "grid.ipynb", as_version=4)
     os.environ["MEMCOLLAB_GRID_DIR"] = str(run_dir)
     try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
     finally:
         os.environ.pop("MEMCOLLAB_GRID_DIR")
-    outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    outputs = "".join(
+        o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+    )
     assert "DATA-FLOW SMOKE RUN" in outputs
     assert "gsm8k.weak.memcollab.weak_strong.s0" in outputs
-    for figure in ("transfer_heatmap.png", "k_ablation_plot.png", "code_turns.png", "error_types.png",
-                   "category_dendrogram.png"):
+    for figure in (
+        "transfer_heatmap.png",
+        "k_ablation_plot.png",
+        "code_turns.png",
+        "error_types.png",
+        "category_dendrogram.png",
+    ):
         assert (run_dir / "notebook" / figure).stat().st_size > 0, figure
 
 
@@ -395,5 +508,6 @@ if __name__ == "__main__":  # regenerate the committed smoke run
         "Made by `python tests/test_grid.py results/grid-smoke` from `configs/experiments/grid_smoke.yaml` with\n"
         "scripted DSPy DummyLM agents (weak solves one task, and only when its prompt carries rules; strong\n"
         "answers every reference). It checks that the grid's tables, figures and the notebook `notebooks/grid.ipynb`\n"
-        "work end to end; its numbers say nothing about any model. This is a data-flow smoke run.\n")
+        "work end to end; its numbers say nothing about any model. This is a data-flow smoke run.\n"
+    )
     print(result.table[["cell", "n", "accuracy", "diff"]].to_string())

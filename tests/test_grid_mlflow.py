@@ -38,9 +38,16 @@ def test_grid_logs_parent_and_nested_cell_runs(tmp_path, mlflow_server):
 
     from mlflow import MlflowClient
 
-    cfg = GridConfig(name="mlflow-smoke", benchmarks=["gsm8k"], build_ids="1-3", workers=2, run_dir=tmp_path / "run",
-                     cells=[{"target": "weak", "eval_ids": "1-3", "methods": ["none", "memcollab"]}],
-                     tracking_uri=mlflow_server.url, bootstrap_samples=200)
+    cfg = GridConfig(
+        name="mlflow-smoke",
+        benchmarks=["gsm8k"],
+        build_ids="1-3",
+        workers=2,
+        run_dir=tmp_path / "run",
+        cells=[{"target": "weak", "eval_ids": "1-3", "methods": ["none", "memcollab"]}],
+        tracking_uri=mlflow_server.url,
+        bootstrap_samples=200,
+    )
     agents = scripted_agents(cfg)
     for _ in range(2):  # two invocations: two parent runs in one experiment, the second from the result store
         result = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False)
@@ -52,7 +59,10 @@ def test_grid_logs_parent_and_nested_cell_runs(tmp_path, mlflow_server):
     assert len(parents) == 2 and all(r.info.status == "FINISHED" for r in runs)
     parent = next(r for r in parents if r.info.run_id == result.parent_run_id)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["gsm8k.weak.memcollab.weak_strong.s0", "gsm8k.weak.none.none.s0"]
+    assert sorted(r.info.run_name for r in children) == [
+        "gsm8k.weak.memcollab.weak_strong.s0",
+        "gsm8k.weak.none.none.s0",
+    ]
 
     params = parent.data.params
     assert params["agents.weak.sha256"] == CATALOG["qwen2.5-coder-0.5b"].sha256

@@ -27,7 +27,8 @@ from memcollab.grading.sandbox import SandboxLimits, SandboxPool, isolation_mode
 
 BWRAP_MISSING = iso.bwrap_unavailable()
 needs_bwrap = pytest.mark.skipif(
-    BWRAP_MISSING is not None, reason=f"bubblewrap isolation not testable here: {BWRAP_MISSING} (apt-get install -y bubblewrap)"
+    BWRAP_MISSING is not None,
+    reason=f"bubblewrap isolation not testable here: {BWRAP_MISSING} (apt-get install -y bubblewrap)",
 )
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the guard-only comparison reads root's files")
 
@@ -39,6 +40,7 @@ GUARD = BOX.model_copy(update={"isolation": "guard"})
 def box(request: pytest.FixtureRequest) -> SandboxLimits:
     """Both ways bubblewrap runs: forked from a warm sandbox (root's default) and a fresh sandbox per program."""
     return BOX.model_copy(update={"warm": request.param == "warm"})
+
 
 # A fresh posix module: none of the guard's replacements (fork, open for writing, kill...) apply to it.
 FRESH_POSIX = "import _imp, importlib.machinery as _m\nposix = _imp.create_builtin(_m.ModuleSpec('posix', None, origin='built-in'))\n"
@@ -105,8 +107,16 @@ def test_the_reader_does_get_through_the_guard_alone(tmp_path: Path, ssh_secret:
 
 @needs_bwrap
 def test_only_the_work_dir_is_writable(tmp_path: Path, box: SandboxLimits) -> None:
-    targets = ["/tmp/escape", "/escape", "/usr/escape", "/etc/escape", "/dev/shm/escape", iso.CHILD_INSIDE,
-               str(tmp_path / "escape"), "inside.txt"]
+    targets = [
+        "/tmp/escape",
+        "/escape",
+        "/usr/escape",
+        "/etc/escape",
+        "/dev/shm/escape",
+        iso.CHILD_INSIDE,
+        str(tmp_path / "escape"),
+        "inside.txt",
+    ]
     code = FRESH_POSIX + (
         f"for path in {targets!r}:\n"
         "    try:\n"
@@ -155,7 +165,9 @@ def env_holder() -> Iterator[str]:
 
 
 @needs_bwrap
-def test_environment_secrets_are_unreachable(monkeypatch: pytest.MonkeyPatch, env_holder: str, box: SandboxLimits) -> None:
+def test_environment_secrets_are_unreachable(
+    monkeypatch: pytest.MonkeyPatch, env_holder: str, box: SandboxLimits
+) -> None:
     monkeypatch.setenv("MEMCOLLAB_TEST_SECRET", "parent-secret-value")
     code = FRESH_POSIX + (
         "import os\n"
@@ -313,8 +325,10 @@ def test_hostile_programs_still_end_with_a_verdict(box: SandboxLimits) -> None:
         "ignores SIGXCPU and spins": "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass",
         "floods stderr": "import sys\nwhile True: sys.stderr.write('e' * 10000)",
         "closes its pipes and sleeps": "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)",
-        "exits but leaves a child": FRESH_POSIX + "import time\nif posix.fork() == 0:\n    time.sleep(60)\nprint('bye')",
-        "forks children that hold the pipes": FRESH_POSIX + "import time\nfor _ in range(5):\n    posix.fork()\ntime.sleep(60)",
+        "exits but leaves a child": FRESH_POSIX
+        + "import time\nif posix.fork() == 0:\n    time.sleep(60)\nprint('bye')",
+        "forks children that hold the pipes": FRESH_POSIX
+        + "import time\nfor _ in range(5):\n    posix.fork()\ntime.sleep(60)",
         "fills the disk": "import os\nn = 0\nwhile True:\n    open(f'f{n}', 'wb').write(b'x' * 2 ** 20)\n    n += 1",
         "allocates without end": "x = []\nwhile True: x.append(bytearray(10 ** 7))",
         "recurses": "import sys\nsys.setrecursionlimit(10 ** 6)\ndef f(n): return f(n + 1)\nf(0)",
@@ -332,7 +346,9 @@ def test_hostile_programs_still_end_with_a_verdict(box: SandboxLimits) -> None:
         "forks children that hold the pipes": "timeout",
         "fills the disk": "error",
         "allocates without end": "memory_limit",
-        "recurses": statuses["recurses"],  # a segfault, a RecursionError, MemoryError or the clock: by platform and load
+        "recurses": statuses[
+            "recurses"
+        ],  # a segfault, a RecursionError, MemoryError or the clock: by platform and load
     }
     assert statuses["recurses"] in ("killed", "error", "memory_limit", "timeout")
     assert elapsed < len(hostile) * (limits.wall_s + 1) / 2 + 5, elapsed
@@ -373,10 +389,23 @@ def test_a_failed_privilege_drop_runs_nothing(tmp_path: Path) -> None:
     """The child refuses to run the program when it cannot become who it was told to be (fail closed)."""
     (tmp_path / "program.py").write_text("print('PROGRAM RAN')")
     read, write = os.pipe()
-    spec = {"program": "program.py", "cpu_s": 2, "memory_bytes": 0, "fsize_bytes": 2 ** 20, "report_fd": write,
-            "uid": 1, "gid": -7}
-    proc = subprocess.run([sys.executable, "-I", "-S", str(iso.CHILD), __import__("json").dumps(spec)], cwd=tmp_path,
-                          capture_output=True, text=True, pass_fds=(write,), timeout=60)
+    spec = {
+        "program": "program.py",
+        "cpu_s": 2,
+        "memory_bytes": 0,
+        "fsize_bytes": 2**20,
+        "report_fd": write,
+        "uid": 1,
+        "gid": -7,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", str(iso.CHILD), __import__("json").dumps(spec)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        pass_fds=(write,),
+        timeout=60,
+    )
     os.close(write)
     report = os.read(read, 65536).decode()
     os.close(read)
@@ -385,8 +414,10 @@ def test_a_failed_privilege_drop_runs_nothing(tmp_path: Path) -> None:
 
 
 def test_child_module_imports_without_side_effects() -> None:
-    code = "import builtins, os\nopen_ = builtins.open\nimport memcollab.grading._child as c\nassert builtins.open is open_ and c.main\n" \
-           "assert os.fork.__module__ == 'posix'\nprint('clean')"
+    code = (
+        "import builtins, os\nopen_ = builtins.open\nimport memcollab.grading._child as c\nassert builtins.open is open_ and c.main\n"
+        "assert os.fork.__module__ == 'posix'\nprint('clean')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "clean", proc.stderr
 
@@ -394,9 +425,14 @@ def test_child_module_imports_without_side_effects() -> None:
 def test_child_module_runs_with_dash_m(tmp_path: Path) -> None:
     """`python -m memcollab.grading._child SPEC` is the same child (what a linter or a debugger would run)."""
     (tmp_path / "program.py").write_text("raise KeyError('k')")
-    spec = {"program": "program.py", "cpu_s": 2, "memory_bytes": 0, "fsize_bytes": 2 ** 20, "report_fd": -1}
-    proc = subprocess.run([sys.executable, "-m", "memcollab.grading._child", __import__("json").dumps(spec)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    spec = {"program": "program.py", "cpu_s": 2, "memory_bytes": 0, "fsize_bytes": 2**20, "report_fd": -1}
+    proc = subprocess.run(
+        [sys.executable, "-m", "memcollab.grading._child", __import__("json").dumps(spec)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1 and proc.stderr.strip().endswith("KeyError: 'k'")
 
 

@@ -62,13 +62,47 @@ def run(tmp_path: Path, proxy: CountingProxy, run_dir: str) -> subprocess.Popen:
     """`memcollab run` on 3 build and 3 eval GSM8K tasks: two build agents, one evaluated, all through the proxy."""
     agents = tmp_path / "agents.yaml"
     common = {"backend": "server", "model": MODEL, "api_base": proxy.url, "temperature": 0.0, "seed": 0}
-    agents.write_text(yaml.safe_dump({"agents": [
-        {"name": "a", "max_tokens": 48, **common},  # short answers (all wrong, like most of smollm2's): a fast test
-        {"name": "b", "max_tokens": 40, **common},  # another length limit: other requests, other trajectories
-    ]}))
-    cmd = [*MEMCOLLAB, "run", "--benchmark", "gsm8k", "--build-limit", "3", "--eval-limit", "3",
-           "--build-agents", "a,b", "--eval-agents", "a", "--workers", "1", "--agents-file", str(agents),
-           "--data-dir", str(DATA), "--run-dir", str(tmp_path / run_dir), "--no-track"]
+    agents.write_text(
+        yaml.safe_dump(
+            {
+                "agents": [
+                    {
+                        "name": "a",
+                        "max_tokens": 48,
+                        **common,
+                    },  # short answers (all wrong, like most of smollm2's): a fast test
+                    {
+                        "name": "b",
+                        "max_tokens": 40,
+                        **common,
+                    },  # another length limit: other requests, other trajectories
+                ]
+            }
+        )
+    )
+    cmd = [
+        *MEMCOLLAB,
+        "run",
+        "--benchmark",
+        "gsm8k",
+        "--build-limit",
+        "3",
+        "--eval-limit",
+        "3",
+        "--build-agents",
+        "a,b",
+        "--eval-agents",
+        "a",
+        "--workers",
+        "1",
+        "--agents-file",
+        str(agents),
+        "--data-dir",
+        str(DATA),
+        "--run-dir",
+        str(tmp_path / run_dir),
+        "--no-track",
+    ]
     log = (tmp_path / f"{run_dir}.log").open("w")
     return subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

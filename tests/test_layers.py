@@ -17,13 +17,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "memcollab"
 #: Layer of each top-level module or package of `memcollab`, lowest first.
 LAYERS: dict[str, int] = {
     # ground: errors; then typed records, paths and the parallel helper; then the taxonomy files
-    "__init__": 0, "errors": 0,
-    "records": 1, "paths": 1, "parallel": 1,
+    "__init__": 0,
+    "errors": 0,
+    "records": 1,
+    "paths": 1,
+    "parallel": 1,
     "taxonomy": 2,
     # what the method stands on: data, judging, models
-    "benchmarks": 3, "grading": 3, "lm": 3,
+    "benchmarks": 3,
+    "grading": 3,
+    "lm": 3,
     # what the method keeps and asks
-    "memory": 4, "signatures": 4, "tracking": 4,
+    "memory": 4,
+    "signatures": 4,
+    "tracking": 4,
     # the method
     "programs": 5,
     # experiments over the method
@@ -68,8 +75,10 @@ def _imports(path: Path, module: str) -> list[tuple[int, str]]:
             if target.split(".")[0] != "memcollab":
                 continue
             if target == "memcollab":  # `from memcollab import paths` names a module; `__version__` names an attribute
-                found += [(node.lineno, f"memcollab.{alias.name}" if _is_unit(alias.name) else "memcollab")
-                          for alias in node.names]
+                found += [
+                    (node.lineno, f"memcollab.{alias.name}" if _is_unit(alias.name) else "memcollab")
+                    for alias in node.names
+                ]
             else:
                 found.append((node.lineno, target))
     return found
@@ -125,5 +134,7 @@ def test_checker_sees_upward_imports(tmp_path: Path, source: str, expected: str)
 
 def test_checker_allows_own_package_and_lower_layers(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text("from memcollab.grading.sandbox import run_program\nfrom memcollab.records import Task\nfrom . import math\n")
+    probe.write_text(
+        "from memcollab.grading.sandbox import run_program\nfrom memcollab.records import Task\nfrom . import math\n"
+    )
     assert check_file(probe, "memcollab.grading.probe", "probe") == []

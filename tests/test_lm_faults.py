@@ -38,9 +38,16 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def stub_agent(url: str, backend: str = "litellm", **extra: object) -> AgentConfig:
-    return AgentConfig(name="stub", model="openai/stub" if backend == "litellm" else "stub", backend=backend,
-                       api_base=url, api_key_env=KEY_ENV if backend == "litellm" else None, max_tokens=64,
-                       adapter="natural", extra={**FAST, **extra})
+    return AgentConfig(
+        name="stub",
+        model="openai/stub" if backend == "litellm" else "stub",
+        backend=backend,
+        api_base=url,
+        api_key_env=KEY_ENV if backend == "litellm" else None,
+        max_tokens=64,
+        adapter="natural",
+        extra={**FAST, **extra},
+    )
 
 
 # --------------------------------------------------------------------------- the LM alone
@@ -119,8 +126,14 @@ def test_backoff_grows_and_is_jittered() -> None:
     assert 5.0 <= policy.delay(0, retry_after=5.0) <= 6.0
 
 
-@pytest.mark.parametrize(("extra", "needle"), [({"num_retries": -1}, "num_retries"), ({"timeout": 0}, "timeout"),
-                                               ({"retry_backoff_s": "soon"}, "retry_backoff_s")])
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"num_retries": -1}, "num_retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"retry_backoff_s": "soon"}, "retry_backoff_s"),
+    ],
+)
 def test_bad_retry_settings_are_one_line(extra: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle) as caught:
         build_lm(stub_agent("http://127.0.0.1:9/v1", **extra), cache=False)
@@ -141,13 +154,44 @@ def gsm8k_tasks(n: int) -> list:
 
 def evaluate(tmp_path: Path, url: str, run_dir: str, *extra: str) -> subprocess.CompletedProcess:
     agents = tmp_path / "agents.yaml"
-    agents.write_text(yaml.safe_dump({"agents": [{
-        "name": "stub", "backend": "litellm", "model": "openai/stub", "api_base": url, "api_key_env": KEY_ENV,
-        "adapter": "natural", "max_tokens": 64, "extra": FAST,
-    }]}))
-    cmd = [*MEMCOLLAB, "evaluate", "--benchmark", "gsm8k", "--agent", "stub", "--limit", "4", "--workers", "2",
-           "--data-dir", str(DATA), "--agents-file", str(agents), "--run-dir", str(tmp_path / run_dir), "--no-track",
-           *extra]
+    agents.write_text(
+        yaml.safe_dump(
+            {
+                "agents": [
+                    {
+                        "name": "stub",
+                        "backend": "litellm",
+                        "model": "openai/stub",
+                        "api_base": url,
+                        "api_key_env": KEY_ENV,
+                        "adapter": "natural",
+                        "max_tokens": 64,
+                        "extra": FAST,
+                    }
+                ]
+            }
+        )
+    )
+    cmd = [
+        *MEMCOLLAB,
+        "evaluate",
+        "--benchmark",
+        "gsm8k",
+        "--agent",
+        "stub",
+        "--limit",
+        "4",
+        "--workers",
+        "2",
+        "--data-dir",
+        str(DATA),
+        "--agents-file",
+        str(agents),
+        "--run-dir",
+        str(tmp_path / run_dir),
+        "--no-track",
+        *extra,
+    ]
     env = {**os.environ, KEY_ENV: "not-a-secret", "COLUMNS": "200"}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
 
@@ -163,10 +207,15 @@ def results(tmp_path: Path, run_dir: str) -> tuple[dict, list[dict]]:
 def test_evaluate_retries_faults_counts_lm_errors_and_a_rerun_retries_only_those(tmp_path: Path) -> None:
     tasks = gsm8k_tasks(4)
     markers = [t.prompt[:60] for t in tasks]
-    answers = {m: f"Step by step the total comes out. The answer is \\boxed{{{t.answer}}}."
-               for m, t in zip(markers, tasks)}
-    faults: dict[str, list[str] | str] = {markers[0]: ["500", "429"], markers[1]: ["hang"],
-                                          markers[2]: ["cut", "garbled"], markers[3]: "503"}
+    answers = {
+        m: f"Step by step the total comes out. The answer is \\boxed{{{t.answer}}}." for m, t in zip(markers, tasks)
+    }
+    faults: dict[str, list[str] | str] = {
+        markers[0]: ["500", "429"],
+        markers[1]: ["hang"],
+        markers[2]: ["cut", "garbled"],
+        markers[3]: "503",
+    }
     with OpenAIStub(answers, faults, hang_s=30) as stub:
         first = evaluate(tmp_path, stub.url, "run")
         assert first.returncode == 0, first.stderr[-3000:]
@@ -183,7 +232,11 @@ def test_evaluate_retries_faults_counts_lm_errors_and_a_rerun_retries_only_those
         second = evaluate(tmp_path, stub.url, "run")
         assert second.returncode == 0, second.stderr[-3000:]
         assert {m: len(stub.requests(m)) - before[m] for m in markers} == {
-            markers[0]: 0, markers[1]: 0, markers[2]: 0, markers[3]: FAST["num_retries"] + 1}
+            markers[0]: 0,
+            markers[1]: 0,
+            markers[2]: 0,
+            markers[3]: FAST["num_retries"] + 1,
+        }
         assert results(tmp_path, "run")[0]["lm_errors"] == 1
 
         # the endpoint heals: one more request, and the table is whole
@@ -243,15 +296,33 @@ def test_lm_errors_in_build_and_memory_evaluation_are_counted_once_never_paired_
     from memcollab.programs.pipeline import Agent, MemCollab
     from memcollab.records import Task
 
-    tasks = [Task(id=f"gsm8k/train/{i}", benchmark="gsm8k", split="train", kind="math",
-                  prompt=f"Task marker {i}: what is {i} + {i}?", answer=str(2 * i)) for i in (1, 2, 3)]
+    tasks = [
+        Task(
+            id=f"gsm8k/train/{i}",
+            benchmark="gsm8k",
+            split="train",
+            kind="math",
+            prompt=f"Task marker {i}: what is {i} + {i}?",
+            answer=str(2 * i),
+        )
+        for i in (1, 2, 3)
+    ]
     answers = {f"Task marker {i}:": f"So \\boxed{{{2 * i}}}." for i in (1, 2, 3)}
-    with OpenAIStub(answers) as up, OpenAIStub(answers, {m: "500" for m in answers}) as down, \
-            MemoryStore(tmp_path / "memory.sqlite") as store, ResultStore(tmp_path / "results.sqlite") as results_store:
+    with (
+        OpenAIStub(answers) as up,
+        OpenAIStub(answers, {m: "500" for m in answers}) as down,
+        MemoryStore(tmp_path / "memory.sqlite") as store,
+        ResultStore(tmp_path / "results.sqlite") as results_store,
+    ):
+
         def agent(name: str, url: str) -> Agent:
             config = stub_agent(url).model_copy(update={"name": name})
-            return Agent(name=name, lm=build_lm(config, cache=False), config=config.model_dump(mode="json"),
-                         adapter=build_adapter(config))
+            return Agent(
+                name=name,
+                lm=build_lm(config, cache=False),
+                config=config.model_dump(mode="json"),
+                adapter=build_adapter(config),
+            )
 
         good, dead = agent("good", up.url), agent("dead", down.url)
         build = MemCollab(taxonomy_for("gsm8k"), store, results_store, distiller=good, workers=2, show_progress=False)
@@ -263,8 +334,15 @@ def test_lm_errors_in_build_and_memory_evaluation_are_counted_once_never_paired_
         assert results_store.count("trajectory") == 3  # good's only: a rerun asks the dead agent again
         assert len(up.requests()) == 3  # no distill call
 
-        evaluation = MemCollab(taxonomy_for("gsm8k"), store, results_store, classifier_agent=dead, workers=2,
-                               show_progress=False, max_errors=3)
+        evaluation = MemCollab(
+            taxonomy_for("gsm8k"),
+            store,
+            results_store,
+            classifier_agent=dead,
+            workers=2,
+            show_progress=False,
+            max_errors=3,
+        )
         asked = len(up.requests())
         trajectories = evaluation.evaluate(tasks, good, use_memory=True)
         assert [t.error.split(":")[0] for t in trajectories] == ["lm_error"] * 3

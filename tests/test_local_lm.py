@@ -49,14 +49,16 @@ def run_in_subprocess(body: str, tmp_path: Path, timeout: float = 420) -> dict:
     """Run `body` in a fresh interpreter; return the JSON it emitted; fail with the signal if it crashed."""
     script = tmp_path / "probe.py"
     script.write_text(PRELUDE + textwrap.dedent(body))
-    proc = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=timeout, cwd=tmp_path
+    )
     if proc.returncode < 0:
         pytest.fail(f"generation subprocess killed by {signal.Signals(-proc.returncode).name}: {proc.stderr[-1500:]}")
     if proc.returncode != 0:
         pytest.fail(f"generation subprocess exited {proc.returncode}: {proc.stderr[-3000:]}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"no result emitted; stdout: {proc.stdout[-1000:]} stderr: {proc.stderr[-1000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 # ---------------------------------------------------------------- offline unit tests
@@ -71,7 +73,9 @@ def test_response_format_mapping() -> None:
     assert _llama_response_format(Out) == {"type": "json_object", "schema": Out.model_json_schema()}
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     assert _llama_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == {
-        "type": "json_object", "schema": schema}
+        "type": "json_object",
+        "schema": schema,
+    }
     assert _llama_response_format({"type": "json_object"}) == {"type": "json_object"}
     assert _llama_response_format({"type": "text"}) is None
     assert _llama_response_format(None) is None
@@ -95,11 +99,13 @@ def test_lm_is_lazy_and_serialisable(tmp_path: Path) -> None:
     assert not any(key[0] == str(fake.resolve()) for key in local_lm._REGISTRY)
 
 
-@pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python is not installed (pip install 'memcollab[llama]')")
+@pytest.mark.skipif(
+    not llama_cpp_available(), reason="llama-cpp-python is not installed (pip install 'memcollab[llama]')"
+)
 def test_unloadable_model_raises_not_crashes(tmp_path: Path) -> None:
     body = f"""
-    lm = LlamaCppLM("local/bad", model_path={str(tmp_path / 'garbage.gguf')!r}, cache=False)
-    open({str(tmp_path / 'garbage.gguf')!r}, "wb").write(b"GGUF" + b"\\0" * 64)
+    lm = LlamaCppLM("local/bad", model_path={str(tmp_path / "garbage.gguf")!r}, cache=False)
+    open({str(tmp_path / "garbage.gguf")!r}, "wb").write(b"GGUF" + b"\\0" * 64)
     try:
         lm("hello")
         emit(raised=None)

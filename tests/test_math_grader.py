@@ -117,7 +117,9 @@ REAL = default_data_dir()
 
 
 @pytest.mark.skipif(REAL is None or not (REAL / "math500").is_dir(), reason="benchmark data not found")
-@pytest.mark.parametrize(("bench", "split", "count"), [("math500", "test", 500), ("gsm8k", "test", 1319), ("gsm8k", "train", 7473)])
+@pytest.mark.parametrize(
+    ("bench", "split", "count"), [("math500", "test", 500), ("gsm8k", "test", 1319), ("gsm8k", "train", 7473)]
+)
 def test_every_reference_solution_grades_correct(bench: str, split: str, count: int) -> None:
     tasks = load_tasks(bench, split)
     failed = [t.id for t in tasks if not grade_math(t, t.solution).correct]

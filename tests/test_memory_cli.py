@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from memcollab.memory import MemoryStore
 from memcollab.cli.memory import memory_app
+from memcollab.memory import MemoryStore
 from memcollab.records import MemoryEntry, Provenance
 
 runner = CliRunner()
@@ -42,13 +42,27 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 def store_path(tmp_path) -> Path:
     path = tmp_path / "mem.sqlite"
     with MemoryStore(path) as store:
-        store.add(MemoryEntry(
-            when="solving a quadratic equation", enforce="check each root", avoid="losing a negative root",
-            category="algebra", error_type="sign_error", domain="math",
-            provenance=Provenance(task_ids=["math500/12"], positive_agents=["qwen"], negative_agents=["smol"]),
-        ))
-        store.add(MemoryEntry(when="slicing strings", enforce="use s[-1]", avoid="s[len(s)]",
-                              category="strings", error_type="off_by_one", domain="code"))
+        store.add(
+            MemoryEntry(
+                when="solving a quadratic equation",
+                enforce="check each root",
+                avoid="losing a negative root",
+                category="algebra",
+                error_type="sign_error",
+                domain="math",
+                provenance=Provenance(task_ids=["math500/12"], positive_agents=["qwen"], negative_agents=["smol"]),
+            )
+        )
+        store.add(
+            MemoryEntry(
+                when="slicing strings",
+                enforce="use s[-1]",
+                avoid="s[len(s)]",
+                category="strings",
+                error_type="off_by_one",
+                domain="code",
+            )
+        )
     return path
 
 

@@ -37,23 +37,41 @@ CURATE = "[[ ## attempts ## ]]"
 
 
 def task(i: int, topic: str = "apples at a shop", answer: str = "42") -> Task:
-    return Task(id=f"gsm8k/train/{i}", benchmark="gsm8k", split="train", kind="math",
-                prompt=f"Problem {i}: Tom buys {topic}. How much does he pay?", answer=answer)
+    return Task(
+        id=f"gsm8k/train/{i}",
+        benchmark="gsm8k",
+        split="train",
+        kind="math",
+        prompt=f"Problem {i}: Tom buys {topic}. How much does he pay?",
+        answer=answer,
+    )
 
 
 def rule(when: str, error_type: str = "arithmetic") -> dict:
-    return {"when": when, "enforce": "recompute each product before adding", "avoid": "adding before multiplying",
-            "error_type": error_type}
+    return {
+        "when": when,
+        "enforce": "recompute each product before adding",
+        "avoid": "adding before multiplying",
+        "error_type": error_type,
+    }
 
 
-def make_agents(tasks: list[Task], strong_extra: dict | None = None, category: str = "money_and_shopping",
-                weak_extra: dict | None = None) -> tuple[Agent, Agent]:
+def make_agents(
+    tasks: list[Task],
+    strong_extra: dict | None = None,
+    category: str = "money_and_shopping",
+    weak_extra: dict | None = None,
+) -> tuple[Agent, Agent]:
     """weak answers 7 (wrong), strong answers 42 (right) and classifies every task as `category`."""
     weak = {**(weak_extra or {}), **{t.prompt: {"reasoning": "guess", "answer": "7"} for t in tasks}}
-    strong = {**(strong_extra or {}),
-              **{t.prompt: {"reasoning": "5*8+2", "answer": "42", "category": category} for t in tasks}}
-    return (Agent(name="weak", lm=DummyLM(weak), config={"name": "weak"}),
-            Agent(name="strong", lm=DummyLM(strong), config={"name": "strong"}))
+    strong = {
+        **(strong_extra or {}),
+        **{t.prompt: {"reasoning": "5*8+2", "answer": "42", "category": category} for t in tasks},
+    }
+    return (
+        Agent(name="weak", lm=DummyLM(weak), config={"name": "weak"}),
+        Agent(name="strong", lm=DummyLM(strong), config={"name": "strong"}),
+    )
 
 
 @pytest.fixture()
@@ -86,13 +104,16 @@ def test_none_is_exactly_the_pipelines_no_memory_result(results):
     trajectory = solve_with(ctx.shared, tasks[0], weak, none.guidance(tasks[0]))
     assert len(weak.lm.history) == calls, "the build already solved this task without memory: same key, no call"
     plain = MemCollab(TAXONOMY, MemoryStore(":memory:"), results, k=3, show_progress=False).evaluate(
-        tasks, weak, use_memory=False)[0]
+        tasks, weak, use_memory=False
+    )[0]
     assert trajectory.model_dump() == plain.model_dump()
 
 
 def test_self_memory_reflects_on_the_agents_own_trajectories_and_gates_by_category(results):
     tasks, new = [task(1), task(2)], task(9, "pears at a market")
-    weak, strong = make_agents([*tasks, new], {REFLECT: {"reasoning": "r", "constraints": [rule("a price is paid per item")]}})
+    weak, strong = make_agents(
+        [*tasks, new], {REFLECT: {"reasoning": "r", "constraints": [rule("a price is paid per item")]}}
+    )
     ctx = context(results, strong)
     method = make_method(PRESETS["self"].model_copy(update={"k": 1}), ctx)
     report = method.build(inputs(ctx, tasks, [weak]))
@@ -105,7 +126,9 @@ def test_self_memory_reflects_on_the_agents_own_trajectories_and_gates_by_catego
     assert all("5*8+2" not in p for p in reflect_prompts), "no contrast: the other agent's solution is not shown"
 
     guidance = method.guidance(new)
-    assert guidance.memory_ids == (entry.id,) and entry.text in guidance.text and guidance.category == "money_and_shopping"
+    assert (
+        guidance.memory_ids == (entry.id,) and entry.text in guidance.text and guidance.category == "money_and_shopping"
+    )
 
     calls = len(strong.lm.history)
     rebuilt = make_method(PRESETS["self"], ctx)
@@ -116,7 +139,9 @@ def test_self_memory_reflects_on_the_agents_own_trajectories_and_gates_by_catego
 
 def test_memcollab_method_is_the_pipelines_build_and_retrieval(results, tmp_path):
     tasks, new = [task(1), task(2), task(3)], task(7)
-    weak, strong = make_agents([*tasks, new], {CONTRAST: {"reasoning": "c", "constraints": [rule("items are bought at a unit price")]}})
+    weak, strong = make_agents(
+        [*tasks, new], {CONTRAST: {"reasoning": "c", "constraints": [rule("items are bought at a unit price")]}}
+    )
     ctx = context(results, strong)
     method = make_method(PRESETS["memcollab"], ctx, tmp_path / "memcollab")
     report = method.build(inputs(ctx, tasks, [weak, strong]))
@@ -126,7 +151,9 @@ def test_memcollab_method_is_the_pipelines_build_and_retrieval(results, tmp_path
     MemCollab(TAXONOMY, reference, results, distiller=strong, show_progress=False).build(tasks, [weak, strong])
     assert [e.text for e in method.entries()] == [e.text for e in reference.entries()]
     guidance = method.guidance(new)
-    pipeline_guidance = MemCollab(TAXONOMY, reference, results, classifier_agent=strong, show_progress=False).guidance_for(new)
+    pipeline_guidance = MemCollab(
+        TAXONOMY, reference, results, classifier_agent=strong, show_progress=False
+    ).guidance_for(new)
     assert (guidance.text, list(guidance.memory_ids), guidance.category) == pipeline_guidance
 
     with pytest.raises(ConfigError, match="two source agents"):
@@ -134,8 +161,14 @@ def test_memcollab_method_is_the_pipelines_build_and_retrieval(results, tmp_path
 
 
 def _entry(category: str, when: str, error_type: str) -> MemoryEntry:
-    e = MemoryEntry(when=when, enforce="check the units", avoid="skipping steps", category=category,
-                    error_type=error_type, domain="math")
+    e = MemoryEntry(
+        when=when,
+        enforce="check the units",
+        avoid="skipping steps",
+        category=category,
+        error_type=error_type,
+        domain="math",
+    )
     return e.model_copy(update={"id": e.content_key()})
 
 
@@ -144,11 +177,19 @@ def test_gates_and_k_are_views_of_one_built_memory(results):
     _, strong = make_agents([new], category="money_and_shopping")
     ctx = context(results, strong)
     method = make_method(PRESETS["memcollab"], ctx)
-    shopping = [_entry("money_and_shopping", when, "arithmetic_slip") for when in (
-        "a price is paid per item bought", "a discount lowers a total", "change is given back after paying",
-        "a budget is split among purchases")]
-    rates = [_entry("rates_and_time", "Tom buys apples at a shop at a rate", "arithmetic_slip"),
-             _entry("percentages_and_ratios", "apples at a shop are discounted", "misread_question")]
+    shopping = [
+        _entry("money_and_shopping", when, "arithmetic_slip")
+        for when in (
+            "a price is paid per item bought",
+            "a discount lowers a total",
+            "change is given back after paying",
+            "a budget is split among purchases",
+        )
+    ]
+    rates = [
+        _entry("rates_and_time", "Tom buys apples at a shop at a rate", "arithmetic_slip"),
+        _entry("percentages_and_ratios", "apples at a shop are discounted", "misread_question"),
+    ]
     method.add(shopping + rates)
 
     gated = method.guidance(new)
@@ -175,8 +216,15 @@ def test_category_distiller_sees_several_pairs_of_one_category_at_once(results):
     shop = [task(i) for i in (1, 2, 3)]
     lone = task(4, "a train ticket")
     tasks = [*shop, lone]
-    weak, strong = make_agents(shop, {GROUP: {"reasoning": "shared", "constraints": [
-        rule("several items are bought at one price each"), rule("Tom pays for 42 apples")]}})
+    weak, strong = make_agents(
+        shop,
+        {
+            GROUP: {
+                "reasoning": "shared",
+                "constraints": [rule("several items are bought at one price each"), rule("Tom pays for 42 apples")],
+            }
+        },
+    )
     strong.lm.answers[lone.prompt] = {"reasoning": "ok", "answer": "42", "category": "rates_and_time"}
     weak.lm.answers[lone.prompt] = {"reasoning": "guess", "answer": "7"}
     ctx = context(results, strong)
@@ -188,7 +236,9 @@ def test_category_distiller_sees_several_pairs_of_one_category_at_once(results):
     assert len(group_prompts) == 1 and all(t.prompt in group_prompts[0] for t in shop)
     assert lone.prompt not in group_prompts[0]
     (entry,) = method.entries()
-    assert entry.when == "several items are bought at one price each", "a rule quoting a task's name or number is dropped"
+    assert entry.when == "several items are bought at one price each", (
+        "a rule quoting a task's name or number is dropped"
+    )
     assert sorted(entry.provenance.task_ids) == sorted(t.id for t in shop)
     assert balanced_groups(list(range(7)), 4) == [[0, 1, 2, 3], [4, 5, 6]]
     assert [len(g) for g in balanced_groups(list(range(9)), 4)] == [3, 3, 3]
@@ -203,8 +253,14 @@ def test_examples_go_to_the_solver_as_demos_of_the_most_similar_solved_tasks(res
     assert report == {"tasks": 3, "examples": 3}
     assert {r["agent"] for r in method.records()} == {"strong"}, "only graded-correct attempts become examples"
 
-    new = Task(id="gsm8k/test/1", benchmark="gsm8k", split="test", kind="math", answer="3",
-               prompt="Mia needs a train ticket for a long trip. How much is it?")
+    new = Task(
+        id="gsm8k/test/1",
+        benchmark="gsm8k",
+        split="test",
+        kind="math",
+        answer="3",
+        prompt="Mia needs a train ticket for a long trip. How much is it?",
+    )
     weak.lm.answers[new.prompt] = {"reasoning": "the ticket", "answer": "3"}
     guidance = method.guidance(new)
     assert guidance.memory_ids == ("example:gsm8k/train/2",) and guidance.text == ""
@@ -243,9 +299,11 @@ def test_demos_are_passed_per_call_when_the_solver_takes_them():
 
 def test_cheatsheet_is_curated_in_task_order_and_given_whole(results):
     tasks = [task(1), task(2), task(3)]
-    replies = ["1. write every partial total\n2. check units",
-               "1. write every partial total\n2. check units\n3. re-read the question\n4. a fourth entry",
-               "no list at all"]
+    replies = [
+        "1. write every partial total\n2. check units",
+        "1. write every partial total\n2. check units\n3. re-read the question\n4. a fourth entry",
+        "no list at all",
+    ]
     # A curation prompt holds the task followed by the attempts field: one scripted sheet per step.
     curations = {f"{t.prompt}\n\n{CURATE}": {"updated": reply} for t, reply in zip(tasks, replies)}
     weak, strong = make_agents(tasks, curations)

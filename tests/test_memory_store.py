@@ -13,23 +13,43 @@ from memcollab.memory import MemoryStore
 from memcollab.records import MemoryEntry, Provenance
 
 
-def entry(when: str, enforce: str, avoid: str, category: str = "algebra", error_type: str = "sign_error",
-          task: str = "t1", pos: str = "qwen", neg: str = "llama", domain: str = "math") -> MemoryEntry:
+def entry(
+    when: str,
+    enforce: str,
+    avoid: str,
+    category: str = "algebra",
+    error_type: str = "sign_error",
+    task: str = "t1",
+    pos: str = "qwen",
+    neg: str = "llama",
+    domain: str = "math",
+) -> MemoryEntry:
     return MemoryEntry(
-        when=when, enforce=enforce, avoid=avoid, category=category, error_type=error_type, domain=domain,
+        when=when,
+        enforce=enforce,
+        avoid=avoid,
+        category=category,
+        error_type=error_type,
+        domain=domain,
         provenance=Provenance(task_ids=[task], positive_agents=[pos], negative_agents=[neg]),
     )
 
 
-QUAD = ("solving a quadratic equation by factoring",
-        "check every root by substituting it back into the original equation",
-        "dropping a negative root or flipping a sign when moving terms")
-QUAD_PARAPHRASE = ("solving quadratic equations by factoring",
-                   "check each root by substituting it back into the original equation",
-                   "dropping a negative root or flipping signs when moving terms")
-INEQ = ("solving a linear inequality",
-        "reverse the inequality when multiplying or dividing by a negative number",
-        "keeping the inequality direction after dividing by a negative")
+QUAD = (
+    "solving a quadratic equation by factoring",
+    "check every root by substituting it back into the original equation",
+    "dropping a negative root or flipping a sign when moving terms",
+)
+QUAD_PARAPHRASE = (
+    "solving quadratic equations by factoring",
+    "check each root by substituting it back into the original equation",
+    "dropping a negative root or flipping signs when moving terms",
+)
+INEQ = (
+    "solving a linear inequality",
+    "reverse the inequality when multiplying or dividing by a negative number",
+    "keeping the inequality direction after dividing by a negative",
+)
 
 
 @pytest.fixture
@@ -84,8 +104,17 @@ def test_dedup_can_be_disabled(store):
 def test_queries_stats_and_hash(store):
     store.add(entry(*QUAD, task="t1"))
     store.add(entry(*INEQ, task="t2", error_type="direction"))
-    store.add(entry("a string slice", "use len(s) as the end", "off by one", category="strings",
-                    error_type="off_by_one", task="c1", domain="code"))
+    store.add(
+        entry(
+            "a string slice",
+            "use len(s) as the end",
+            "off by one",
+            category="strings",
+            error_type="off_by_one",
+            task="c1",
+            domain="code",
+        )
+    )
     assert [e.category for e in store.entries(domain="code")] == ["strings"]
     assert len(store.entries(category="algebra", domain="math")) == 2
     stats = store.stats()
@@ -169,15 +198,30 @@ def test_wal_mode_on_file(store):
 
 def test_concurrent_adds_from_8_threads(tmp_path):
     path = tmp_path / "shared.sqlite"
-    topics = ["modular arithmetic", "polygon angles", "probability trees", "string slicing",
-              "recursion base cases", "unit conversion", "matrix shapes", "integer overflow"]
+    topics = [
+        "modular arithmetic",
+        "polygon angles",
+        "probability trees",
+        "string slicing",
+        "recursion base cases",
+        "unit conversion",
+        "matrix shapes",
+        "integer overflow",
+    ]
     with MemoryStore(path) as store:
+
         def work(worker: int) -> None:
             for i in range(15):  # distinct constraints, different categories per worker
-                store.add(entry(f"{topics[worker]} variant {i} with {worker * 100 + i} items",
-                                f"rule {worker}-{i}: {topics[(worker + i) % 8]} check",
-                                f"mistake {i * 7 + worker}", category=f"cat{worker}", task=f"w{worker}-{i}"),
-                          dedup_threshold=None)
+                store.add(
+                    entry(
+                        f"{topics[worker]} variant {i} with {worker * 100 + i} items",
+                        f"rule {worker}-{i}: {topics[(worker + i) % 8]} check",
+                        f"mistake {i * 7 + worker}",
+                        category=f"cat{worker}",
+                        task=f"w{worker}-{i}",
+                    ),
+                    dedup_threshold=None,
+                )
             store.add(entry(*QUAD, task=f"shared-{worker}"))  # the same lesson from every worker
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -196,11 +240,13 @@ def test_two_connections_writing_the_same_file(tmp_path):
     path = tmp_path / "two.sqlite"
     a, b = MemoryStore(path), MemoryStore(path)
     try:
+
         def work(args: tuple[MemoryStore, int]) -> None:
             s, offset = args
             for i in range(20):
-                s.add(entry(f"case {offset + i}", f"rule {offset + i}", "x", task=str(offset + i)),
-                      dedup_threshold=None)
+                s.add(
+                    entry(f"case {offset + i}", f"rule {offset + i}", "x", task=str(offset + i)), dedup_threshold=None
+                )
 
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(work, [(a, 0), (b, 1000)]))
@@ -395,8 +441,15 @@ def test_four_processes_create_and_fill_one_new_store(tmp_path):
     import sys
 
     path = tmp_path / "new" / "shared.sqlite"
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(w), "15"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for w in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(w), "15"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(4)
+    ]
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -410,8 +463,9 @@ def test_adds_survive_kill_9(tmp_path):
     import sys
 
     path = tmp_path / "killed.sqlite"
-    proc = subprocess.run([sys.executable, "-c", _WRITER, str(path), "0", "25", "kill"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRITER, str(path), "0", "25", "kill"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -9
     committed = len(proc.stdout.split())
     assert committed == 25
@@ -431,9 +485,11 @@ def test_result_is_kept_the_moment_it_is_put_even_if_killed(tmp_path):
     from memcollab.memory.results import ResultStore
 
     path = tmp_path / "results.sqlite"
-    script = ("import os, sys\nfrom memcollab.memory.results import ResultStore\n"
-              "r = ResultStore(sys.argv[1])\nr.put('k1', 'solve', 't1', 'weak', {'answer': 42})\n"
-              "os.kill(os.getpid(), 9)\n")
+    script = (
+        "import os, sys\nfrom memcollab.memory.results import ResultStore\n"
+        "r = ResultStore(sys.argv[1])\nr.put('k1', 'solve', 't1', 'weak', {'answer': 42})\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr
     with ResultStore(path) as results:

@@ -50,12 +50,24 @@ def fake_chunked(tmp_path: Path) -> tuple[dict[str, ModelSpec], list[str], list[
     packages = [f"fake-model-part{i + 1}" for i in range(3)]
     for i, (pkg, data) in enumerate(zip(packages, chunks)):
         norm = pkg.replace("-", "_")
-        _write_dist(site, pkg, "1.0.0", {f"{norm}/__init__.py": b"raise SystemExit('never imported')\n",
-                                         f"{norm}/data/part{i + 1:02d}.bin": data})
+        _write_dist(
+            site,
+            pkg,
+            "1.0.0",
+            {f"{norm}/__init__.py": b"raise SystemExit('never imported')\n", f"{norm}/data/part{i + 1:02d}.bin": data},
+        )
     blob = b"".join(chunks)
     spec = ModelSpec(
-        name="fake-chunked", title="fake", family="fake", arch="llama", license="MIT", extra="fake-extra",
-        packages=tuple(packages), version="1.0.0", size=len(blob), sha256=hashlib.sha256(blob).hexdigest(),
+        name="fake-chunked",
+        title="fake",
+        family="fake",
+        arch="llama",
+        license="MIT",
+        extra="fake-extra",
+        packages=tuple(packages),
+        version="1.0.0",
+        size=len(blob),
+        sha256=hashlib.sha256(blob).hexdigest(),
     )
     chunk_paths = [site / p.replace("-", "_") / "data" / f"part{i + 1:02d}.bin" for i, p in enumerate(packages)]
     return {spec.name: spec}, [str(site)], chunk_paths
@@ -124,7 +136,10 @@ def test_assemble_fake_chunked_model(tmp_path: Path, fake_chunked) -> None:
     # Verified once: the next call neither re-reads nor rewrites (no progress, same mtime).
     mtime = path.stat().st_mtime_ns
     seen.clear()
-    assert assemble("fake-chunked", out, progress=lambda d, t: seen.append((d, t)), search_path=search, catalog=catalog) == path
+    assert (
+        assemble("fake-chunked", out, progress=lambda d, t: seen.append((d, t)), search_path=search, catalog=catalog)
+        == path
+    )
     assert model_path("fake-chunked", out, search_path=search, catalog=catalog) == path
     assert not seen and path.stat().st_mtime_ns == mtime
 
@@ -186,7 +201,9 @@ def test_missing_and_wrong_version_packages(tmp_path: Path, fake_chunked) -> Non
     with pytest.raises(ModelError) as info:
         model_path(spec.name, tmp_path / "m", search_path=search, catalog=missing)
     msg = str(info.value)
-    assert "not installed" in msg and "pip install 'memcollab[fake-extra]'" in msg and "models prepare fake-chunked" in msg
+    assert (
+        "not installed" in msg and "pip install 'memcollab[fake-extra]'" in msg and "models prepare fake-chunked" in msg
+    )
     assert _leftovers(tmp_path / "m") == []
 
 
@@ -195,8 +212,17 @@ def test_unchunked_model_is_verified_in_place(tmp_path: Path) -> None:
     blob = os.urandom(200_000)
     _write_dist(site, "fake-single", "0.1.0", {"fake_single/model.gguf": blob})
     spec = ModelSpec(
-        name="fake-single", title="f", family="f", arch="llama", license="MIT", extra="fs", packages=("fake-single",),
-        version="0.1.0", size=len(blob), sha256=hashlib.sha256(blob).hexdigest(), file_in_package="fake_single/model.gguf",
+        name="fake-single",
+        title="f",
+        family="f",
+        arch="llama",
+        license="MIT",
+        extra="fs",
+        packages=("fake-single",),
+        version="0.1.0",
+        size=len(blob),
+        sha256=hashlib.sha256(blob).hexdigest(),
+        file_in_package="fake_single/model.gguf",
     )
     out = tmp_path / "models"
     path = model_path("fake-single", out, search_path=[str(site)], catalog={spec.name: spec})
@@ -234,7 +260,11 @@ def test_real_catalogue_status_is_consistent(tmp_path: Path) -> None:
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "memcollab.cli", *args],
-        check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "160", **env},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "160", **env},
     )
 
 

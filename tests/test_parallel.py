@@ -59,8 +59,9 @@ def test_default_budget_stops_at_the_first_failure(workers: int) -> None:
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_failures_within_the_budget_are_counted_and_filled_in(workers: int) -> None:
-    results = parallel_map(_fail_on({2, 5}), list(range(8)), workers=workers, show=False, max_errors=2,
-                           on_error=lambda item, exc: -item)
+    results = parallel_map(
+        _fail_on({2, 5}), list(range(8)), workers=workers, show=False, max_errors=2, on_error=lambda item, exc: -item
+    )
     assert results == [0, 1, -2, 3, 4, -5, 6, 7]
     assert results.failed == 2 and sorted(f.index for f in results.failures) == [2, 5]
     assert all(isinstance(f.error, ValueError) for f in results.failures)
@@ -95,8 +96,14 @@ def test_exit_code_follows_a_user_facing_first_error() -> None:
 
 def test_on_result_runs_in_the_calling_thread_for_each_success() -> None:
     seen: list[tuple[int, int, str]] = []
-    parallel_map(_fail_on({2}), list(range(5)), workers=3, show=False, max_errors=1,
-                 on_result=lambda i, r: seen.append((i, r, threading.current_thread().name)))
+    parallel_map(
+        _fail_on({2}),
+        list(range(5)),
+        workers=3,
+        show=False,
+        max_errors=1,
+        on_result=lambda i, r: seen.append((i, r, threading.current_thread().name)),
+    )
     assert sorted((i, r) for i, r, _ in seen) == [(0, 0), (1, 1), (3, 3), (4, 4)]
     assert {name for _, _, name in seen} == {threading.current_thread().name}
 

@@ -8,21 +8,27 @@ from pathlib import Path
 import pytest
 from dspy.utils.dummies import DummyLM
 
-from memcollab.experiments.runner import check_overlap
-from memcollab.memory.results import ResultStore
+from memcollab.benchmarks import taxonomy_for
 from memcollab.errors import OverlapError
+from memcollab.experiments.runner import check_overlap
 from memcollab.memory import MemoryStore, retrieve
+from memcollab.memory.results import ResultStore
 from memcollab.programs.pairs import build_pairs
 from memcollab.programs.pipeline import Agent, MemCollab
 from memcollab.records import MemoryEntry, Provenance, Task, Trajectory, Turn, Verdict
-from memcollab.benchmarks import taxonomy_for
 
 TAXONOMY = taxonomy_for("gsm8k")
 
 
 def math_task(i: int, answer: str = "42") -> Task:
-    return Task(id=f"gsm8k/train/{i}", benchmark="gsm8k", split="train", kind="math",
-                prompt=f"Problem number {i}: Tom buys apples at a shop. How much does he pay?", answer=answer)
+    return Task(
+        id=f"gsm8k/train/{i}",
+        benchmark="gsm8k",
+        split="train",
+        kind="math",
+        prompt=f"Problem number {i}: Tom buys apples at a shop. How much does he pay?",
+        answer=answer,
+    )
 
 
 def agent(name: str, answers: dict) -> Agent:
@@ -30,7 +36,9 @@ def agent(name: str, answers: dict) -> Agent:
 
 
 def entry(category: str, when: str, enforce: str = "check the units", avoid: str = "skipping steps") -> MemoryEntry:
-    e = MemoryEntry(when=when, enforce=enforce, avoid=avoid, category=category, error_type="arithmetic_slip", domain="math")
+    e = MemoryEntry(
+        when=when, enforce=enforce, avoid=avoid, category=category, error_type="arithmetic_slip", domain="math"
+    )
     return e.model_copy(update={"id": e.content_key()})
 
 
@@ -45,14 +53,19 @@ def stores(tmp_path):
 
 def test_solver_prompt_has_exactly_topk_of_predicted_category(stores):
     store, results = stores
-    shopping = [entry("money_and_shopping", w) for w in (
-        "a problem involves buying apples at a shop with a price per item",
-        "a discount is applied to a total price",
-        "change is given back after paying with a bill",
-        "wages are paid per hour worked",
-        "a budget is split among several purchases",
-    )]
-    other = [entry("rates_and_time", w) for w in ("a train travels at constant speed", "work is done at a rate per hour")]
+    shopping = [
+        entry("money_and_shopping", w)
+        for w in (
+            "a problem involves buying apples at a shop with a price per item",
+            "a discount is applied to a total price",
+            "change is given back after paying with a bill",
+            "wages are paid per hour worked",
+            "a budget is split among several purchases",
+        )
+    ]
+    other = [
+        entry("rates_and_time", w) for w in ("a train travels at constant speed", "work is done at a rate per hour")
+    ]
     for e in shopping + other:
         store.add(e, dedup_threshold=None)
     task = math_task(1)
@@ -75,14 +88,23 @@ def test_solver_prompt_has_exactly_topk_of_predicted_category(stores):
 
 def test_pairs_only_from_success_and_failure_of_different_agents():
     def traj(task: str, agent_name: str, ok: bool, attempt: int = 0) -> Trajectory:
-        return Trajectory(task_id=task, benchmark="gsm8k", agent=agent_name, attempt=attempt,
-                          turns=[Turn(output="x", verdict=Verdict(correct=ok))])
+        return Trajectory(
+            task_id=task,
+            benchmark="gsm8k",
+            agent=agent_name,
+            attempt=attempt,
+            turns=[Turn(output="x", verdict=Verdict(correct=ok))],
+        )
 
     trajectories = [
-        traj("t1", "weak", False), traj("t1", "strong", True),          # pair
-        traj("t2", "weak", True), traj("t2", "strong", True),           # both correct
-        traj("t3", "weak", False), traj("t3", "strong", False),         # both wrong
-        traj("t4", "weak", True), traj("t4", "weak", False, attempt=1),  # same agent: no pair
+        traj("t1", "weak", False),
+        traj("t1", "strong", True),  # pair
+        traj("t2", "weak", True),
+        traj("t2", "strong", True),  # both correct
+        traj("t3", "weak", False),
+        traj("t3", "strong", False),  # both wrong
+        traj("t4", "weak", True),
+        traj("t4", "weak", False, attempt=1),  # same agent: no pair
     ]
     pairs, stats = build_pairs(trajectories)
     assert [(p.task_id, p.positive.agent, p.negative.agent) for p in pairs] == [("t1", "strong", "weak")]
@@ -93,15 +115,24 @@ def test_pairs_only_from_success_and_failure_of_different_agents():
 
 
 def constraint_json(when: str, error_type: str = "arithmetic") -> dict:
-    return {"when": when, "enforce": "recompute each product before adding", "avoid": "adding before multiplying",
-            "error_type": error_type}
+    return {
+        "when": when,
+        "enforce": "recompute each product before adding",
+        "avoid": "adding before multiplying",
+        "error_type": error_type,
+    }
 
 
 def one_pair_agents(task: Task, *rules: str) -> tuple[Agent, Agent]:
     """weak fails the task, strong solves, classifies it and distills the pair into `rules`."""
     weak = agent("weak", {task.prompt: {"reasoning": "guess", "answer": "7"}})
-    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [constraint_json(r) for r in rules]},
-                              task.prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"}})
+    strong = agent(
+        "strong",
+        {
+            "successful_solution": {"reasoning": "c", "constraints": [constraint_json(r) for r in rules]},
+            task.prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"},
+        },
+    )
     return weak, strong
 
 
@@ -109,12 +140,19 @@ def test_build_distills_tags_and_stores_with_provenance_and_dedups(stores):
     store, results = stores
     tasks = [math_task(1), math_task(2), math_task(3)]
     weak = agent("weak", {t.prompt: {"reasoning": "guess", "answer": "7"} for t in tasks})
-    strong = agent("strong", {  # DummyLM answers with the first key found in the prompt: distiller key first
-        "successful_solution": {"reasoning": "contrast", "constraints": [constraint_json("a total combines items bought at a unit price")]},
-        **{t.prompt: {"reasoning": "5*8+2", "answer": "42", "category": "money_and_shopping"} for t in tasks},
-    })
-    pipeline = MemCollab(TAXONOMY, store, results, distiller=strong, classifier_agent=strong, workers=1,
-                         show_progress=False)
+    strong = agent(
+        "strong",
+        {  # DummyLM answers with the first key found in the prompt: distiller key first
+            "successful_solution": {
+                "reasoning": "contrast",
+                "constraints": [constraint_json("a total combines items bought at a unit price")],
+            },
+            **{t.prompt: {"reasoning": "5*8+2", "answer": "42", "category": "money_and_shopping"} for t in tasks},
+        },
+    )
+    pipeline = MemCollab(
+        TAXONOMY, store, results, distiller=strong, classifier_agent=strong, workers=1, show_progress=False
+    )
 
     report = pipeline.build(tasks, [weak, strong])
 
@@ -133,17 +171,28 @@ def test_verification_keeps_only_constraints_that_fix_the_failed_task(stores):
     store, results = stores
     tasks = [math_task(1)]
     fixes, useless = "items are bought at a unit price", "a discount applies to a total"
-    weak = agent("weak", {  # first key found in the prompt wins: guided prompts before the bare task
-        fixes: {"reasoning": "5*8+2", "answer": "42"},
-        useless: {"reasoning": "guess", "answer": "7"},
-        tasks[0].prompt: {"reasoning": "guess", "answer": "7"},
-    })
-    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [
-                                  constraint_json(fixes), constraint_json(useless)]},
-                              tasks[0].prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"}})
+    weak = agent(
+        "weak",
+        {  # first key found in the prompt wins: guided prompts before the bare task
+            fixes: {"reasoning": "5*8+2", "answer": "42"},
+            useless: {"reasoning": "guess", "answer": "7"},
+            tasks[0].prompt: {"reasoning": "guess", "answer": "7"},
+        },
+    )
+    strong = agent(
+        "strong",
+        {
+            "successful_solution": {
+                "reasoning": "c",
+                "constraints": [constraint_json(fixes), constraint_json(useless)],
+            },
+            tasks[0].prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"},
+        },
+    )
 
-    report = MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False,
-                       verify=True).build(tasks, [weak, strong])
+    report = MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False, verify=True).build(
+        tasks, [weak, strong]
+    )
 
     assert (report.proposed, report.added, report.unverified) == (2, 1, 1)
     assert [e.when for e in store.entries()] == [fixes]
@@ -157,21 +206,41 @@ def test_verification_rejects_a_constraint_that_breaks_a_solved_task(stores, ver
     store, results = stores
     source, solved = math_task(1), math_task(2, answer="43")
     hint = "the shop sells apples"  # fixes its own task (answer 42) but misleads on the other one (43)
-    weak = agent("weak", {hint: {"reasoning": "r", "answer": "42"},
-                          source.prompt: {"reasoning": "guess", "answer": "7"},
-                          solved.prompt: {"reasoning": "r", "answer": "43"}})
-    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [constraint_json(hint)]},
-                              source.prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"},
-                              solved.prompt: {"reasoning": "ok", "answer": "43", "category": "money_and_shopping"}})
+    weak = agent(
+        "weak",
+        {
+            hint: {"reasoning": "r", "answer": "42"},
+            source.prompt: {"reasoning": "guess", "answer": "7"},
+            solved.prompt: {"reasoning": "r", "answer": "43"},
+        },
+    )
+    strong = agent(
+        "strong",
+        {
+            "successful_solution": {"reasoning": "c", "constraints": [constraint_json(hint)]},
+            source.prompt: {"reasoning": "ok", "answer": "42", "category": "money_and_shopping"},
+            solved.prompt: {"reasoning": "ok", "answer": "43", "category": "money_and_shopping"},
+        },
+    )
 
-    report = MemCollab(TAXONOMY, store, results, distiller=strong, classifier_agent=strong, workers=1,
-                       show_progress=False, verify=True, verify_tasks=verify_tasks).build([source, solved], [weak, strong])
+    report = MemCollab(
+        TAXONOMY,
+        store,
+        results,
+        distiller=strong,
+        classifier_agent=strong,
+        workers=1,
+        show_progress=False,
+        verify=True,
+        verify_tasks=verify_tasks,
+    ).build([source, solved], [weak, strong])
 
     assert report.proposed == 1 and len(report.pairs) == 1
     if verify_tasks:
         assert (report.added, report.unverified) == (0, 1), "it breaks a task the weak agent solved without it"
-        assert any(hint in json.dumps(h["messages"]) and solved.prompt in json.dumps(h["messages"])
-                   for h in weak.lm.history)
+        assert any(
+            hint in json.dumps(h["messages"]) and solved.prompt in json.dumps(h["messages"]) for h in weak.lm.history
+        )
     else:
         assert (report.added, report.unverified) == (1, 0), "the source-task check alone keeps it"
 
@@ -190,14 +259,24 @@ def test_distiller_drops_agent_names_and_task_numbers(stores):
     store, results = stores
     task = math_task(1).model_copy(update={"prompt": "Tom buys 17 apples at 3 dollars each. How much?"})
     weak = agent("weak", {task.prompt: {"reasoning": "guess", "answer": "7"}})
-    strong = agent("strong", {"successful_solution": {"reasoning": "c", "constraints": [
-                                  constraint_json("the weak model multiplies"),
-                                  constraint_json("buying 17 apples"),
-                                  constraint_json("a quantity is bought at a unit price"),
-                              ]},
-                              task.prompt: {"reasoning": "17*3", "answer": "51", "category": "money_and_shopping"}})
+    strong = agent(
+        "strong",
+        {
+            "successful_solution": {
+                "reasoning": "c",
+                "constraints": [
+                    constraint_json("the weak model multiplies"),
+                    constraint_json("buying 17 apples"),
+                    constraint_json("a quantity is bought at a unit price"),
+                ],
+            },
+            task.prompt: {"reasoning": "17*3", "answer": "51", "category": "money_and_shopping"},
+        },
+    )
     task = task.model_copy(update={"answer": "51"})
-    report = MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False).build([task], [weak, strong])
+    report = MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False).build(
+        [task], [weak, strong]
+    )
     assert report.proposed == 3
     assert [e.when for e in store.entries()] == ["a quantity is bought at a unit price"]
 
@@ -214,11 +293,16 @@ def test_cached_distillation_is_filtered_by_the_current_rules(stores, monkeypatc
     calls = len(strong.lm.history)
 
     original = distiller_module.is_transferable
-    monkeypatch.setattr(distiller_module, "is_transferable",
-                        lambda c, task, names: original(c, task, names) and "discount" not in c.when)
+    monkeypatch.setattr(
+        distiller_module,
+        "is_transferable",
+        lambda c, task, names: original(c, task, names) and "discount" not in c.when,
+    )
     fresh = MemoryStore(Path(store.path).parent / "rebuilt.sqlite")
     try:
-        report = MemCollab(TAXONOMY, fresh, results, distiller=strong, workers=1, show_progress=False).build(tasks, [weak, strong])
+        report = MemCollab(TAXONOMY, fresh, results, distiller=strong, workers=1, show_progress=False).build(
+            tasks, [weak, strong]
+        )
         assert len(strong.lm.history) == calls, "the rebuild must come from the result store"
         assert report.proposed == 2
         assert [e.when for e in fresh.entries()] == ["items are bought at a unit price"]
@@ -254,9 +338,13 @@ def test_transferability_filter_rejects_names_template_copies_and_cleans_lead_wo
     from memcollab.programs.distiller import clean_field, is_transferable
     from memcollab.signatures.distill import Constraint
 
-    task = math_task(1).model_copy(update={"prompt": "Natalia sold clips to 48 friends in April and half as many in May."})
+    task = math_task(1).model_copy(
+        update={"prompt": "Natalia sold clips to 48 friends in April and half as many in May."}
+    )
 
-    def ok(when: str, enforce: str = "compute derived quantities first", avoid: str = "summing only given ones") -> bool:
+    def ok(
+        when: str, enforce: str = "compute derived quantities first", avoid: str = "summing only given ones"
+    ) -> bool:
         return is_transferable(Constraint(when=when, enforce=enforce, avoid=avoid, error_type="x"), task, ["weak"])
 
     assert ok("a quantity is given relative to another ('half as many')")
@@ -274,8 +362,12 @@ def test_transferability_filter_rejects_names_template_copies_and_cleans_lead_wo
 
 def test_support_counts_distinct_tasks_so_a_rerun_does_not_inflate_it(tmp_path):
     e = entry("rates_and_time", "speed is distance over time")
-    first = e.model_copy(update={"provenance": Provenance(task_ids=["t1"], positive_agents=["s"], negative_agents=["w"])})
-    second = e.model_copy(update={"provenance": Provenance(task_ids=["t2"], positive_agents=["s"], negative_agents=["w"])})
+    first = e.model_copy(
+        update={"provenance": Provenance(task_ids=["t1"], positive_agents=["s"], negative_agents=["w"])}
+    )
+    second = e.model_copy(
+        update={"provenance": Provenance(task_ids=["t2"], positive_agents=["s"], negative_agents=["w"])}
+    )
     with MemoryStore(tmp_path / "m.sqlite") as store:
         store.add(first)
         store.add(first)  # the same evidence again (a resumed build)
@@ -305,12 +397,14 @@ def test_distillation_with_examples_shows_them_and_is_cached_apart(stores):
     store, results = stores
     tasks = [math_task(1)]
     weak, strong = one_pair_agents(tasks[0], "items at a unit price")
-    MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False,
-              distill_examples=False).build(tasks, [weak, strong])
+    MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False, distill_examples=False).build(
+        tasks, [weak, strong]
+    )
     plain_calls = len(strong.lm.history)
     assert "pencils" not in json.dumps(strong.lm.history[-1]["messages"])
 
-    MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False,
-              distill_examples=True).build(tasks, [weak, strong])
+    MemCollab(TAXONOMY, store, results, distiller=strong, workers=1, show_progress=False, distill_examples=True).build(
+        tasks, [weak, strong]
+    )
     assert len(strong.lm.history) == plain_calls + 1, "a distillation without examples must not be reused"
     assert "pencils" in json.dumps(strong.lm.history[-1]["messages"]), "the worked examples precede the pair"

@@ -11,13 +11,49 @@ from memcollab.records import MemoryEntry
 
 ROWS = [
     # category, domain, when, enforce, avoid
-    ("algebra", "math", "solving a quadratic equation", "check each root in the original equation", "losing a negative root"),
-    ("algebra", "math", "simplifying a rational expression", "list excluded values before cancelling", "cancelling non-factors"),
-    ("geometry", "math", "computing the area of a triangle", "use one half base times height", "forgetting the one half"),
-    ("geometry", "math", "angles in a regular polygon", "use (n-2)*180/n for interior angles", "mixing interior and exterior angles"),
-    ("number_theory", "math", "working modulo a prime", "reduce intermediate powers modulo p", "computing huge powers directly"),
+    (
+        "algebra",
+        "math",
+        "solving a quadratic equation",
+        "check each root in the original equation",
+        "losing a negative root",
+    ),
+    (
+        "algebra",
+        "math",
+        "simplifying a rational expression",
+        "list excluded values before cancelling",
+        "cancelling non-factors",
+    ),
+    (
+        "geometry",
+        "math",
+        "computing the area of a triangle",
+        "use one half base times height",
+        "forgetting the one half",
+    ),
+    (
+        "geometry",
+        "math",
+        "angles in a regular polygon",
+        "use (n-2)*180/n for interior angles",
+        "mixing interior and exterior angles",
+    ),
+    (
+        "number_theory",
+        "math",
+        "working modulo a prime",
+        "reduce intermediate powers modulo p",
+        "computing huge powers directly",
+    ),
     ("strings", "code", "slicing a string to its last character", "use s[-1] or s[len(s)-1]", "indexing s[len(s)]"),
-    ("lists", "code", "removing items from a list while iterating", "iterate over a copy", "mutating the list being iterated"),
+    (
+        "lists",
+        "code",
+        "removing items from a list while iterating",
+        "iterate over a copy",
+        "mutating the list being iterated",
+    ),
 ]
 
 

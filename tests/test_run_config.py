@@ -40,8 +40,9 @@ MEMCOLLAB = [sys.executable, "-c", "import sys; from memcollab.cli import main; 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MEMCOLLAB_DATA_DIR"}
     env["COLUMNS"] = "200"
-    return subprocess.run([*MEMCOLLAB, *args], check=False, capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [*MEMCOLLAB, *args], check=False, capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
@@ -68,8 +69,10 @@ def _closed_port() -> int:
 
 def _agents_file(path: Path, api_base: str) -> Path:
     """Three litellm agents on one endpoint: no model, no key, nothing else needed to check them."""
-    agents = "".join(f"  - {{name: {name}, backend: litellm, model: openai/{name}, api_base: '{api_base}'}}\n"
-                     for name in ("weak", "strong", "other"))
+    agents = "".join(
+        f"  - {{name: {name}, backend: litellm, model: openai/{name}, api_base: '{api_base}'}}\n"
+        for name in ("weak", "strong", "other")
+    )
     path.write_text("agents:\n" + agents)
     return path
 
@@ -84,8 +87,10 @@ def data_dir(tmp_path: Path) -> Path:
             shutil.copy(REAL / f"gsm8k/{split}.jsonl", target / f"gsm8k/{split}.jsonl")
     else:
         for split in ("train", "test"):
-            _write(target / f"gsm8k/{split}.jsonl",
-                   [{"question": f"{split} {i}?", "answer": f"#### {i}"} for i in range(1, 41)])
+            _write(
+                target / f"gsm8k/{split}.jsonl",
+                [{"question": f"{split} {i}?", "answer": f"#### {i}"} for i in range(1, 41)],
+            )
     return target
 
 
@@ -94,7 +99,7 @@ def endpoint():
     """A real HTTP server on localhost that answers every request with 404: reachable, but no LM."""
 
     class NotAnLM(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             self.send_error(404)
 
         do_POST = do_GET
@@ -152,7 +157,7 @@ def test_ids_win_over_limits_and_the_defaults_still_load(tmp_path: Path) -> None
 
     for path in sorted(Path(__file__).resolve().parents[1].glob("configs/experiments/*.yaml")):
         # every committed experiment file is valid: a grid as a grid, any other as one run
-        assert (load_grid_config(path).cells if is_grid_config(path) else load_config(path).benchmark), path
+        assert load_grid_config(path).cells if is_grid_config(path) else load_config(path).benchmark, path
     (tmp_path / "list.yaml").write_text("- benchmark: gsm8k\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(tmp_path / "list.yaml")
@@ -195,8 +200,20 @@ def test_an_unreachable_agent_fails_before_the_run_dir_exists(tmp_path: Path, da
     port = _closed_port()
     agents = _agents_file(tmp_path / "agents.yaml", f"http://127.0.0.1:{port}/v1")
     before = _contents(tmp_path)
-    result = _cli("run", "--data-dir", str(data_dir), "--agents-file", str(agents), "--run-dir", "run",
-                  "--build-ids", "1-3", "--eval-ids", "1-3", cwd=tmp_path)
+    result = _cli(
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--agents-file",
+        str(agents),
+        "--run-dir",
+        "run",
+        "--build-ids",
+        "1-3",
+        "--eval-ids",
+        "1-3",
+        cwd=tmp_path,
+    )
     _one_line_error(result, "agent 'weak'", f"127.0.0.1:{port}", "unreachable")
     assert _contents(tmp_path) == before
 
@@ -212,9 +229,17 @@ def test_run_dir_that_is_a_file_and_ids_with_sample_are_one_line(tmp_path: Path,
     assert (tmp_path / "taken").read_text() == "a file" and not (tmp_path / "r").exists()
 
 
-def test_preflight_loads_every_split_and_checks_agents_without_writing(tmp_path: Path, data_dir: Path, endpoint) -> None:
-    cfg = RunConfig(data_dir=data_dir, agents_file=_agents_file(tmp_path / "agents.yaml", endpoint),
-                    run_dir=tmp_path / "run", build_ids="1-3", eval_ids="5,7-8", track=False)
+def test_preflight_loads_every_split_and_checks_agents_without_writing(
+    tmp_path: Path, data_dir: Path, endpoint
+) -> None:
+    cfg = RunConfig(
+        data_dir=data_dir,
+        agents_file=_agents_file(tmp_path / "agents.yaml", endpoint),
+        run_dir=tmp_path / "run",
+        build_ids="1-3",
+        eval_ids="5,7-8",
+        track=False,
+    )
     plan = preflight(cfg)
     assert [t.id for t in plan.tasks["build"]] == ["gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/3"]
     assert [t.id for t in plan.tasks["eval"]] == ["gsm8k/test/5", "gsm8k/test/7", "gsm8k/test/8"]
@@ -237,8 +262,18 @@ def test_inline_agent_names_make_flat_result_files(tmp_path: Path) -> None:
     _write(data / "gsm8k/test.jsonl", rows)
     _write(data / "gsm8k/train.jsonl", rows)
     name = "litellm:openai/gpt-4o-mini"
-    cfg = RunConfig(data_dir=data, run_dir=tmp_path / "run", eval_ids="1-2", build_agents=[], eval_agents=[name],
-                    classifier=name, memory_path=Path(":memory:"), track=False, cache=False, workers=1)
+    cfg = RunConfig(
+        data_dir=data,
+        run_dir=tmp_path / "run",
+        eval_ids="1-2",
+        build_agents=[],
+        eval_agents=[name],
+        classifier=name,
+        memory_path=Path(":memory:"),
+        track=False,
+        cache=False,
+        workers=1,
+    )
     answers = {f"What is {i} + {i}?": {"reasoning": "add", "answer": str(2 * i)} for i in range(1, 4)}
     with Experiment(cfg) as exp:
         exp.agents = {name: Agent(name=name, lm=DummyLM(answers), config={"name": name, "model": "dummy"})}
@@ -259,9 +294,16 @@ def test_memory_overlap_and_missing_programs_fail_in_preflight(tmp_path: Path, d
 
     memory = tmp_path / "memory.sqlite"
     with MemoryStore(memory) as store:
-        store.add(MemoryEntry(when="a total is asked", enforce="add every part", avoid="dropping a part",
-                              category="multi_step", error_type="other",
-                              provenance=Provenance(task_ids=["gsm8k/test/2"])))
+        store.add(
+            MemoryEntry(
+                when="a total is asked",
+                enforce="add every part",
+                avoid="dropping a part",
+                category="multi_step",
+                error_type="other",
+                provenance=Provenance(task_ids=["gsm8k/test/2"]),
+            )
+        )
     base = dict(data_dir=data_dir, run_dir=tmp_path / "run", eval_ids="1-3", build_agents=[], eval_agents=[])
     with pytest.raises(OverlapError, match="gsm8k/test/2"):
         preflight(RunConfig(**base, memory_path=memory), build=False)

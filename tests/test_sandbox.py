@@ -50,7 +50,9 @@ def test_sleeping_program_hits_the_wall_clock() -> None:
 
 
 def test_closing_stdout_does_not_escape_the_wall_clock() -> None:
-    result = run_program("import os\nos.close(1)\nos.close(2)\nwhile True:\n    pass", SandboxLimits(wall_s=1.0, cpu_s=5.0))
+    result = run_program(
+        "import os\nos.close(1)\nos.close(2)\nwhile True:\n    pass", SandboxLimits(wall_s=1.0, cpu_s=5.0)
+    )
     assert result.status == "timeout"
 
 

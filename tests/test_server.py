@@ -191,10 +191,12 @@ def test_two_agents_share_one_server_concurrently():
     _binary_or_skip()
     _model_or_skip()
     agents = [
-        AgentConfig(name="a", model=MODEL, backend="server", temperature=0.0, seed=1, max_tokens=64,
-                    n_parallel=2, n_ctx=1024),
-        AgentConfig(name="b", model=MODEL, backend="server", temperature=0.7, seed=2, max_tokens=64,
-                    n_parallel=2, n_ctx=1024),
+        AgentConfig(
+            name="a", model=MODEL, backend="server", temperature=0.0, seed=1, max_tokens=64, n_parallel=2, n_ctx=1024
+        ),
+        AgentConfig(
+            name="b", model=MODEL, backend="server", temperature=0.7, seed=2, max_tokens=64, n_parallel=2, n_ctx=1024
+        ),
     ]
     try:
         lms = [srv.server_lm(agent, cache=False) for agent in agents]
@@ -239,8 +241,15 @@ def test_plain_dspy_openai_lm_against_local_server(smollm_server):
     """The litellm/OpenAI-compatible route: an ordinary dspy.LM pointed at a local server."""
     import dspy
 
-    lm = dspy.LM("openai/smollm2-135m", api_base=smollm_server.url, api_key="local",
-                 model_type="chat", temperature=0.0, max_tokens=64, cache=False)
+    lm = dspy.LM(
+        "openai/smollm2-135m",
+        api_base=smollm_server.url,
+        api_key="local",
+        model_type="chat",
+        temperature=0.0,
+        max_tokens=64,
+        cache=False,
+    )
     with dspy.context(lm=lm):
         pred = dspy.Predict("question -> answer")(question="What is 2 + 3? Reply with a number.")
     assert isinstance(pred.answer, str) and pred.answer.strip()
@@ -263,9 +272,17 @@ def test_json_adapter_output_is_grammar_constrained_through_the_server(smollm_se
 
 def test_agent_seed_reaches_the_server(smollm_server):
     """Same seed at temperature 1 reproduces a sample; another seed gives another one."""
+
     def sample(seed: int) -> str:
-        agent = AgentConfig(name="s", model=MODEL, backend="server", temperature=1.0, seed=seed, max_tokens=30,
-                            api_base=smollm_server.url)
+        agent = AgentConfig(
+            name="s",
+            model=MODEL,
+            backend="server",
+            temperature=1.0,
+            seed=seed,
+            max_tokens=30,
+            api_base=smollm_server.url,
+        )
         return srv.server_lm(agent, cache=False)("Tell me a short random story.")[0]
 
     first, again, other = sample(1), sample(1), sample(2)
@@ -318,8 +335,9 @@ HARNESS = textwrap.dedent(
 
 
 def _start_harness(model_path: Path) -> tuple[subprocess.Popen, int, Path]:
-    proc = subprocess.Popen([sys.executable, "-c", HARNESS, str(model_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HARNESS, str(model_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     fields = proc.stdout.readline().split(maxsplit=1)
     if len(fields) != 2 or not fields[0].isdigit():
         proc.kill()

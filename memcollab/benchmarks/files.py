@@ -30,7 +30,9 @@ def check_jsonl(path: Path) -> int:
                 msg = getattr(exc, "msg", str(exc))
                 raise DataError(f"malformed JSON in {path} line {lineno}: {msg}") from None
             if not isinstance(record, dict):
-                raise DataError(f"malformed JSON in {path} line {lineno}: expected an object, got {type(record).__name__}")
+                raise DataError(
+                    f"malformed JSON in {path} line {lineno}: expected an object, got {type(record).__name__}"
+                )
             count += 1
     if count == 0:
         raise DataError(f"data file {path} has no records")
@@ -57,7 +59,7 @@ def read_local(path: Path) -> list[dict[str, Any]]:
 
     try:
         ds = load_dataset("json", data_files=str(path), split="train")
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types; the JSON was valid, so relay its words
+    except Exception as exc:
         raise DataError(f"cannot read {path} with datasets: {_first_line(exc)}") from None
     return ds.to_list()
 
@@ -74,7 +76,7 @@ def read_hub(spec: BenchmarkSpec, source: str) -> list[dict[str, Any]]:
             ds = concatenate_datasets([parts[name] for name in parts])
         else:
             ds = load_dataset(spec.hub_id, spec.hub_config, split=split)
-    except Exception as exc:  # noqa: BLE001 - network, auth and cache errors all mean "no data": say so in one line
+    except Exception as exc:
         raise DataError(
             f"no local data directory and the Hugging Face hub is unreachable for {spec.hub_id} "
             f"({_first_line(exc)[:160]}); pass --data-dir or set MEMCOLLAB_DATA_DIR"

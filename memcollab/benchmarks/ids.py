@@ -87,7 +87,9 @@ def _find(tasks: Sequence[Task], key: str, where: str) -> Task | None:
         return exact[0]
     matches = [t for t in tasks if t.id.endswith("/" + key)]
     if len(matches) > 1:
-        raise DataError(f"id '{key}' is ambiguous in {where} ({len(matches)} matches); give the full id, e.g. {matches[0].id}")
+        raise DataError(
+            f"id '{key}' is ambiguous in {where} ({len(matches)} matches); give the full id, e.g. {matches[0].id}"
+        )
     return matches[0] if matches else None
 
 

@@ -184,7 +184,9 @@ def mbpp_tasks(rows: list[dict[str, Any]], splits: Mapping[str, range]) -> list[
     return tasks
 
 
-def math500_split(tasks: Sequence[Task], build_size: int = MATH500_BUILD_SIZE, seed: int = 0) -> tuple[list[Task], list[Task]]:
+def math500_split(
+    tasks: Sequence[Task], build_size: int = MATH500_BUILD_SIZE, seed: int = 0
+) -> tuple[list[Task], list[Task]]:
     """Seeded split of MATH500 into a memory-building part and an evaluation part, stratified by subject.
 
     MATH500 has no train split, so memory is built from a held-out part of it;

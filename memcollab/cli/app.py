@@ -40,16 +40,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """MemCollab command line."""
 
 
 def _register() -> None:
     from memcollab.cli.data import data_app
-    from memcollab.cli.models import models_app
-    from memcollab.cli.memory import memory_app
     from memcollab.cli.grid import register as register_grid
+    from memcollab.cli.memory import memory_app
+    from memcollab.cli.models import models_app
     from memcollab.cli.prompts import show_prompt_command
     from memcollab.cli.run import register as register_pipeline
 

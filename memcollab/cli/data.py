@@ -18,13 +18,18 @@ data_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_DATA_DIR_HELP = "Directory with the benchmark JSONL files (default: MEMCOLLAB_DATA_DIR, ../shared/data, else the HF hub)."
+_DATA_DIR_HELP = (
+    "Directory with the benchmark JSONL files (default: MEMCOLLAB_DATA_DIR, ../shared/data, else the HF hub)."
+)
 
 
 @data_app.command("check")
 def check(
     benchmark: list[str] | None = typer.Option(
-        None, "--benchmark", "-b", help="Benchmark to check (repeatable), one of the registered benchmarks. Default: all."
+        None,
+        "--benchmark",
+        "-b",
+        help="Benchmark to check (repeatable), one of the registered benchmarks. Default: all.",
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Parallel graders (default: CPU count)."),
@@ -47,7 +52,11 @@ def check(
 
 def _clip(text: str, full: bool, limit: int = 600) -> str:
     text = text.rstrip()
-    return text if full or len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters; --full shows all)"
+    return (
+        text
+        if full or len(text) <= limit
+        else text[:limit] + f"\n... ({len(text) - limit} more characters; --full shows all)"
+    )
 
 
 @data_app.command("show")
@@ -56,7 +65,8 @@ def show(
     split: str | None = typer.Option(None, "--split", "-s", help="Split (default: the benchmark's test split)."),
     limit: int | None = typer.Option(None, "--limit", "-n", help="Show the first N tasks (default 3)."),
     ids: list[str] | None = typer.Option(
-        None, "--ids",
+        None,
+        "--ids",
         help="Task ids, comma-separated or repeated: full ids, tails, or inclusive ranges of numeric tails "
         "(1-100, 1001-1100,1205; GSM8K ids are 1-based line numbers). Wins over --limit.",
     ),

@@ -24,24 +24,47 @@ def print_grid(table, title: str) -> None:
     from memcollab.experiments.report import format_cell
 
     out = Table(title=title)
-    for column in ("benchmark", "target", "method", "source", "n", "accuracy (95% CI)", "vs no memory (paired)",
-                   "turns", "tokens/task"):
+    for column in (
+        "benchmark",
+        "target",
+        "method",
+        "source",
+        "n",
+        "accuracy (95% CI)",
+        "vs no memory (paired)",
+        "turns",
+        "tokens/task",
+    ):
         out.add_column(column, justify="right" if column in ("n", "turns", "tokens/task") else "left")
     for line in table.to_dict("records"):
         accuracy, difference = format_cell(line)
-        out.add_row(line["benchmark"], line["target"], line["method"], line["source"], str(line["n"]), accuracy,
-                    difference, f"{line['turns']:.2f}", f"{line['tokens']:.0f}")
+        out.add_row(
+            line["benchmark"],
+            line["target"],
+            line["method"],
+            line["source"],
+            str(line["n"]),
+            accuracy,
+            difference,
+            f"{line['turns']:.2f}",
+            f"{line['tokens']:.0f}",
+        )
     console.print(out)
 
 
 def grid_command(
     config: Path = typer.Argument(..., help="grid YAML (cells, methods, slices; see configs/experiments/grid.yaml)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="override the config's run_dir (a rerun resumes)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow URI (default: sqlite in the run dir)"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow URI (default: sqlite in the run dir)"
+    ),
     workers: Optional[int] = typer.Option(None, "--workers", help="override the config's concurrent LM calls"),
-    max_errors: Optional[int] = typer.Option(None, "--max-errors", min=0,
-                                             help="override the config's unanswered LM calls per cell (default 10)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="validate, list the cells and the time estimate; run nothing"),
+    max_errors: Optional[int] = typer.Option(
+        None, "--max-errors", min=0, help="override the config's unanswered LM calls per cell (default 10)"
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="validate, list the cells and the time estimate; run nothing"
+    ),
 ) -> None:
     """Run a grid: every method x memory source x target agent x benchmark, each compared with no memory.
 
@@ -59,17 +82,22 @@ def grid_command(
         plan = plan_grid(cfg, announce=err.print)
         for cell in plan.cells:
             tasks = len(plan.benchmarks[cell.benchmark].cell_tasks[cell.id])
-            console.print(f"{cell.id}: {tasks} tasks, memory {plan.cell_memory[cell.id] or '-'}", markup=False,
-                          soft_wrap=True)
+            console.print(
+                f"{cell.id}: {tasks} tasks, memory {plan.cell_memory[cell.id] or '-'}", markup=False, soft_wrap=True
+            )
         estimate = estimate_grid_seconds(plan, {n: a.model_dump(mode="json") for n, a in plan.agents.items()})
-        console.print(f"{len(plan.cells)} cells, {len(plan.memories)} memories; estimated machine time: "
-                      + (f"about {estimate / 3600:.1f} h" if estimate is not None else "unknown (an agent has no measured rate)"),
-                      markup=False)
+        console.print(
+            f"{len(plan.cells)} cells, {len(plan.memories)} memories; estimated machine time: "
+            + (f"about {estimate / 3600:.1f} h" if estimate is not None else "unknown (an agent has no measured rate)"),
+            markup=False,
+        )
         return
     result = run_grid(cfg, announce=err.print)
     print_grid(result.table, f"{cfg.name}: every cell vs no memory on the same tasks")
-    console.print(f"results: {result.run_dir} (table.csv, transfer.csv, k_ablation.csv, figures; notebooks/grid.ipynb)",
-                  markup=False)
+    console.print(
+        f"results: {result.run_dir} (table.csv, transfer.csv, k_ablation.csv, figures; notebooks/grid.ipynb)",
+        markup=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,9 @@ import typer
 models_app = typer.Typer(no_args_is_help=True, help="Embedded local models: list and prepare; build llama-server.")
 
 _MODEL_DIR_OPT = typer.Option(
-    None, "--model-dir", help="Where assembled models live (default: $MEMCOLLAB_MODEL_DIR or ~/.cache/memcollab/models)."
+    None,
+    "--model-dir",
+    help="Where assembled models live (default: $MEMCOLLAB_MODEL_DIR or ~/.cache/memcollab/models).",
 )
 
 
@@ -111,8 +113,13 @@ class _BuildProgress:
         self.started = time.monotonic()
         self.live = console.is_terminal
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True, disable=not self.live,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not self.live,
         )
         self.task = self.progress.add_task("llama-server: fetching the llama.cpp sources", total=None)
         self.last_decile = -1
@@ -132,8 +139,13 @@ class _BuildProgress:
         from memcollab.lm.server.build import compile_progress
 
         if line.startswith("$ "):
-            phase = ("configuring (cmake)" if " -S " in line else "compiling" if "--build" in line
-                     else "fetching the llama.cpp sources (pip download)")
+            phase = (
+                "configuring (cmake)"
+                if " -S " in line
+                else "compiling"
+                if "--build" in line
+                else "fetching the llama.cpp sources (pip download)"
+            )
             self.progress.update(self.task, description=f"llama-server: {phase}", total=None, completed=0)
             self._say(f"llama-server: {phase}")
             return
@@ -166,5 +178,6 @@ def build_server_command(
     console.print(
         f"llama-server (llama.cpp of llama-cpp-python {report.version}) installed at {report.binary} "
         f"in {_duration(report.total)} ({phases}); build log: {report.log_path}",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )

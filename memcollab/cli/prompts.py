@@ -21,8 +21,9 @@ def show_prompt_command(
     feedback: str = typer.Option("", help="code tasks: the test feedback of the previous attempt"),
     solver_program: Optional[Path] = typer.Option(None, help="a compiled solver (its demos are shown too)"),
     template: Optional[str] = typer.Option(
-        None, help="an embedded model (e.g. qwen2.5-coder-0.5b): also render the messages through its chat template "
-        "on llama-server, the exact text the model reads"
+        None,
+        help="an embedded model (e.g. qwen2.5-coder-0.5b): also render the messages through its chat template "
+        "on llama-server, the exact text the model reads",
     ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="benchmark data directory"),
 ) -> None:
@@ -46,8 +47,14 @@ def show_prompt_command(
             raise ConfigError(f"solver program not found: {solver_program}")
         solver.load(str(solver_program))
     chosen = {"natural": NaturalAdapter, "json": dspy.JSONAdapter, "chat": dspy.ChatAdapter}[adapter]()
-    messages = solver_messages(task, chosen, guidance=render_guidance(rule), solver=solver,
-                               previous_attempt=previous.read_text() if previous else "", feedback=feedback)
+    messages = solver_messages(
+        task,
+        chosen,
+        guidance=render_guidance(rule),
+        solver=solver,
+        previous_attempt=previous.read_text() if previous else "",
+        feedback=feedback,
+    )
     for message in messages:
         typer.echo(f"--- {message['role']} ---\n{message['content']}\n")
     if template:
@@ -63,7 +70,10 @@ def apply_template(model: str, messages: list[dict]) -> str:
 
     lm = server_lm(resolve_agent(f"server:{model}"))
     root = lm.kwargs["api_base"].removesuffix("/v1")
-    request = urllib.request.Request(root + "/apply-template", data=json.dumps({"messages": messages}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        root + "/apply-template",
+        data=json.dumps({"messages": messages}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())["prompt"]

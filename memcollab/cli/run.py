@@ -34,14 +34,17 @@ AGENTS_FILE = typer.Option(None, "--agents-file", help="agents YAML (default: co
 WORKERS = typer.Option(4, "--workers", help="concurrent LM calls")
 DATA_DIR = typer.Option(None, "--data-dir", help="benchmark data directory (default: ../shared/data)")
 MAX_TOKENS = typer.Option(None, "--max-tokens", help="override every agent's max tokens")
-BACKEND = typer.Option(None, "--backend", help="embedded agents' backend: auto (server if llama-server is installed) | local | server")
+BACKEND = typer.Option(
+    None, "--backend", help="embedded agents' backend: auto (server if llama-server is installed) | local | server"
+)
 TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow URI (default: sqlite in the run dir)")
 TRACK = typer.Option(True, "--track/--no-track", help="log to MLflow")
 CACHE = typer.Option(True, "--cache/--no-cache", help="DSPy LM cache under the run dir")
 SAMPLE = typer.Option(False, "--sample/--no-sample", help="take a seeded random sample instead of the first N")
 SEED = typer.Option(0, "--seed", help="seed for --sample")
 VERIFY = typer.Option(
-    False, "--verify-memory/--no-verify-memory",
+    False,
+    "--verify-memory/--no-verify-memory",
     help="store a distilled constraint only if, given alone as guidance, it lets the agent that failed the source "
     "task solve it and breaks none of --verify-tasks build tasks of its category that the agents solved without it "
     "(beyond the paper)",
@@ -50,12 +53,15 @@ VERIFY_TASKS = typer.Option(
     3, "--verify-tasks", help="with --verify-memory: solved build tasks per agent a constraint must not break (0: skip)"
 )
 EXAMPLES = typer.Option(
-    False, "--distill-examples/--no-distill-examples",
+    False,
+    "--distill-examples/--no-distill-examples",
     help="show the distiller the worked examples of configs/distill_examples/ before each pair",
 )
 RUN_DIR = typer.Option(Path("runs/default"), "--run-dir", help="where results, memory and caches go (a rerun resumes)")
 MAX_ERRORS = typer.Option(
-    10, "--max-errors", min=0,
+    10,
+    "--max-errors",
+    min=0,
     help="LM calls that may fail after retries (endpoint down, hung, overloaded) before a step stops; each such task "
     "is recorded as an LM error, not stored, and retried by a rerun",
 )
@@ -78,14 +84,24 @@ def print_results(summaries, title: str = "results") -> None:
         table.add_column(column, justify="right" if column not in ("agent", "memory") else "left")
     for s in summaries:
         table.add_row(
-            s.agent, s.condition, str(s.n), f"{s.accuracy:.1%}", f"{s.ci_low:.0%}-{s.ci_high:.0%}",
-            f"{s.mean_turns:.2f}", f"{s.mean_tokens:.0f}", str(s.format_errors), str(s.lm_errors),
+            s.agent,
+            s.condition,
+            str(s.n),
+            f"{s.accuracy:.1%}",
+            f"{s.ci_low:.0%}-{s.ci_high:.0%}",
+            f"{s.mean_turns:.2f}",
+            f"{s.mean_tokens:.0f}",
+            str(s.format_errors),
+            str(s.lm_errors),
         )
     console.print(table)
     lm_errors = sum(s.lm_errors for s in summaries)
     if lm_errors:
-        console.print(f"{lm_errors} task(s) got no answer from their LM (LM errors: not counted in n); "
-                      "rerun the same command to retry only those", markup=False)
+        console.print(
+            f"{lm_errors} task(s) got no answer from their LM (LM errors: not counted in n); "
+            "rerun the same command to retry only those",
+            markup=False,
+        )
 
 
 def print_build(report, store_size: int) -> None:
@@ -117,7 +133,9 @@ def run_command(
     k: int = typer.Option(3, help="memories retrieved per task"),
     max_turns: int = typer.Option(3, help="code tasks: turns with execution feedback"),
     samples: int = typer.Option(0, help="extra sampled attempts for tasks without a contrast"),
-    gold_categories: bool = typer.Option(False, help="use the data's categories (MATH subjects) instead of the classifier"),
+    gold_categories: bool = typer.Option(
+        False, help="use the data's categories (MATH subjects) instead of the classifier"
+    ),
     workers: int = WORKERS,
     run_dir: Path = RUN_DIR,
     data_dir: Optional[Path] = DATA_DIR,
@@ -126,7 +144,9 @@ def run_command(
     tracking_uri: Optional[str] = TRACKING_URI,
     track: bool = TRACK,
     cache: bool = CACHE,
-    classifier_program: Optional[Path] = typer.Option(None, help="a compiled classifier (memcollab compile --program classifier)"),
+    classifier_program: Optional[Path] = typer.Option(
+        None, help="a compiled classifier (memcollab compile --program classifier)"
+    ),
     solver_program: Optional[Path] = typer.Option(None, help="a compiled solver program (JSON)"),
     verify_memory: bool = VERIFY,
     verify_tasks: int = VERIFY_TASKS,
@@ -140,13 +160,36 @@ def run_command(
     tasks with and without the memory.
     """
     cfg = _config(
-        benchmark=benchmark, build_limit=build_limit, eval_limit=eval_limit, build_ids=build_ids, eval_ids=eval_ids,
-        sample=sample, seed=seed, build_agents=_csv(build_agents), eval_agents=_csv(eval_agents),
-        distiller=distiller, classifier=classifier, agents_file=agents_file, k=k, max_turns=max_turns, samples=samples,
-        gold_categories=gold_categories, workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens,
-        backend=backend, tracking_uri=tracking_uri, track=track, cache=cache, classifier_program=classifier_program,
-        solver_program=solver_program, verify_memory=verify_memory, verify_tasks=verify_tasks,
-        distill_examples=distill_examples, max_errors=max_errors,
+        benchmark=benchmark,
+        build_limit=build_limit,
+        eval_limit=eval_limit,
+        build_ids=build_ids,
+        eval_ids=eval_ids,
+        sample=sample,
+        seed=seed,
+        build_agents=_csv(build_agents),
+        eval_agents=_csv(eval_agents),
+        distiller=distiller,
+        classifier=classifier,
+        agents_file=agents_file,
+        k=k,
+        max_turns=max_turns,
+        samples=samples,
+        gold_categories=gold_categories,
+        workers=workers,
+        run_dir=run_dir,
+        data_dir=data_dir,
+        max_tokens=max_tokens,
+        backend=backend,
+        tracking_uri=tracking_uri,
+        track=track,
+        cache=cache,
+        classifier_program=classifier_program,
+        solver_program=solver_program,
+        verify_memory=verify_memory,
+        verify_tasks=verify_tasks,
+        distill_examples=distill_examples,
+        max_errors=max_errors,
     )
     summaries, exp = run_experiment(cfg, name="run")
     print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
@@ -175,8 +218,14 @@ def run_experiment(cfg, name: str):
             report = exp.build_memory()
             print_build(report, len(exp.store))
             summaries = exp.evaluate(cfg.eval_agents)
-            exp.write_summary({"pairs": len(report.pairs), "constraints_proposed": report.proposed,
-                               "constraints_unverified": report.unverified, "build_lm_errors": report.lm_errors})
+            exp.write_summary(
+                {
+                    "pairs": len(report.pairs),
+                    "constraints_proposed": report.proposed,
+                    "constraints_unverified": report.unverified,
+                    "build_lm_errors": report.lm_errors,
+                }
+            )
     return summaries, exp
 
 
@@ -210,11 +259,29 @@ def build_memory_command(
     from memcollab.experiments.runner import Experiment
 
     cfg = _config(
-        benchmark=benchmark, build_agents=_csv(agents), build_limit=limit, build_ids=ids, sample=sample, seed=seed,
-        distiller=distiller, classifier=classifier, samples=samples, memory_path=memory, agents_file=agents_file,
-        workers=workers, run_dir=run_dir, data_dir=data_dir, max_tokens=max_tokens, backend=backend,
-        tracking_uri=tracking_uri, track=track, cache=cache, verify_memory=verify_memory, verify_tasks=verify_tasks,
-        distill_examples=distill_examples, max_errors=max_errors,
+        benchmark=benchmark,
+        build_agents=_csv(agents),
+        build_limit=limit,
+        build_ids=ids,
+        sample=sample,
+        seed=seed,
+        distiller=distiller,
+        classifier=classifier,
+        samples=samples,
+        memory_path=memory,
+        agents_file=agents_file,
+        workers=workers,
+        run_dir=run_dir,
+        data_dir=data_dir,
+        max_tokens=max_tokens,
+        backend=backend,
+        tracking_uri=tracking_uri,
+        track=track,
+        cache=cache,
+        verify_memory=verify_memory,
+        verify_tasks=verify_tasks,
+        distill_examples=distill_examples,
+        max_errors=max_errors,
     )
     plan = preflight(cfg, build=True, evaluate=False, announce=err.print)
     with Experiment(cfg, plan) as exp:
@@ -261,11 +328,29 @@ def evaluate_command(
     if not names:
         raise ConfigError("--agent names no agent; give one or more, comma-separated")
     cfg = _config(
-        benchmark=benchmark, eval_agents=names, eval_limit=limit, eval_ids=ids, sample=sample, seed=seed, k=k,
-        classifier=classifier or names[0], gold_categories=gold_categories, fallback=fallback,
-        allow_overlap=allow_overlap, max_turns=max_turns, memory_path=memory or Path(":memory:"),
-        build_agents=[], agents_file=agents_file, workers=workers, run_dir=run_dir, data_dir=data_dir,
-        max_tokens=max_tokens, backend=backend, tracking_uri=tracking_uri, track=track, cache=cache,
+        benchmark=benchmark,
+        eval_agents=names,
+        eval_limit=limit,
+        eval_ids=ids,
+        sample=sample,
+        seed=seed,
+        k=k,
+        classifier=classifier or names[0],
+        gold_categories=gold_categories,
+        fallback=fallback,
+        allow_overlap=allow_overlap,
+        max_turns=max_turns,
+        memory_path=memory or Path(":memory:"),
+        build_agents=[],
+        agents_file=agents_file,
+        workers=workers,
+        run_dir=run_dir,
+        data_dir=data_dir,
+        max_tokens=max_tokens,
+        backend=backend,
+        tracking_uri=tracking_uri,
+        track=track,
+        cache=cache,
         max_errors=max_errors,
     )
     conditions = (False,) if memory is None else ((False, True) if baseline else (True,))
@@ -283,8 +368,12 @@ def experiment_command(
     ),
     run_dir: Optional[Path] = typer.Option(None, help="override the config's run_dir"),
     tracking_uri: Optional[str] = TRACKING_URI,
-    max_errors: Optional[int] = typer.Option(None, "--max-errors", min=0, help="override the config's max_errors "
-                                             "(LM calls that may fail after retries before a step stops; default 10)"),
+    max_errors: Optional[int] = typer.Option(
+        None,
+        "--max-errors",
+        min=0,
+        help="override the config's max_errors (LM calls that may fail after retries before a step stops; default 10)",
+    ),
 ) -> None:
     """Run a whole experiment (build memory + evaluate) from a YAML configuration, or a grid of them.
 
@@ -296,8 +385,9 @@ def experiment_command(
     if config.is_file() and is_grid_config(config):  # paired comparisons of memory methods (`memcollab grid`)
         from memcollab.cli.grid import grid_command
 
-        grid_command(config, run_dir=run_dir, tracking_uri=tracking_uri, workers=None, max_errors=max_errors,
-                     dry_run=False)
+        grid_command(
+            config, run_dir=run_dir, tracking_uri=tracking_uri, workers=None, max_errors=max_errors, dry_run=False
+        )
         return
     cfg = load_config(config, run_dir=run_dir, tracking_uri=tracking_uri, max_errors=max_errors)
     summaries, _ = run_experiment(cfg, name=config.stem)
@@ -307,17 +397,23 @@ def experiment_command(
 def compile_command(
     program: str = typer.Option("solver", help="solver | classifier"),
     optimizer: str = typer.Option(
-        "labeled", help="labeled (LabeledFewShot: the benchmark's reference solutions) | bootstrap (BootstrapFewShot: "
-        "the agent's own graded-correct traces)"
+        "labeled",
+        help="labeled (LabeledFewShot: the benchmark's reference solutions) | bootstrap (BootstrapFewShot: "
+        "the agent's own graded-correct traces)",
     ),
-    benchmark: str = typer.Option("gsm8k", help="solver: any benchmark; classifier: one with gold categories (math500)"),
+    benchmark: str = typer.Option(
+        "gsm8k", help="solver: any benchmark; classifier: one with gold categories (math500)"
+    ),
     agent: str = typer.Option("weak", help="the agent that runs the program (bootstrap and the dev comparison)"),
     train: int = typer.Option(3, help="demo candidates: the first N tasks of the build split"),
     dev: int = typer.Option(
-        40, help="tasks that compare zero-shot and compiled (solver: the build split after the train tasks; "
-        "classifier: the evaluation split); 0 skips the comparison"
+        40,
+        help="tasks that compare zero-shot and compiled (solver: the build split after the train tasks; "
+        "classifier: the evaluation split); 0 skips the comparison",
     ),
-    out: Optional[Path] = typer.Option(None, help="compiled program file (default: <run-dir>/<program>_<optimizer>.json)"),
+    out: Optional[Path] = typer.Option(
+        None, help="compiled program file (default: <run-dir>/<program>_<optimizer>.json)"
+    ),
     agents_file: Optional[Path] = AGENTS_FILE,
     workers: int = WORKERS,
     run_dir: Path = typer.Option(Path("runs/compile")),
@@ -341,15 +437,32 @@ def compile_command(
         raise ConfigError(f"unknown program {program!r}; choose one of: solver, classifier")
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    cfg = _config(benchmark=benchmark, agents_file=agents_file, workers=workers, run_dir=run_dir, data_dir=data_dir,
-                  backend=backend, tracking_uri=tracking_uri, track=track, cache=cache, memory_path=Path(":memory:"),
-                  build_agents=[], eval_agents=[])
+    cfg = _config(
+        benchmark=benchmark,
+        agents_file=agents_file,
+        workers=workers,
+        run_dir=run_dir,
+        data_dir=data_dir,
+        backend=backend,
+        tracking_uri=tracking_uri,
+        track=track,
+        cache=cache,
+        memory_path=Path(":memory:"),
+        build_agents=[],
+        eval_agents=[],
+    )
     out = out or run_dir / f"{program}_{optimizer}.json"
     check_run_dir(cfg.run_dir)
     plan = Plan(cfg, agents=check_agents([agent], cfg, announce=err.print))  # before the run dir exists
     with Experiment(cfg, plan) as exp:
-        params = {**cfg.model_dump(mode="json"), "program": program, "optimizer": optimizer, "agent": agent,
-                  "train": train, "dev": dev}
+        params = {
+            **cfg.model_dump(mode="json"),
+            "program": program,
+            "optimizer": optimizer,
+            "agent": agent,
+            "train": train,
+            "dev": dev,
+        }
         with exp.tracker.run(f"compile-{program}", params=params, tags={"command": "compile"}):
             compile_fn = exp.compile_solver if program == "solver" else exp.compile_classifier
             metrics = compile_fn(agent, optimizer, train, dev, out)

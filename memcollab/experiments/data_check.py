@@ -70,14 +70,18 @@ def check_references(
             progress.start_task(bar)
             start = time.monotonic()
 
-            def advance(index: int, verdict: Verdict, result: CheckResult = result, tasks: list[Task] = tasks, bar=bar) -> None:
+            def advance(
+                index: int, verdict: Verdict, result: CheckResult = result, tasks: list[Task] = tasks, bar=bar
+            ) -> None:
                 if verdict.correct:
                     result.passed += 1
                 else:
                     result.failures.append((tasks[index].id, verdict))
                 progress.advance(bar)
 
-            grade_many([(t, t.solution) for t in tasks], workers=workers, limits=limits or CHECK_LIMITS, on_result=advance)
+            grade_many(
+                [(t, t.solution) for t in tasks], workers=workers, limits=limits or CHECK_LIMITS, on_result=advance
+            )
             result.failures.sort(key=lambda item: item[0])
             result.seconds = time.monotonic() - start
     return [result for result, _ in groups]

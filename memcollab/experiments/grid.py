@@ -78,14 +78,28 @@ def agent_params(config: dict[str, Any]) -> dict[str, Any]:
 def task_row(cell: Cell, task: Task, trajectory: Trajectory, guidance: Guidance, category: str) -> dict[str, Any]:
     """One task of one cell, flat (the per-task table)."""
     row = {
-        "cell": cell.id, "benchmark": cell.benchmark, "target": cell.target, "method": cell.method.name,
-        "family": cell.family, "kind": cell.method.kind, "source": cell.source_label, "seed": cell.seed,
-        "k": cell.method.k, "gate": cell.method.gate, "task_id": task.id, "category": category,
+        "cell": cell.id,
+        "benchmark": cell.benchmark,
+        "target": cell.target,
+        "method": cell.method.name,
+        "family": cell.family,
+        "kind": cell.method.kind,
+        "source": cell.source_label,
+        "seed": cell.seed,
+        "k": cell.method.k,
+        "gate": cell.method.gate,
+        "task_id": task.id,
+        "category": category,
         "correct": trajectory.correct,
         "first_turn_correct": bool(trajectory.turns) and trajectory.turns[0].verdict.correct,
-        "turns": trajectory.n_turns, "tokens": trajectory.tokens, "latency_s": round(trajectory.latency_s, 3),
-        "format_error": bool(trajectory.error), "error_type": trajectory.verdict.error_type, "lm_error": False,
-        "memories": len(guidance.memory_ids), "memory_ids": ",".join(guidance.memory_ids),
+        "turns": trajectory.n_turns,
+        "tokens": trajectory.tokens,
+        "latency_s": round(trajectory.latency_s, 3),
+        "format_error": bool(trajectory.error),
+        "error_type": trajectory.verdict.error_type,
+        "lm_error": False,
+        "memories": len(guidance.memory_ids),
+        "memory_ids": ",".join(guidance.memory_ids),
         "guidance_key": guidance.key,
     }
     assert tuple(row) == ROW_COLUMNS
@@ -109,8 +123,13 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 class GridRun:
     """One invocation of a planned grid; owns the result store, the agents and the MLflow runs while open."""
 
-    def __init__(self, plan: GridPlan, agents: dict[str, Agent] | None = None,
-                 announce: Callable[[str], None] = progress_console.print, show_progress: bool = True) -> None:
+    def __init__(
+        self,
+        plan: GridPlan,
+        agents: dict[str, Agent] | None = None,
+        announce: Callable[[str], None] = progress_console.print,
+        show_progress: bool = True,
+    ) -> None:
         self.plan, self.cfg = plan, plan.cfg
         self.run_dir = Path(self.cfg.run_dir)
         self.agents: dict[str, Agent] = dict(agents or {})
@@ -135,8 +154,9 @@ class GridRun:
         configure_dspy_cache(self.run_dir / "dspy_cache", enabled=self.cfg.cache)
         self.results = ResultStore(self.run_dir / "results.sqlite")
         try:
-            self.tracker = GridTracker(self.cfg.tracking_uri, self.run_dir, f"memcollab-grid-{self.cfg.name}",
-                                       enabled=self.cfg.track)
+            self.tracker = GridTracker(
+                self.cfg.tracking_uri, self.run_dir, f"memcollab-grid-{self.cfg.name}", enabled=self.cfg.track
+            )
             missing = {n: c for n, c in self.plan.agents.items() if n not in self.agents}
             if missing:
                 from memcollab.experiments.runner import build_agent_handles
@@ -166,10 +186,17 @@ class GridRun:
         if taxonomy not in self.contexts:
             cfg = self.cfg
             self.contexts[taxonomy] = MethodContext(
-                load_taxonomy(taxonomy), self.results, distiller=self.agents.get(cfg.distiller_name),
-                classifier=self.agents.get(cfg.classifier_name), max_turns=cfg.max_turns, workers=cfg.workers,
-                show_progress=self.show_progress, gold_categories=cfg.gold_categories,
-                classifier_program=cfg.classifier_program, solver_program=cfg.solver_program)
+                load_taxonomy(taxonomy),
+                self.results,
+                distiller=self.agents.get(cfg.distiller_name),
+                classifier=self.agents.get(cfg.classifier_name),
+                max_turns=cfg.max_turns,
+                workers=cfg.workers,
+                show_progress=self.show_progress,
+                gold_categories=cfg.gold_categories,
+                classifier_program=cfg.classifier_program,
+                solver_program=cfg.solver_program,
+            )
         return self.contexts[taxonomy]
 
     def seeded(self, name: str, seed: int) -> Agent:
@@ -177,16 +204,20 @@ class GridRun:
         agent = self.agents[name]
         if seed == 0:
             return agent
-        return Agent(name=agent.name, lm=agent.lm.copy(seed=seed), config={**agent.config, "seed": seed},
-                     adapter=agent.adapter)
+        return Agent(
+            name=agent.name, lm=agent.lm.copy(seed=seed), config={**agent.config, "seed": seed}, adapter=agent.adapter
+        )
 
     def trajectories(self, memory: MemoryPlan, bench: BenchmarkPlan, agents: list[Agent]) -> list[Trajectory]:
         """What the source agents did on the build tasks (the pipeline's collect: cached per agent and task)."""
         key = (memory.taxonomy, memory.build_source, memory.seed, memory.source)
         if key not in self.collected:
             samples = self.cfg.samples if len(agents) > 1 else 0  # one agent has no contrast to sample for
-            collected = self.context(memory.taxonomy).pipeline().collect(
-                bench.build_tasks, agents, samples=samples, temperature=self.cfg.sample_temperature)
+            collected = (
+                self.context(memory.taxonomy)
+                .pipeline()
+                .collect(bench.build_tasks, agents, samples=samples, temperature=self.cfg.sample_temperature)
+            )
             # A trajectory without turns is a task the LM never answered (an lm_error marker), not an attempt.
             self.collected[key] = [t for t in collected if t.turns]
         return self.collected[key]
@@ -195,27 +226,48 @@ class GridRun:
         """Build one memory (every LM result cached), export it, and keep it for the cells that read it."""
         if memory.id in self.methods:
             return self.methods[memory.id]
-        bench = next(b for b in self.plan.benchmarks.values()
-                     if b.build_source == memory.build_source and b.taxonomy == memory.taxonomy)
+        bench = next(
+            b
+            for b in self.plan.benchmarks.values()
+            if b.build_source == memory.build_source and b.taxonomy == memory.taxonomy
+        )
         agents = [self.seeded(name, memory.seed) for name in memory.source]
         workdir = self.run_dir / "memories" / memory.id
-        self.announce(f"memory {memory.id}: {memory.spec.kind} from {'+'.join(memory.source)} "
-                      f"on {len(bench.build_tasks)} {memory.build_source} tasks")
+        self.announce(
+            f"memory {memory.id}: {memory.spec.kind} from {'+'.join(memory.source)} "
+            f"on {len(bench.build_tasks)} {memory.build_source} tasks"
+        )
         start = time.perf_counter()
         trajectories = self.trajectories(memory, bench, agents)
         method = make_method(memory.spec, self.context(memory.taxonomy), workdir)
-        report = method.build(BuildInputs(bench.build_tasks, agents, trajectories, samples=self.cfg.samples,
-                                          temperature=self.cfg.sample_temperature))
+        report = method.build(
+            BuildInputs(
+                bench.build_tasks,
+                agents,
+                trajectories,
+                samples=self.cfg.samples,
+                temperature=self.cfg.sample_temperature,
+            )
+        )
         seconds = time.perf_counter() - start
         self.timings[f"build.{memory.id}_s"] = seconds
         method.export(workdir / "memory.jsonl")
         entries = method.entries()
         if entries:
             plot_heatmap(*error_type_matrix(entries), workdir / "error_types.png")
-        info = {"id": memory.id, "kind": memory.spec.kind, "settings": memory.spec.memory_settings(),
-                "source": list(memory.source), "seed": memory.seed, "build_source": memory.build_source,
-                "taxonomy": memory.taxonomy, "build_tasks": len(bench.build_tasks), "hash": method.content_hash(),
-                "report": report, "seconds": round(seconds, 1)}
+        info = {
+            "id": memory.id,
+            "kind": memory.spec.kind,
+            "settings": memory.spec.memory_settings(),
+            "source": list(memory.source),
+            "seed": memory.seed,
+            "build_source": memory.build_source,
+            "taxonomy": memory.taxonomy,
+            "build_tasks": len(bench.build_tasks),
+            "hash": method.content_hash(),
+            "report": report,
+            "seconds": round(seconds, 1),
+        }
         (workdir / "build.json").write_text(json.dumps(info, indent=2, default=str))
         self.methods[memory.id] = method
         return method
@@ -255,15 +307,24 @@ class GridRun:
                 raise exc  # a bug, not an unreachable endpoint: keep its traceback
             return lm_error_row(cell, task, exc, categories.get(task.id, ""))
 
-        rows = parallel_map(one, tasks, workers=self.cfg.workers, show=self.show_progress, on_error=failed,
-                            max_errors=self.cfg.max_errors,
-                            description=f"{cell.target} {cell.method.name} ({cell.source_label}) on {cell.benchmark}")
+        rows = parallel_map(
+            one,
+            tasks,
+            workers=self.cfg.workers,
+            show=self.show_progress,
+            on_error=failed,
+            max_errors=self.cfg.max_errors,
+            description=f"{cell.target} {cell.method.name} ({cell.source_label}) on {cell.benchmark}",
+        )
         wall = time.perf_counter() - start
         self.timings[f"eval.{cell.id}_s"] = wall
         memory_id = self.plan.cell_memory[cell.id]
-        self.extra[cell.id] = {"wall_s": round(wall, 2), "memory_id": memory_id or "",
-                               "memory_hash": method.content_hash() if memory_id else "",
-                               "memory_size": len(method.records()) if memory_id else 0}
+        self.extra[cell.id] = {
+            "wall_s": round(wall, 2),
+            "memory_id": memory_id or "",
+            "memory_hash": method.content_hash() if memory_id else "",
+            "memory_size": len(method.records()) if memory_id else 0,
+        }
         _write_jsonl(self.run_dir / "cells" / f"{cell.id}.jsonl", list(rows))
         return list(rows)
 
@@ -274,8 +335,10 @@ class GridRun:
         cfg, plan = self.cfg, self.plan
         estimate = self.estimate()
         if estimate is not None:
-            self.announce(f"estimated machine time: about {estimate / 60:.0f} min for {len(plan.cells)} cells and "
-                          f"{len(plan.memories)} memories (measured tokens/s; calls made before are free)")
+            self.announce(
+                f"estimated machine time: about {estimate / 60:.0f} min for {len(plan.cells)} cells and "
+                f"{len(plan.memories)} memories (measured tokens/s; calls made before are free)"
+            )
         self._write_plan(estimate)
         assert self.tracker is not None
         with self.tracker.invocation(cfg.name, self._params()) as parent:
@@ -309,8 +372,12 @@ class GridRun:
                 if ids is not None:
                     transfer_ids[name] = [t.id for t in parse_ids(ids).select(list(bench.eval_tasks.values()), name)]
         transfer = transfer_table(rows, cfg, transfer_ids, samples=cfg.bootstrap_samples)
-        for frame, name in ((table, "table"), (categories, "categories"), (ablation, "k_ablation"),
-                            (transfer, "transfer")):
+        for frame, name in (
+            (table, "table"),
+            (categories, "categories"),
+            (ablation, "k_ablation"),
+            (transfer, "transfer"),
+        ):
             frame.to_csv(self.run_dir / f"{name}.csv", index=False)
         plot_transfer(transfer, self.run_dir / "transfer.png")
         plot_k_ablation(ablation, self.run_dir / "k_ablation.png")
@@ -322,15 +389,40 @@ class GridRun:
         payload = {
             "config": json.loads(self.cfg.model_dump_json()),
             "estimate_s": estimate,
-            "cells": [{"id": c.id, "benchmark": c.benchmark, "target": c.target, "method": c.method.model_dump(),
-                       "family": c.family, "source": list(c.source), "seed": c.seed, "eval_ids": c.eval_ids,
-                       "tasks": len(plan.benchmarks[c.benchmark].cell_tasks[c.id]),
-                       "memory": plan.cell_memory[c.id]} for c in plan.cells],
-            "memories": {m.id: {"kind": m.spec.kind, "settings": m.spec.memory_settings(), "source": list(m.source),
-                                "seed": m.seed, "build_source": m.build_source} for m in plan.memories.values()},
-            "tasks": {name: {"build": len(b.build_tasks), "build_hash": stable_hash([t.id for t in b.build_tasks]),
-                             "eval": len(b.eval_tasks), "eval_hash": stable_hash(list(b.eval_tasks))}
-                      for name, b in plan.benchmarks.items()},
+            "cells": [
+                {
+                    "id": c.id,
+                    "benchmark": c.benchmark,
+                    "target": c.target,
+                    "method": c.method.model_dump(),
+                    "family": c.family,
+                    "source": list(c.source),
+                    "seed": c.seed,
+                    "eval_ids": c.eval_ids,
+                    "tasks": len(plan.benchmarks[c.benchmark].cell_tasks[c.id]),
+                    "memory": plan.cell_memory[c.id],
+                }
+                for c in plan.cells
+            ],
+            "memories": {
+                m.id: {
+                    "kind": m.spec.kind,
+                    "settings": m.spec.memory_settings(),
+                    "source": list(m.source),
+                    "seed": m.seed,
+                    "build_source": m.build_source,
+                }
+                for m in plan.memories.values()
+            },
+            "tasks": {
+                name: {
+                    "build": len(b.build_tasks),
+                    "build_hash": stable_hash([t.id for t in b.build_tasks]),
+                    "eval": len(b.eval_tasks),
+                    "eval_hash": stable_hash(list(b.eval_tasks)),
+                }
+                for name, b in plan.benchmarks.items()
+            },
         }
         (self.run_dir / "grid.json").write_text(json.dumps(payload, indent=2, default=str))
 
@@ -344,8 +436,17 @@ class GridRun:
         except (OSError, ValueError, AttributeError, TypeError):
             previous, invocations = {}, 0  # no summary yet, or one we cannot read: start from zero
         timings = {k: round(previous.get(k, 0.0) + self.timings.get(k, 0.0), 1) for k in {*previous, *self.timings}}
-        path.write_text(json.dumps({"name": self.cfg.name, "estimate_s": estimate, "invocations": invocations + 1,
-                                    "timings_s": dict(sorted(timings.items()))}, indent=2))
+        path.write_text(
+            json.dumps(
+                {
+                    "name": self.cfg.name,
+                    "estimate_s": estimate,
+                    "invocations": invocations + 1,
+                    "timings_s": dict(sorted(timings.items())),
+                },
+                indent=2,
+            )
+        )
         return timings
 
     # ----- MLflow ---------------------------------------------------------------------------
@@ -356,11 +457,18 @@ class GridRun:
         return {
             "config": config,
             "agents": {name: agent_params(agent.config) for name, agent in self.agents.items()},
-            "tasks": {name: {"build_hash": stable_hash([t.id for t in b.build_tasks]), "build_n": len(b.build_tasks),
-                             "eval_hash": stable_hash(list(b.eval_tasks)), "eval_n": len(b.eval_tasks)}
-                      for name, b in plan.benchmarks.items()},
+            "tasks": {
+                name: {
+                    "build_hash": stable_hash([t.id for t in b.build_tasks]),
+                    "build_n": len(b.build_tasks),
+                    "eval_hash": stable_hash(list(b.eval_tasks)),
+                    "eval_n": len(b.eval_tasks),
+                }
+                for name, b in plan.benchmarks.items()
+            },
             "k_values": sorted({c.method.k for c in plan.cells if c.method.kind != "none"}),
-            "n_cells": len(plan.cells), "n_memories": len(plan.memories),
+            "n_cells": len(plan.cells),
+            "n_memories": len(plan.memories),
             "solver_program": self._solver_version(),
         }
 
@@ -401,19 +509,33 @@ class GridRun:
         table = result.table.set_index("cell")
         for cell in self.plan.cells:
             line = table.loc[cell.id]
-            metrics = {k: float(v) for k, v in line.items()
-                       if isinstance(v, (int, float, bool)) and not isinstance(v, str) and pd.notna(v)
-                       and k not in ("seed", "k")}
+            metrics = {
+                k: float(v)
+                for k, v in line.items()
+                if isinstance(v, (int, float, bool))
+                and not isinstance(v, str)
+                and pd.notna(v)
+                and k not in ("seed", "k")
+            }
             cats = result.categories[result.categories["cell"] == cell.id]
             metrics.update({f"category.{c}.diff": float(d) for c, d in zip(cats["category"], cats["diff"])})
             memory_id = self.plan.cell_memory[cell.id]
             agent = self.agents[cell.target]
-            params = {"benchmark": cell.benchmark, "target": cell.target, "method": cell.method.model_dump(),
-                      "source": cell.source_label, "seed": cell.seed, "k": cell.method.k,
-                      "target_agent": agent_params(agent.config),
-                      "tasks": {"n": int(line["n"]), "hash": stable_hash(self.plan.benchmarks[cell.benchmark].cell_tasks[cell.id])},
-                      "memory": {"id": memory_id or "none", "hash": line.get("memory_hash", "") or "none"},
-                      "solver_program": self._solver_version()}
+            params = {
+                "benchmark": cell.benchmark,
+                "target": cell.target,
+                "method": cell.method.model_dump(),
+                "source": cell.source_label,
+                "seed": cell.seed,
+                "k": cell.method.k,
+                "target_agent": agent_params(agent.config),
+                "tasks": {
+                    "n": int(line["n"]),
+                    "hash": stable_hash(self.plan.benchmarks[cell.benchmark].cell_tasks[cell.id]),
+                },
+                "memory": {"id": memory_id or "none", "hash": line.get("memory_hash", "") or "none"},
+                "solver_program": self._solver_version(),
+            }
             artifacts: list[tuple[Path, str | None]] = [(self.run_dir / "cells" / f"{cell.id}.jsonl", None)]
             if memory_id:
                 folder = self.run_dir / "memories" / memory_id
@@ -423,17 +545,30 @@ class GridRun:
         parent = tracker.parent
         if not result.transfer.empty:
             parent.log_transfer_matrix(tracker_matrix(result.transfer), "transfer")
-        for name in ("table.csv", "categories.csv", "transfer.csv", "k_ablation.csv", "grid.json", "summary.json",
-                     "tasks.jsonl"):
+        for name in (
+            "table.csv",
+            "categories.csv",
+            "transfer.csv",
+            "k_ablation.csv",
+            "grid.json",
+            "summary.json",
+            "tasks.jsonl",
+        ):
             parent.log_artifact(self.run_dir / name)
         for name in ("transfer.png", "k_ablation.png"):
             parent.log_artifact(self.run_dir / name, "figures")
         none = result.table[result.table["kind"] == "none"]
-        parent.log_metrics({f"{b}.{t}.none.accuracy": a for b, t, a in zip(none["benchmark"], none["target"], none["accuracy"])})
+        parent.log_metrics(
+            {f"{b}.{t}.none.accuracy": a for b, t, a in zip(none["benchmark"], none["target"], none["accuracy"])}
+        )
 
 
-def run_grid(cfg: GridConfig, agents: dict[str, Agent] | None = None,
-             announce: Callable[[str], None] = progress_console.print, show_progress: bool = True) -> GridResult:
+def run_grid(
+    cfg: GridConfig,
+    agents: dict[str, Agent] | None = None,
+    announce: Callable[[str], None] = progress_console.print,
+    show_progress: bool = True,
+) -> GridResult:
     """Plan (validate everything, no writes), then run the grid; `agents` replaces named agents (tests)."""
     plan = plan_grid(cfg, injected=set(agents or {}), announce=announce)
     with GridRun(plan, agents, announce=announce, show_progress=show_progress) as grid:

@@ -244,8 +244,9 @@ def _merge(cells: dict[tuple, Cell], cell: Cell, where: str) -> None:
     if found.method != cell.method:
         raise ConfigError(f"grid config {where}: '{cell.method.name}' for {cell.target} is defined twice, differently")
     if cell.eval_ids not in found.eval_ids.split(","):
-        cells[cell.key] = Cell(found.benchmark, found.target, found.method, found.source, found.seed,
-                               f"{found.eval_ids},{cell.eval_ids}")
+        cells[cell.key] = Cell(
+            found.benchmark, found.target, found.method, found.source, found.seed, f"{found.eval_ids},{cell.eval_ids}"
+        )
 
 
 def transfer_source(label: str) -> tuple[str, ...]:
@@ -276,7 +277,7 @@ def expand_cells(cfg: GridConfig) -> list[Cell]:
             for ref in group.methods:
                 for spec in cfg.method(ref):
                     source = cfg.resolve_source(spec.source, group.target)
-                    for seed in (cfg.seeds[:1] if spec.kind == "none" else cfg.seeds):
+                    for seed in cfg.seeds[:1] if spec.kind == "none" else cfg.seeds:
                         _merge(cells, _cell(benchmark, group.target, spec, source, seed, ids), cfg.name)
         if cfg.transfer is not None and (ids := cfg.transfer.ids_for(benchmark)) is not None:
             for label in cfg.transfer.sources:

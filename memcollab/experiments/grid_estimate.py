@@ -26,8 +26,11 @@ def grid_calls(plan: GridPlan, pair_rate: float) -> dict[tuple[str, CallKind], f
     calls: dict[tuple[str, CallKind], float] = defaultdict(float)
     greedy: set[tuple[str, str, int, str]] = set()  # (build slice, taxonomy, seed, agent): solved once
     for memory in plan.memories.values():
-        bench = next(b for b in plan.benchmarks.values() if b.build_source == memory.build_source
-                     and b.taxonomy == memory.taxonomy)
+        bench = next(
+            b
+            for b in plan.benchmarks.values()
+            if b.build_source == memory.build_source and b.taxonomy == memory.taxonomy
+        )
         n = len(bench.build_tasks)
         turns = _turns(memory.build_source.split("/")[0], cfg.max_turns)
         for agent in memory.source:
@@ -64,8 +67,9 @@ def grid_calls(plan: GridPlan, pair_rate: float) -> dict[tuple[str, CallKind], f
     return dict(calls)
 
 
-def estimate_grid_seconds(plan: GridPlan, agents: Mapping[str, Any],
-                          throughput: Throughput | None = None) -> float | None:
+def estimate_grid_seconds(
+    plan: GridPlan, agents: Mapping[str, Any], throughput: Throughput | None = None
+) -> float | None:
     """Upper-bound machine time in seconds; None if the throughput file or an agent's rate is missing.
 
     `agents`: name -> agent config (a mapping with `model` and `backend`, e.g. `Agent.config`).
@@ -83,4 +87,3 @@ def estimate_grid_seconds(plan: GridPlan, agents: Mapping[str, Any],
             return None
         total += count * figures.tokens_per_call[kind] / rate
     return total
-

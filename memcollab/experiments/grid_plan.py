@@ -65,12 +65,27 @@ class GridPlan:
 def run_config(cfg: GridConfig, benchmark: str) -> RunConfig:
     """The RunConfig the shared helpers (agent checks, the time estimate) read for one benchmark of the grid."""
     return make_config(
-        f"grid config {cfg.name}", benchmark=benchmark, build_agents=list(cfg.pair), eval_agents=[],
-        distiller=cfg.distiller_name, classifier=cfg.classifier_name, agents_file=cfg.agents_file,
-        max_turns=cfg.max_turns, samples=cfg.samples, sample_temperature=cfg.sample_temperature,
-        gold_categories=cfg.gold_categories, workers=cfg.workers, run_dir=cfg.run_dir, data_dir=cfg.data_dir,
-        tracking_uri=cfg.tracking_uri, track=cfg.track, cache=cfg.cache, max_tokens=cfg.max_tokens,
-        backend=cfg.backend, classifier_program=cfg.classifier_program, solver_program=cfg.solver_program,
+        f"grid config {cfg.name}",
+        benchmark=benchmark,
+        build_agents=list(cfg.pair),
+        eval_agents=[],
+        distiller=cfg.distiller_name,
+        classifier=cfg.classifier_name,
+        agents_file=cfg.agents_file,
+        max_turns=cfg.max_turns,
+        samples=cfg.samples,
+        sample_temperature=cfg.sample_temperature,
+        gold_categories=cfg.gold_categories,
+        workers=cfg.workers,
+        run_dir=cfg.run_dir,
+        data_dir=cfg.data_dir,
+        tracking_uri=cfg.tracking_uri,
+        track=cfg.track,
+        cache=cfg.cache,
+        max_tokens=cfg.max_tokens,
+        backend=cfg.backend,
+        classifier_program=cfg.classifier_program,
+        solver_program=cfg.solver_program,
     )
 
 
@@ -79,17 +94,29 @@ def memory_plan(cfg: GridConfig, bench: BenchmarkPlan, cell: Cell) -> MemoryPlan
     if cell.method.kind == "none":
         return None
     settings = cell.method.memory_settings()
-    identity = [bench.taxonomy, bench.build_source, cfg.build_ids_for(bench.name), settings, cell.source, cell.seed,
-                cfg.samples, cfg.sample_temperature, cfg.distiller_name, cfg.classifier_name]
+    identity = [
+        bench.taxonomy,
+        bench.build_source,
+        cfg.build_ids_for(bench.name),
+        settings,
+        cell.source,
+        cell.seed,
+        cfg.samples,
+        cfg.sample_temperature,
+        cfg.distiller_name,
+        cfg.classifier_name,
+    ]
     defaults = MethodSpec(name="-", kind=cell.method.kind)
     changed = "".join(f"-{key}" for key, value in settings.items() if key != "kind" and value != getattr(defaults, key))
-    memory_id = (f"{bench.taxonomy}.{settings['kind']}{changed}.{'_'.join(cell.source)}.s{cell.seed}."
-                 f"{stable_hash(identity, 8)}")
+    memory_id = (
+        f"{bench.taxonomy}.{settings['kind']}{changed}.{'_'.join(cell.source)}.s{cell.seed}.{stable_hash(identity, 8)}"
+    )
     return MemoryPlan(memory_id, bench.taxonomy, bench.build_source, cell.method, cell.source, cell.seed)
 
 
-def plan_grid(cfg: GridConfig, injected: set[str] | None = None,
-              announce: Callable[[str], None] | None = None) -> GridPlan:
+def plan_grid(
+    cfg: GridConfig, injected: set[str] | None = None, announce: Callable[[str], None] | None = None
+) -> GridPlan:
     """Load and check everything the grid reads; `injected` agents (tests) are given, not resolved."""
     check_run_dir(cfg.run_dir)
     for flag, path in (("solver_program", cfg.solver_program), ("classifier_program", cfg.classifier_program)):

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from memcollab.tracking.mlflow_tracking import local_artifacts
 from memcollab.tracking import Tracker, default_tracking_uri
+from memcollab.tracking.mlflow_tracking import local_artifacts
 
 PIP_REQUIREMENTS = ["memcollab", "dspy", "mlflow"]
 
@@ -46,8 +46,14 @@ class GridTracker:
         with self.parent.run(name, params=params, tags={"kind": "grid", **(tags or {})}) as tracker:
             yield tracker
 
-    def cell(self, name: str, params: dict[str, Any], metrics: dict[str, float], rows: list[dict[str, Any]],
-             artifacts: list[tuple[Path, str | None]]) -> None:
+    def cell(
+        self,
+        name: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        rows: list[dict[str, Any]],
+        artifacts: list[tuple[Path, str | None]],
+    ) -> None:
         """One nested run: the cell's settings, its row of the table, its per-task table and files."""
         if not self.enabled:
             return
@@ -69,8 +75,9 @@ class GridTracker:
 
             with tempfile.TemporaryDirectory() as tmp:
                 target = Path(tmp) / name
-                mlflow.dspy.save_model(program, str(target), pip_requirements=PIP_REQUIREMENTS,
-                                       use_dspy_model_save=True)
+                mlflow.dspy.save_model(
+                    program, str(target), pip_requirements=PIP_REQUIREMENTS, use_dspy_model_save=True
+                )
                 for file in sorted(p for p in target.rglob("*") if p.is_file()):
                     relative = file.parent.relative_to(target)
                     where = f"programs/{name}" + (f"/{relative.as_posix()}" if str(relative) != "." else "")

@@ -20,9 +20,31 @@ from memcollab.experiments.metrics import wilson_interval
 from memcollab.experiments.stats import compare
 
 #: Columns of a per-task row (one task solved in one cell).
-ROW_COLUMNS = ("cell", "benchmark", "target", "method", "family", "kind", "source", "seed", "k", "gate", "task_id",
-               "category", "correct", "first_turn_correct", "turns", "tokens", "latency_s", "format_error",
-               "error_type", "lm_error", "memories", "memory_ids", "guidance_key")
+ROW_COLUMNS = (
+    "cell",
+    "benchmark",
+    "target",
+    "method",
+    "family",
+    "kind",
+    "source",
+    "seed",
+    "k",
+    "gate",
+    "task_id",
+    "category",
+    "correct",
+    "first_turn_correct",
+    "turns",
+    "tokens",
+    "latency_s",
+    "format_error",
+    "error_type",
+    "lm_error",
+    "memories",
+    "memory_ids",
+    "guidance_key",
+)
 
 
 def none_rows(rows: pd.DataFrame, benchmark: str, target: str) -> pd.DataFrame:
@@ -37,33 +59,55 @@ def paired(rows: pd.DataFrame, baseline: pd.DataFrame, samples: int, seed: int =
     missing = set(rows["task_id"]) - set(baseline.index)
     if missing:
         raise ValueError(f"{len(missing)} task(s) have no no-memory result to pair with (e.g. {sorted(missing)[0]})")
-    unanswered = set(rows.loc[rows["lm_error"].astype(bool), "task_id"]) | set(baseline.index[baseline["lm_error"].astype(bool)])
+    unanswered = set(rows.loc[rows["lm_error"].astype(bool), "task_id"]) | set(
+        baseline.index[baseline["lm_error"].astype(bool)]
+    )
     lost = int(rows["task_id"].isin(unanswered).sum())
     rows = rows[~rows["task_id"].isin(unanswered)]
     n, correct = len(rows), int(rows["correct"].sum())
     low, high = wilson_interval(correct, n)
-    out: dict[str, Any] = {"n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
-                           "acc_low": low, "acc_high": high, "lm_errors": lost}
+    out: dict[str, Any] = {
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else 0.0,
+        "acc_low": low,
+        "acc_high": high,
+        "lm_errors": lost,
+    }
     base = baseline.loc[list(rows["task_id"]), "correct"].astype(bool).tolist()
     result = compare(base, rows["correct"].astype(bool).tolist(), samples=samples, seed=seed)
-    out.update({"none_accuracy": result.accuracy_a, "diff": result.difference, "diff_low": result.ci_low,
-                "diff_high": result.ci_high, "p_value": result.p_value, "only_none": result.only_a,
-                "only_method": result.only_b, "helps": result.ci_low > 0, "hurts": result.ci_high < 0})
+    out.update(
+        {
+            "none_accuracy": result.accuracy_a,
+            "diff": result.difference,
+            "diff_low": result.ci_low,
+            "diff_high": result.ci_high,
+            "p_value": result.p_value,
+            "only_none": result.only_a,
+            "only_method": result.only_b,
+            "helps": result.ci_low > 0,
+            "hurts": result.ci_high < 0,
+        }
+    )
     return out
 
 
 def _effort(rows: pd.DataFrame) -> dict[str, float]:
     solved = rows[rows["correct"].astype(bool)]
-    return {"turns": float(rows["turns"].mean()) if len(rows) else 0.0,
-            "turns_to_success": float(solved["turns"].mean()) if len(solved) else float("nan"),
-            "first_turn_accuracy": float(rows["first_turn_correct"].mean()) if len(rows) else 0.0,
-            "tokens": float(rows["tokens"].mean()) if len(rows) else 0.0,
-            "latency_s": float(rows["latency_s"].mean()) if len(rows) else 0.0,
-            "format_errors": int(rows["format_error"].sum()), "memories": float(rows["memories"].mean()) if len(rows) else 0.0}
+    return {
+        "turns": float(rows["turns"].mean()) if len(rows) else 0.0,
+        "turns_to_success": float(solved["turns"].mean()) if len(solved) else float("nan"),
+        "first_turn_accuracy": float(rows["first_turn_correct"].mean()) if len(rows) else 0.0,
+        "tokens": float(rows["tokens"].mean()) if len(rows) else 0.0,
+        "latency_s": float(rows["latency_s"].mean()) if len(rows) else 0.0,
+        "format_errors": int(rows["format_error"].sum()),
+        "memories": float(rows["memories"].mean()) if len(rows) else 0.0,
+    }
 
 
-def cell_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 10_000,
-               extra: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+def cell_table(
+    rows: pd.DataFrame, cells: list[Cell], samples: int = 10_000, extra: dict[str, dict[str, Any]] | None = None
+) -> pd.DataFrame:
     """One line per cell: accuracy (95% CI), difference to none (paired bootstrap 95% CI, McNemar p), effort.
 
     `extra`: more columns per cell id (wall time of this invocation, memory size and hash).
@@ -72,10 +116,21 @@ def cell_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 10_000,
     for cell in cells:
         mine = rows[rows["cell"] == cell.id]
         baseline = none_rows(rows, cell.benchmark, cell.target)
-        line = {"cell": cell.id, "benchmark": cell.benchmark, "target": cell.target, "method": cell.method.name,
-                "family": cell.family, "kind": cell.method.kind, "source": cell.source_label, "seed": cell.seed,
-                "k": cell.method.k if cell.method.kind != "none" else None, "gate": cell.method.gate,
-                **paired(mine, baseline, samples), **_effort(mine), **(extra or {}).get(cell.id, {})}
+        line = {
+            "cell": cell.id,
+            "benchmark": cell.benchmark,
+            "target": cell.target,
+            "method": cell.method.name,
+            "family": cell.family,
+            "kind": cell.method.kind,
+            "source": cell.source_label,
+            "seed": cell.seed,
+            "k": cell.method.k if cell.method.kind != "none" else None,
+            "gate": cell.method.gate,
+            **paired(mine, baseline, samples),
+            **_effort(mine),
+            **(extra or {}).get(cell.id, {}),
+        }
         lines.append(line)
     table = pd.DataFrame(lines)
     table["k"] = table["k"].astype("Int64")  # none has no k; the rest stay integers
@@ -92,13 +147,43 @@ def category_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 2_000) 
         baseline = none_rows(rows, cell.benchmark, cell.target)
         for category, group in mine.groupby("category", sort=True):
             stats = paired(group, baseline, samples)
-            lines.append({"cell": cell.id, "benchmark": cell.benchmark, "target": cell.target,
-                          "method": cell.method.name, "source": cell.source_label, "seed": cell.seed,
-                          "category": category or "-", "n": stats["n"], "accuracy": stats["accuracy"],
-                          "none_accuracy": stats["none_accuracy"], "diff": stats["diff"],
-                          "diff_low": stats["diff_low"], "diff_high": stats["diff_high"], "p_value": stats["p_value"]})
-    return pd.DataFrame(lines, columns=["cell", "benchmark", "target", "method", "source", "seed", "category", "n",
-                                        "accuracy", "none_accuracy", "diff", "diff_low", "diff_high", "p_value"])
+            lines.append(
+                {
+                    "cell": cell.id,
+                    "benchmark": cell.benchmark,
+                    "target": cell.target,
+                    "method": cell.method.name,
+                    "source": cell.source_label,
+                    "seed": cell.seed,
+                    "category": category or "-",
+                    "n": stats["n"],
+                    "accuracy": stats["accuracy"],
+                    "none_accuracy": stats["none_accuracy"],
+                    "diff": stats["diff"],
+                    "diff_low": stats["diff_low"],
+                    "diff_high": stats["diff_high"],
+                    "p_value": stats["p_value"],
+                }
+            )
+    return pd.DataFrame(
+        lines,
+        columns=[
+            "cell",
+            "benchmark",
+            "target",
+            "method",
+            "source",
+            "seed",
+            "category",
+            "n",
+            "accuracy",
+            "none_accuracy",
+            "diff",
+            "diff_low",
+            "diff_high",
+            "p_value",
+        ],
+    )
 
 
 def k_ablation(table: pd.DataFrame) -> pd.DataFrame:
@@ -128,9 +213,14 @@ def plot_k_ablation(ablation: pd.DataFrame, path: Path) -> Path | None:
     try:
         for label, group in ablation.groupby(["benchmark", "target", "family", "source"]):
             group = group.groupby("k", as_index=False).mean(numeric_only=True)  # seeds averaged
-            ax.errorbar(group["k"], group["accuracy"],
-                        yerr=[group["accuracy"] - group["acc_low"], group["acc_high"] - group["accuracy"]],
-                        marker="o", capsize=3, label=" / ".join(str(part) for part in label))
+            ax.errorbar(
+                group["k"],
+                group["accuracy"],
+                yerr=[group["accuracy"] - group["acc_low"], group["acc_high"] - group["accuracy"]],
+                marker="o",
+                capsize=3,
+                label=" / ".join(str(part) for part in label),
+            )
         ax.set_xlabel("memories per task (k)")
         ax.set_ylabel("accuracy")
         ax.set_xticks(sorted(ablation["k"].unique()))
@@ -150,5 +240,6 @@ def format_cell(line: dict[str, Any] | pd.Series) -> tuple[str, str]:
     if line["kind"] == "none":
         return accuracy, "-"
     mark = " helps" if line["helps"] else (" hurts" if line["hurts"] else "")
-    return accuracy, (f"{line['diff']:+.1%} ({line['diff_low']:+.0%} to {line['diff_high']:+.0%}), "
-                      f"p={line['p_value']:.2g}{mark}")
+    return accuracy, (
+        f"{line['diff']:+.1%} ({line['diff_low']:+.0%} to {line['diff_high']:+.0%}), p={line['p_value']:.2g}{mark}"
+    )

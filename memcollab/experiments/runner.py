@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from memcollab.benchmarks import get_benchmark, load_source, taxonomy_for
 from memcollab.errors import ConfigError, output_error
@@ -42,8 +43,12 @@ def build_agent_handles(configs: dict[str, Any], cache: bool) -> dict[str, Any]:
     from memcollab.programs.pipeline import Agent
 
     return {
-        name: Agent(name=agent.name, lm=build_lm(agent, cache=cache), config=agent.model_dump(mode="json"),
-                    adapter=build_adapter(agent))
+        name: Agent(
+            name=agent.name,
+            lm=build_lm(agent, cache=cache),
+            config=agent.model_dump(mode="json"),
+            adapter=build_adapter(agent),
+        )
         for name, agent in configs.items()
     }
 
@@ -89,8 +94,12 @@ class Experiment:
         evaluate_only = not cfg.build_agents and cfg.memory_path is not None and str(cfg.memory_path) != ":memory:"
         self.store = MemoryStore(cfg.memory_file, read_only=evaluate_only)
         uri = cfg.tracking_uri or default_tracking_uri(cfg.run_dir)
-        self.tracker = Tracker(uri, experiment=f"memcollab-{cfg.benchmark}", enabled=cfg.track,
-                               artifact_location=local_artifacts(uri, cfg.run_dir))
+        self.tracker = Tracker(
+            uri,
+            experiment=f"memcollab-{cfg.benchmark}",
+            enabled=cfg.track,
+            artifact_location=local_artifacts(uri, cfg.run_dir),
+        )
         self.agents: dict[str, Any] = {}
         self.summaries: list[EvalSummary] = []
         self.timings: dict[str, float] = {}
@@ -104,7 +113,7 @@ class Experiment:
         if server is not None:
             server.shutdown_all()
 
-    def __enter__(self) -> "Experiment":
+    def __enter__(self) -> Experiment:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -157,8 +166,10 @@ class Experiment:
         tasks = self.tasks("build")
         self.ensure_agents([*cfg.build_agents, distiller, classifier])
         if len(self.store):
-            self.announce(f"{cfg.memory_file} already holds {len(self.store)} memories: this build adds to them "
-                          "(a new --run-dir or --memory starts an empty memory)")
+            self.announce(
+                f"{cfg.memory_file} already holds {len(self.store)} memories: this build adds to them "
+                "(a new --run-dir or --memory starts an empty memory)"
+            )
         start = time.perf_counter()
         pipeline = self.pipeline(distiller, classifier)
         for name in ("solver", "classifier", "distiller"):
@@ -232,7 +243,12 @@ class Experiment:
     def compile_classifier(self, agent: str, optimizer: str, train: int, dev: int, out: Path) -> dict[str, float]:
         """Compile the classifier on the build split's gold categories; compare with zero-shot on the eval split."""
         from memcollab.programs.classifier import Classifier
-        from memcollab.programs.compile import classifier_examples, compile_classifier, evaluate_classifier, save_classifier
+        from memcollab.programs.compile import (
+            classifier_examples,
+            compile_classifier,
+            evaluate_classifier,
+            save_classifier,
+        )
 
         spec = get_benchmark(self.cfg.benchmark)
         trainset = classifier_examples(load_source(spec.build, data_dir=self.cfg.data_dir, limit=train), self.taxonomy)
@@ -247,8 +263,12 @@ class Experiment:
             compiled = compile_classifier(self.taxonomy, trainset, optimizer=optimizer)
             accuracy = evaluate_classifier(compiled, devset, self.cfg.workers)
         save_classifier(compiled, out)
-        metrics = {"classifier.zero_shot.accuracy": baseline, f"classifier.{optimizer}.accuracy": accuracy,
-                   "classifier.train": len(trainset), "classifier.dev": len(devset)}
+        metrics = {
+            "classifier.zero_shot.accuracy": baseline,
+            f"classifier.{optimizer}.accuracy": accuracy,
+            "classifier.train": len(trainset),
+            "classifier.dev": len(devset),
+        }
         self.tracker.log_metrics(metrics)
         self.tracker.log_program(zero_shot, "classifier_zero_shot")
         self.tracker.log_program(compiled, f"classifier_{optimizer}")
@@ -277,8 +297,12 @@ class Experiment:
         metrics: dict[str, float] = {"solver.train": len(trainset), "solver.dev": len(devset)}
         if devset:
             for name, program in (("zero_shot", Solver(max_turns=self.cfg.max_turns)), (optimizer, compiled)):
-                solved = parallel_map(lambda task, p=program: _solve(p, task, handle), devset, workers=self.cfg.workers,
-                                      description=f"{name} solver on {len(devset)} dev tasks")
+                solved = parallel_map(
+                    lambda task, p=program: _solve(p, task, handle),
+                    devset,
+                    workers=self.cfg.workers,
+                    description=f"{name} solver on {len(devset)} dev tasks",
+                )
                 metrics[f"solver.{name}.accuracy"] = sum(solved) / len(devset)
         self.tracker.log_metrics(metrics)
         self.tracker.log_program(compiled, f"solver_{optimizer}")

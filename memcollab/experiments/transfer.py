@@ -16,12 +16,24 @@ import pandas as pd
 from memcollab.experiments.grid_config import GridConfig, transfer_method, transfer_source
 from memcollab.experiments.report import none_rows, paired
 
-COLUMNS = ["benchmark", "source", "target", "method", "n", "accuracy", "none_accuracy", "diff", "diff_low",
-           "diff_high", "p_value"]
+COLUMNS = [
+    "benchmark",
+    "source",
+    "target",
+    "method",
+    "n",
+    "accuracy",
+    "none_accuracy",
+    "diff",
+    "diff_low",
+    "diff_high",
+    "p_value",
+]
 
 
-def transfer_table(rows: pd.DataFrame, cfg: GridConfig, task_ids: dict[str, list[str]],
-                   samples: int = 10_000) -> pd.DataFrame:
+def transfer_table(
+    rows: pd.DataFrame, cfg: GridConfig, task_ids: dict[str, list[str]], samples: int = 10_000
+) -> pd.DataFrame:
     """One line per (benchmark, source, target) of `cfg.transfer`, on the transfer slice's tasks (`task_ids`
     per benchmark), for the grid's first seed."""
     spec = cfg.transfer
@@ -34,12 +46,25 @@ def transfer_table(rows: pd.DataFrame, cfg: GridConfig, task_ids: dict[str, list
             source = transfer_source(label)
             for target in spec.targets:
                 method = transfer_method(cfg, source, target).name
-                mask = ((rows["benchmark"] == benchmark) & (rows["target"] == target) & (rows["method"] == method)
-                        & (rows["source"] == "+".join(source)) & (rows["seed"] == seed) & rows["task_id"].isin(ids))
+                mask = (
+                    (rows["benchmark"] == benchmark)
+                    & (rows["target"] == target)
+                    & (rows["method"] == method)
+                    & (rows["source"] == "+".join(source))
+                    & (rows["seed"] == seed)
+                    & rows["task_id"].isin(ids)
+                )
                 mine = rows[mask].drop_duplicates("task_id")
                 stats = paired(mine, none_rows(rows, benchmark, target), samples)
-                lines.append({"benchmark": benchmark, "source": label, "target": target, "method": method,
-                              **{k: stats[k] for k in COLUMNS[4:]}})
+                lines.append(
+                    {
+                        "benchmark": benchmark,
+                        "source": label,
+                        "target": target,
+                        "method": method,
+                        **{k: stats[k] for k in COLUMNS[4:]},
+                    }
+                )
     return pd.DataFrame(lines, columns=COLUMNS)
 
 
@@ -71,8 +96,9 @@ def plot_transfer(table: pd.DataFrame, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     benchmarks = list(dict.fromkeys(table["benchmark"]))
-    fig, axes = plt.subplots(1, len(benchmarks), figsize=(4.5 * len(benchmarks) + 1, 0.6 * table["source"].nunique() + 2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(benchmarks), figsize=(4.5 * len(benchmarks) + 1, 0.6 * table["source"].nunique() + 2), squeeze=False
+    )
     try:
         for ax, benchmark in zip(axes[0], benchmarks):
             acc = matrix(table, "accuracy", benchmark)
@@ -84,8 +110,15 @@ def plot_transfer(table: pd.DataFrame, path: Path) -> Path | None:
                 for j in range(acc.shape[1]):
                     a, d = acc.iat[i, j], diff.iat[i, j]
                     if pd.notna(a):
-                        ax.text(j, i, f"{a:.0%}\n({d:+.0%})", ha="center", va="center", fontsize=8,
-                                color="black" if a > 0.6 else "white")
+                        ax.text(
+                            j,
+                            i,
+                            f"{a:.0%}\n({d:+.0%})",
+                            ha="center",
+                            va="center",
+                            fontsize=8,
+                            color="black" if a > 0.6 else "white",
+                        )
             ax.set_xlabel("target agent")
             ax.set_ylabel("memory source")
             ax.set_title(f"{benchmark}: accuracy (change vs no memory)")

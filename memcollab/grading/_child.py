@@ -181,15 +181,55 @@ def install_guard(root: str) -> None:
         guarded.__name__ = name
         setattr(os, name, guarded)
 
-    for name, count in (("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("chmod", 1), ("chown", 1),
-                        ("lchown", 1), ("truncate", 1), ("utime", 1), ("mkfifo", 1), ("mknod", 1),
-                        ("rename", 2), ("replace", 2), ("link", 2), ("symlink", 2)):
+    for name, count in (
+        ("remove", 1),
+        ("unlink", 1),
+        ("rmdir", 1),
+        ("mkdir", 1),
+        ("chmod", 1),
+        ("chown", 1),
+        ("lchown", 1),
+        ("truncate", 1),
+        ("utime", 1),
+        ("mkfifo", 1),
+        ("mknod", 1),
+        ("rename", 2),
+        ("replace", 2),
+        ("link", 2),
+        ("symlink", 2),
+    ):
         guard_paths(name, count)
 
     for mod in (os, posix):
-        for name in ("fork", "forkpty", "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe",
-                     "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe",
-                     "posix_spawn", "posix_spawnp", "system", "popen", "setsid", "setpgid", "setpgrp", "kill", "killpg"):
+        for name in (
+            "fork",
+            "forkpty",
+            "execv",
+            "execve",
+            "execl",
+            "execle",
+            "execlp",
+            "execlpe",
+            "execvp",
+            "execvpe",
+            "spawnv",
+            "spawnve",
+            "spawnl",
+            "spawnle",
+            "spawnlp",
+            "spawnlpe",
+            "spawnvp",
+            "spawnvpe",
+            "posix_spawn",
+            "posix_spawnp",
+            "system",
+            "popen",
+            "setsid",
+            "setpgid",
+            "setpgrp",
+            "kill",
+            "killpg",
+        ):
             if hasattr(mod, name):
                 setattr(mod, name, _deny(f"{name} (process control)"))
     signal.pthread_kill = _deny("pthread_kill (process control)")
@@ -210,8 +250,17 @@ def install_guard(root: str) -> None:
     subprocess.Popen = NoPopen  # type: ignore[misc]
     socket.socket = socket.SocketType = NoSocket  # type: ignore[misc]
     _socket.socket = _socket.SocketType = NoRawSocket  # type: ignore[misc]
-    for name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo", "gethostbyname",
-                 "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
+    for name in (
+        "create_connection",
+        "create_server",
+        "socketpair",
+        "fromfd",
+        "getaddrinfo",
+        "gethostbyname",
+        "gethostbyname_ex",
+        "gethostbyaddr",
+        "getnameinfo",
+    ):
         for mod in (socket, _socket):
             if hasattr(mod, name):
                 setattr(mod, name, _deny(f"{name} (network)"))
@@ -233,8 +282,15 @@ def __mc_eq__(left: Any, right: Any, lineno: int) -> bool:
 class _AssertEq(ast.NodeTransformer):
     def visit_Assert(self, node: ast.Assert) -> ast.Assert:
         test = node.test
-        if node.msg is None and isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
-            call = ast.Call(ast.Name("__mc_eq__", ast.Load()), [test.left, test.comparators[0], ast.Constant(node.lineno)], [])
+        if (
+            node.msg is None
+            and isinstance(test, ast.Compare)
+            and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)
+        ):
+            call = ast.Call(
+                ast.Name("__mc_eq__", ast.Load()), [test.left, test.comparators[0], ast.Constant(node.lineno)], []
+            )
             node.test = ast.copy_location(call, test)
         return node
 
@@ -382,8 +438,28 @@ def run(spec: dict[str, Any], enter: Callable[[], None] | None = None) -> int:
 
 MAX_REQUEST = 65536
 MAX_PROGRAM = 16 * 1024 * 1024
-_PRELOAD = ("_posixsubprocess", "_socket", "ast", "collections", "ctypes", "functools", "heapq", "itertools", "math", "re",
-            "reprlib", "resource", "shutil", "signal", "socket", "string", "subprocess", "traceback", "typing", "warnings")
+_PRELOAD = (
+    "_posixsubprocess",
+    "_socket",
+    "ast",
+    "collections",
+    "ctypes",
+    "functools",
+    "heapq",
+    "itertools",
+    "math",
+    "re",
+    "reprlib",
+    "resource",
+    "shutil",
+    "signal",
+    "socket",
+    "string",
+    "subprocess",
+    "traceback",
+    "typing",
+    "warnings",
+)
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -495,6 +571,7 @@ def _sweep(uid: int, workdir: str) -> bool:
                 if not _living(uid, me):
                     break
                 time.sleep(0.001)
+
             def unlock(func: Callable[[str], Any], path: str, _exc: Any) -> None:
                 os.chmod(path, 0o700)  # the program may have locked a directory of its own
                 func(path)
@@ -553,7 +630,13 @@ def serve(spec: dict[str, Any]) -> int:
             request = json.loads(message)
             uid = int(request["uid"])
             name = str(request["workdir"])
-            valid = len(fds) == 4 and uid > 0 and int(request["gid"]) > 0 and "/" not in name and name not in ("", ".", "..")
+            valid = (
+                len(fds) == 4
+                and uid > 0
+                and int(request["gid"]) > 0
+                and "/" not in name
+                and name not in ("", ".", "..")
+            )
         except (ValueError, KeyError, TypeError):
             valid = False
         if not valid:

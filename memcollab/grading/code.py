@@ -55,7 +55,9 @@ def _syntax_verdict(program: str) -> Verdict | None:
         line = f"\n    {exc.text.strip()}" if exc.text else ""
         return Verdict(correct=False, error_type="syntax_error", feedback=_clip(f"SyntaxError: {where}{exc.msg}{line}"))
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
-        return Verdict(correct=False, error_type="syntax_error", feedback=f"the code cannot be parsed: {type(exc).__name__}")
+        return Verdict(
+            correct=False, error_type="syntax_error", feedback=f"the code cannot be parsed: {type(exc).__name__}"
+        )
     return None
 
 
@@ -102,7 +104,9 @@ def verdict_from_result(result: ExecResult, sentinel: str, limits: SandboxLimits
             feedback=f"time limit exceeded ({limits.wall_s:g} s wall / {limits.cpu_s:g} s CPU): infinite loop or too slow",
         )
     if result.status == "memory_limit":
-        return Verdict(correct=False, error_type="memory_limit", feedback=f"memory limit exceeded ({limits.memory_mb} MB)")
+        return Verdict(
+            correct=False, error_type="memory_limit", feedback=f"memory limit exceeded ({limits.memory_mb} MB)"
+        )
     if result.status == "output_limit":
         return Verdict(
             correct=False,
@@ -110,7 +114,9 @@ def verdict_from_result(result: ExecResult, sentinel: str, limits: SandboxLimits
             feedback=f"too much output (over {limits.output_bytes} bytes); remove debug prints",
         )
     if result.status == "killed":
-        return Verdict(correct=False, error_type="killed", feedback=f"the program was killed (exit status {result.returncode})")
+        return Verdict(
+            correct=False, error_type="killed", feedback=f"the program was killed (exit status {result.returncode})"
+        )
     # The type comes from the exception's class as the child reported it, never from stderr's text, which the
     # program writes: `raise ValueError("x\nKeyError: 3")` is a ValueError.
     name = result.exception if _NAME.match(result.exception) else ""
@@ -135,7 +141,9 @@ def prepare(task: Task, text: str) -> Prepared:
     """Extract the candidate and build the test program; `early` is set for no code / syntax errors."""
     candidate = candidate_program(task, text)
     if not candidate.strip():
-        return Prepared("", "", "", Verdict(correct=False, error_type="no_code", feedback="no Python code found in the answer"))
+        return Prepared(
+            "", "", "", Verdict(correct=False, error_type="no_code", feedback="no Python code found in the answer")
+        )
     early = _syntax_verdict(candidate)
     if early is not None:
         return Prepared(candidate, "", "", early.model_copy(update={"extracted": candidate}))

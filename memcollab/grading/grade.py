@@ -16,7 +16,9 @@ from memcollab.parallel import parallel_map
 from memcollab.records import Task, Verdict
 
 
-def grade(task: Task, text: str, limits: SandboxLimits | None = None, math_timeout_s: float = DEFAULT_TIMEOUT_S) -> Verdict:
+def grade(
+    task: Task, text: str, limits: SandboxLimits | None = None, math_timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Verdict:
     """Verdict for a model's free-text output on `task`; never raises for anything in `text`."""
     if task.kind == "code":
         return grade_code(task, text, limits)
@@ -42,8 +44,14 @@ def grade_many(
             if on_result is not None:
                 on_result(math_idx[j], verdict)
 
-        parallel_map(lambda i: grade_math(*tasks_texts[i]), math_idx, workers=workers, show=False,
-                     on_result=math_done, thread_name_prefix="grade-math")
+        parallel_map(
+            lambda i: grade_math(*tasks_texts[i]),
+            math_idx,
+            workers=workers,
+            show=False,
+            on_result=math_done,
+            thread_name_prefix="grade-math",
+        )
 
     if code_idx:
 

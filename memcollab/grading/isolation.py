@@ -44,8 +44,12 @@ SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 NPROC_FRESH_UID = 64  # processes + threads of a fresh uid: room for threads, a wall for fork bombs
 NPROC_HEADROOM = 16  # for a non-root harness: processes on top of the ones the user already runs
 _DEV_NODES = ("null", "zero", "full", "random", "urandom")
-_DEV_LINKS = (("/proc/self/fd", "/dev/fd"), ("/proc/self/fd/0", "/dev/stdin"),
-              ("/proc/self/fd/1", "/dev/stdout"), ("/proc/self/fd/2", "/dev/stderr"))
+_DEV_LINKS = (
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+)
 
 
 def is_root() -> bool:
@@ -164,8 +168,13 @@ def nproc_for_harness_uid() -> int:
 def interpreter_dirs() -> list[str]:
     """Directories the interpreter needs, outside /usr: its prefixes (a venv's and its base's)."""
     dirs: list[str] = []
-    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                  os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))]
+    candidates = [
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))),
+    ]
     for path in sorted({os.path.realpath(p) for p in candidates}, key=len):
         if path == "/usr" or path.startswith("/usr/") or any(path == d or path.startswith(d + "/") for d in dirs):
             continue
@@ -212,14 +221,29 @@ class _Tree:
         self._dirs.add(dest)
 
 
-def bwrap_argv(bwrap: str, workdir: str, program: str | None, command: list[str], disk_bytes: int, privileged: bool,
-               workdir_mode: str | None = None, extra_caps: tuple[str, ...] = ()) -> list[str]:
+def bwrap_argv(
+    bwrap: str,
+    workdir: str,
+    program: str | None,
+    command: list[str],
+    disk_bytes: int,
+    privileged: bool,
+    workdir_mode: str | None = None,
+    extra_caps: tuple[str, ...] = (),
+) -> list[str]:
     """The bubblewrap command line that runs `command` (whose script is CHILD_INSIDE) in `workdir`, a fresh tmpfs
     of `disk_bytes` holding `program` (read-only) when given."""
     argv = [bwrap]
     if privileged:
-        argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-                 "--cap-drop", "ALL"]
+        argv += [
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--cap-drop",
+            "ALL",
+        ]
         for cap in ("CAP_SETUID", "CAP_SETGID", *extra_caps):
             argv += ["--cap-add", cap]
     else:

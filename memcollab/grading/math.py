@@ -165,7 +165,7 @@ def _worker_main() -> None:
         try:
             req = json.loads(line)
             reply: dict[str, bool | str] = {"equal": compare_symbolic(req["gold"], req["pred"])}
-        except BaseException as exc:  # noqa: BLE001 - one bad request must not kill the worker
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 return
             reply = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
@@ -307,21 +307,34 @@ def grade_math(task: Task, text: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> V
     """Grade free text against a math task; never raises, never blocks longer than about `timeout_s`."""
     try:
         pred = extract_answer(text)
-    except Exception as exc:  # noqa: BLE001 - garbage in must give a verdict, not an exception
-        return Verdict(correct=False, error_type="grader_error", feedback=f"answer extraction failed: {type(exc).__name__}")
+    except Exception as exc:
+        return Verdict(
+            correct=False, error_type="grader_error", feedback=f"answer extraction failed: {type(exc).__name__}"
+        )
     if not pred:
-        return Verdict(correct=False, error_type="no_answer", feedback="no final answer found; end with \\boxed{answer}")
+        return Verdict(
+            correct=False, error_type="no_answer", feedback="no final answer found; end with \\boxed{answer}"
+        )
     gold = reference_answer(task)
     try:
         equal = answers_match(gold, pred, timeout_s)
     except GraderTimeout:
-        return Verdict(correct=False, error_type="grader_error", feedback=f"grading timed out after {timeout_s:g} s", extracted=pred)
-    except Exception as exc:  # noqa: BLE001
-        return Verdict(correct=False, error_type="grader_error", feedback=f"grading failed: {str(exc)[:200]}", extracted=pred)
+        return Verdict(
+            correct=False,
+            error_type="grader_error",
+            feedback=f"grading timed out after {timeout_s:g} s",
+            extracted=pred,
+        )
+    except Exception as exc:
+        return Verdict(
+            correct=False, error_type="grader_error", feedback=f"grading failed: {str(exc)[:200]}", extracted=pred
+        )
     if equal:
         return Verdict(correct=True, extracted=pred)
     shown = pred if len(pred) <= 200 else pred[:200] + "..."
-    return Verdict(correct=False, error_type="wrong_answer", feedback=f"final answer {shown} is not correct", extracted=pred)
+    return Verdict(
+        correct=False, error_type="wrong_answer", feedback=f"final answer {shown} is not correct", extracted=pred
+    )
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:

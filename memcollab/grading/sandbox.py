@@ -46,8 +46,16 @@ from memcollab.parallel import parallel_map
 ExecStatus = Literal["ok", "error", "timeout", "memory_limit", "killed", "output_limit"]
 
 __all__ = [
-    "MEMORY_EXIT_CODE", "PROGRAM_FILE", "ExecResult", "ExecStatus", "SandboxError", "SandboxLimits", "SandboxPool",
-    "SandboxWarning", "isolation_mode", "run_program",
+    "MEMORY_EXIT_CODE",
+    "PROGRAM_FILE",
+    "ExecResult",
+    "ExecStatus",
+    "SandboxError",
+    "SandboxLimits",
+    "SandboxPool",
+    "SandboxWarning",
+    "isolation_mode",
+    "run_program",
 ]
 
 MESSAGE_CHARS = 500
@@ -226,7 +234,9 @@ def _status(returncode: int, early: str | None, cpu_s: float, limits: SandboxLim
     return "error"
 
 
-def _launch(mode: Mode, tmp: str, limits: SandboxLimits, report_fd: int) -> tuple[list[str], dict[str, Any], int | None]:
+def _launch(
+    mode: Mode, tmp: str, limits: SandboxLimits, report_fd: int
+) -> tuple[list[str], dict[str, Any], int | None]:
     """(argv, extra Popen arguments, leased uid) for one per-process run in `mode`."""
     spec = {**_child_spec(limits), "report_fd": report_fd, "program": PROGRAM_FILE}
     root = iso.is_root()
@@ -240,8 +250,14 @@ def _launch(mode: Mode, tmp: str, limits: SandboxLimits, report_fd: int) -> tupl
         if uid is not None:
             spec.update(uid=uid, gid=uid)  # the child drops to it inside the namespaces
         command = iso.python_argv(sys.executable, iso.CHILD_INSIDE, json.dumps(spec), limits.site_packages)
-        argv = iso.bwrap_argv(iso.bwrap_path() or "bwrap", tmp, os.path.join(tmp, PROGRAM_FILE), command,
-                              limits.disk_mb * 1024 * 1024, privileged=root)  # the same path names a tmpfs inside
+        argv = iso.bwrap_argv(
+            iso.bwrap_path() or "bwrap",
+            tmp,
+            os.path.join(tmp, PROGRAM_FILE),
+            command,
+            limits.disk_mb * 1024 * 1024,
+            privileged=root,
+        )  # the same path names a tmpfs inside
         return argv, extra, uid
     if mode == "uid":
         assert uid is not None
@@ -273,14 +289,27 @@ def _run_process(code: str, limits: SandboxLimits, mode: Mode, start: float) -> 
         argv, extra, uid = _launch(mode, tmp, limits, report_w)
         env = {"PATH": iso.SAFE_PATH} if mode == "bwrap" else iso.clean_env(tmp)
         proc = subprocess.Popen(
-            argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, close_fds=True, pass_fds=(report_w,), **extra,
+            argv,
+            cwd=tmp,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(report_w,),
+            **extra,
         )
         os.close(report_w)
         report_w = -1
         try:
-            stdout, stderr, early = collect(proc.stdout.fileno(), proc.stderr.fileno(),  # type: ignore[union-attr]
-                                            lambda: _exited(proc.pid), limits.output_bytes, start + limits.wall_s)
+            stdout, stderr, early = collect(
+                proc.stdout.fileno(),
+                proc.stderr.fileno(),  # type: ignore[union-attr]
+                lambda: _exited(proc.pid),
+                limits.output_bytes,
+                start + limits.wall_s,
+            )
         finally:
             _kill_group(proc.pid)  # also ends any descendants; bubblewrap's pid namespace dies with it
             _, status, usage = os.wait4(proc.pid, 0)
@@ -294,8 +323,15 @@ def _run_process(code: str, limits: SandboxLimits, mode: Mode, start: float) -> 
         events = read_events(report_r)
         reported = reported_cpu(events)
         # bubblewrap's reaper exits unwaited, so only the child's own report carries its CPU time
-        return Outcome(returncode, early, stdout, stderr, events, max([usage.ru_utime + usage.ru_stime, *reported]),
-                       cpu_known=mode != "bwrap" or bool(reported))
+        return Outcome(
+            returncode,
+            early,
+            stdout,
+            stderr,
+            events,
+            max([usage.ru_utime + usage.ru_stime, *reported]),
+            cpu_known=mode != "bwrap" or bool(reported),
+        )
     finally:
         for fd in (report_r, report_w):
             if fd >= 0:
@@ -342,8 +378,15 @@ def _execute(code: str, limits: SandboxLimits, mode: Mode) -> ExecResult:
         for attempt in (1, 2):
             start = time.monotonic()
             try:
-                outcome = zygote.run_warm(code, _child_spec(limits), limits.site_packages, limits.disk_mb,
-                                          limits.wall_s, limits.output_bytes, start)
+                outcome = zygote.run_warm(
+                    code,
+                    _child_spec(limits),
+                    limits.site_packages,
+                    limits.disk_mb,
+                    limits.wall_s,
+                    limits.output_bytes,
+                    start,
+                )
             except zygote.ZygoteDied as exc:
                 if attempt == 2:
                     raise SandboxError(f"the sandbox (bwrap) failed twice: {exc}") from exc
@@ -375,5 +418,13 @@ class SandboxPool:
         """Results in input order; `on_result(index, result)` is called as each one finishes (e.g. a progress bar)."""
         limits = limits or self.limits
         isolation_mode(limits.isolation)  # probe (and warn) once, before the threads start
-        return list(parallel_map(lambda code: run_program(code, limits), programs, workers=self.workers, show=False,
-                                 on_result=on_result, thread_name_prefix="sandbox"))
+        return list(
+            parallel_map(
+                lambda code: run_program(code, limits),
+                programs,
+                workers=self.workers,
+                show=False,
+                on_result=on_result,
+                thread_name_prefix="sandbox",
+            )
+        )

@@ -81,14 +81,31 @@ class Zygote:
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         spec = {"serve": True, "control_fd": theirs.fileno(), "workroot": WORKROOT}
         command = iso.python_argv(sys.executable, iso.CHILD_INSIDE, json.dumps(spec), site_packages)
-        argv = iso.bwrap_argv(iso.bwrap_path() or "bwrap", WORKROOT, None, command, disk_mb * 1024 * 1024,
-                              privileged=True, workdir_mode="0755", extra_caps=("CAP_CHOWN",))
+        argv = iso.bwrap_argv(
+            iso.bwrap_path() or "bwrap",
+            WORKROOT,
+            None,
+            command,
+            disk_mb * 1024 * 1024,
+            privileged=True,
+            workdir_mode="0755",
+            extra_caps=("CAP_CHOWN",),
+        )
         self.errors = tempfile.TemporaryFile()  # the sandbox's own stderr (programs get theirs): why it died
         try:
-            self.proc = _spawn(lambda: subprocess.Popen(
-                argv, cwd="/", env={"PATH": iso.SAFE_PATH}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=self.errors, start_new_session=True, close_fds=True, pass_fds=(theirs.fileno(),),
-            ))
+            self.proc = _spawn(
+                lambda: subprocess.Popen(
+                    argv,
+                    cwd="/",
+                    env={"PATH": iso.SAFE_PATH},
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=self.errors,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=(theirs.fileno(),),
+                )
+            )
         finally:
             theirs.close()
 
@@ -189,8 +206,9 @@ atexit.register(POOL.close_all)
 REPLY_GRACE_S = 10.0  # after the wall clock: how long the sandbox may take to reap, sweep and answer
 
 
-def run_warm(code: str, spec: dict[str, Any], site_packages: bool, disk_mb: int, wall_s: float, output_bytes: int,
-             start: float) -> Outcome:
+def run_warm(
+    code: str, spec: dict[str, Any], site_packages: bool, disk_mb: int, wall_s: float, output_bytes: int, start: float
+) -> Outcome:
     """One program through a warm sandbox. `spec` holds the child's limits; a fresh uid is leased here.
 
     Raises ZygoteDied when the sandbox fails (the program may or may not have started).
@@ -208,8 +226,13 @@ def run_warm(code: str, spec: dict[str, Any], site_packages: bool, disk_mb: int,
         err_r, err_w = os.pipe()
         rep_r, rep_w = os.pipe()
         mine += [out_r, out_w, err_r, err_w, rep_r, rep_w]
-        request = {**spec, "uid": uid, "gid": uid, "nproc": iso.NPROC_FRESH_UID,
-                   "workdir": f"memcollab-sbx-{uid}-{os.urandom(4).hex()}"}
+        request = {
+            **spec,
+            "uid": uid,
+            "gid": uid,
+            "nproc": iso.NPROC_FRESH_UID,
+            "workdir": f"memcollab-sbx-{uid}-{os.urandom(4).hex()}",
+        }
         zygote.submit(request, [program, out_w, err_w, rep_w])
         for fd in (program, out_w, err_w, rep_w):  # the sandbox holds its own copies now
             os.close(fd)

@@ -26,7 +26,7 @@ from dspy.utils.exceptions import AdapterParseError
 Role = Literal["main", "rules", "context", "previous", "feedback", "hidden", "output"]
 
 #: The inputs of the call being parsed, for extractors that need them (e.g. the code's entry point).
-_CALL_INPUTS: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("natural_call_inputs", default={})
+_CALL_INPUTS: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("natural_call_inputs")
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class NaturalAdapter(dspy.Adapter):
 
     # ----- parse ---------------------------------------------------------------------------------
     def parse(self, signature, completion: str) -> dict[str, Any]:  # type: ignore[override]
-        inputs = _CALL_INPUTS.get()
+        inputs = _CALL_INPUTS.get({})
         values: dict[str, Any] = {}
         for name, field in signature.output_fields.items():
             spec = natural_of(field)

@@ -193,7 +193,9 @@ def read_verified(spec: ModelSpec, directory: Path, target: Path) -> bool:
     side = sidecar_path(spec, directory)
     try:
         record = json.loads(side.read_text())
-        return record.get("sha256") == spec.sha256 and {k: record.get(k) for k in ("path", "size", "mtime_ns")} == _stat_key(target)
+        return record.get("sha256") == spec.sha256 and {
+            k: record.get(k) for k in ("path", "size", "mtime_ns")
+        } == _stat_key(target)
     except (OSError, ValueError):
         return False
 

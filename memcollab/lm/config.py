@@ -154,7 +154,9 @@ def parse_agents(data: Any, where: str = "agents config") -> dict[str, AgentConf
         raise ConfigError(f"{where}: expected a mapping with a non-empty 'agents:' list")
     unknown = set(data) - {"agents", "defaults"}
     if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {sorted(unknown)}; expected 'agents' and optional 'defaults'")
+        raise ConfigError(
+            f"{where}: unknown top-level key(s) {sorted(unknown)}; expected 'agents' and optional 'defaults'"
+        )
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{where}: 'defaults' must be a mapping")

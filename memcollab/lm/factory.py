@@ -144,8 +144,9 @@ def _give_up_or_wait(exc: Exception, attempt: int, timeouts: int, policy: RetryP
             raise exc
         raise transient from exc
     wait = policy.delay(attempt, _retry_after(transient))
-    log.warning("LM %s: %s; retry %d of %d in %.1f s", model, _gist(transient, model), attempt + 1, policy.retries,
-                wait)
+    log.warning(
+        "LM %s: %s; retry %d of %d in %.1f s", model, _gist(transient, model), attempt + 1, policy.retries, wait
+    )
     return wait
 
 
@@ -204,9 +205,7 @@ def retrying_lm_class() -> type:
     return RetryingLM
 
 
-def build_lm(
-    agent: AgentConfig, *, cache: bool = True, model_dir: str | os.PathLike[str] | None = None
-) -> dspy.BaseLM:
+def build_lm(agent: AgentConfig, *, cache: bool = True, model_dir: str | os.PathLike[str] | None = None) -> dspy.BaseLM:
     """The DSPy LM for `agent`. Call `memcollab.lm.preflight.check_agent` first for friendly errors."""
     if agent.backend == "local":
         return _local_lm(agent, cache=cache, model_dir=model_dir)
@@ -253,8 +252,9 @@ def _litellm_lm(agent: AgentConfig, *, cache: bool) -> dspy.BaseLM:
         kwargs["api_key"] = key
     if agent.seed is not None:
         kwargs["seed"] = agent.seed
-    lm = retrying_lm_class()(agent.model, temperature=agent.temperature, max_tokens=agent.max_tokens, cache=cache,
-                             num_retries=0, **kwargs)
+    lm = retrying_lm_class()(
+        agent.model, temperature=agent.temperature, max_tokens=agent.max_tokens, cache=cache, num_retries=0, **kwargs
+    )
     lm.retry_policy = policy
     return lm
 

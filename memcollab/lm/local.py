@@ -181,7 +181,7 @@ def _perf(llama: Any) -> dict[str, float] | None:
             "predicted_n": int(data.n_eval),
             "predicted_ms": float(data.t_eval_ms),
         }
-    except Exception:  # noqa: BLE001 - private attribute or symbol missing in another llama-cpp-python version
+    except Exception:
         return None
 
 
@@ -255,11 +255,15 @@ class LlamaCppLM(dspy.BaseLM):
 
     def dump_state(self) -> dict[str, Any]:
         state = super().dump_state()
-        state.update(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, fingerprint=self.fingerprint)
+        state.update(
+            model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, fingerprint=self.fingerprint
+        )
         return state
 
     # -- the call
-    def forward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any) -> _Response:
+    def forward(
+        self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any
+    ) -> _Response:
         merged = {**self.kwargs, **kwargs}
         use_cache = bool(merged.pop("cache", self.cache))
         rollout_id = merged.pop("rollout_id", None)

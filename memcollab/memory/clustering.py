@@ -15,8 +15,9 @@ silhouette score over 2..min(6, n-1) wins (ties -> fewer clusters).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -152,8 +153,15 @@ def plot_heatmap(categories: list[str], error_types: list[str], matrix: np.ndarr
             for i in range(matrix.shape[0]):
                 for j in range(matrix.shape[1]):
                     value = matrix[i, j]
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                            color="white" if value > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if value > 0.6 else "black",
+                    )
             fig.colorbar(image, ax=ax, label="share")
             ax.set_xlabel("error type")
             ax.set_ylabel("category")

@@ -129,7 +129,7 @@ class ResultStore:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,9 +32,10 @@ import os
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -69,9 +70,15 @@ _REPAIR_HINT = "restore it from a copy or from a `memcollab memory export` file,
 def _hint(exc: sqlite3.DatabaseError) -> str:
     """The repair hint, for damage only: a busy, full or read-only file is not fixed by restoring a copy."""
     name = getattr(exc, "sqlite_errorname", "")  # Python >= 3.11
-    transient = name in {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR",
-                         "SQLITE_CANTOPEN", "SQLITE_PERM"} or any(
-        word in str(exc) for word in ("locked", "disk is full", "readonly", "unable to open"))
+    transient = name in {
+        "SQLITE_BUSY",
+        "SQLITE_LOCKED",
+        "SQLITE_FULL",
+        "SQLITE_READONLY",
+        "SQLITE_IOERR",
+        "SQLITE_CANTOPEN",
+        "SQLITE_PERM",
+    } or any(word in str(exc) for word in ("locked", "disk is full", "readonly", "unable to open"))
     return "" if transient else f"; {_REPAIR_HINT}"
 
 
@@ -466,7 +473,9 @@ class MemoryStore:
 
     def source_agents(self) -> list[str]:
         """The agents whose trajectories the memories were distilled from (both sides of every contrast), sorted."""
-        return sorted({a for e in self.entries() for a in [*e.provenance.positive_agents, *e.provenance.negative_agents]})
+        return sorted(
+            {a for e in self.entries() for a in [*e.provenance.positive_agents, *e.provenance.negative_agents]}
+        )
 
     def content_hash(self) -> str:
         """Stable hash of what a solver can see: content, category, domain and support of every entry.

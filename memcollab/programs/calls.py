@@ -40,8 +40,14 @@ def lm_error_text(exc: BaseException, limit: int = 300) -> str:
 
 def lm_error_trajectory(task: Task, agent: str, exc: BaseException, attempt: int = 0, category: str = "") -> Trajectory:
     """The marker of a task whose LM call failed after retries: no turns, `error` says why."""
-    return Trajectory(task_id=task.id, benchmark=task.benchmark, agent=agent, attempt=attempt,
-                      category=category or task.category, error=lm_error_text(exc))
+    return Trajectory(
+        task_id=task.id,
+        benchmark=task.benchmark,
+        agent=agent,
+        attempt=attempt,
+        category=category or task.category,
+        error=lm_error_text(exc),
+    )
 
 
 def is_lm_error(trajectory: Trajectory) -> bool:

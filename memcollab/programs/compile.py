@@ -13,12 +13,12 @@ classifier_program=...)` load; MLflow logs each variant.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import dspy
-
-import re
 
 from memcollab.grading import grade
 from memcollab.grading.code_extract import prompt_is_code
@@ -45,13 +45,24 @@ def solver_examples(tasks: list[Task]) -> dict[str, list[dspy.Example]]:
             continue
         if task.kind == "math":
             name = "solve_math"
-            example = dspy.Example(problem=task.prompt, guidance="", reasoning=worked_solution(task),
-                                   answer=task.answer or "", task_id=task.id).with_inputs("problem", "guidance")
+            example = dspy.Example(
+                problem=task.prompt,
+                guidance="",
+                reasoning=worked_solution(task),
+                answer=task.answer or "",
+                task_id=task.id,
+            ).with_inputs("problem", "guidance")
         else:
             name = "complete_function" if prompt_is_code(task.prompt) else "write_function"
-            example = dspy.Example(task=task.prompt, guidance="", previous_attempt="", feedback="",
-                                   entry_point=task.entry_point, code=task.solution, task_id=task.id).with_inputs(
-                "task", "guidance", "previous_attempt", "feedback", "entry_point")
+            example = dspy.Example(
+                task=task.prompt,
+                guidance="",
+                previous_attempt="",
+                feedback="",
+                entry_point=task.entry_point,
+                code=task.solution,
+                task_id=task.id,
+            ).with_inputs("task", "guidance", "previous_attempt", "feedback", "entry_point")
         by_predictor.setdefault(name, []).append(example)
     return by_predictor
 
@@ -77,8 +88,9 @@ def compile_solver(tasks: list[Task], optimizer: str = "labeled", max_demos: int
         if optimizer == "labeled":
             compiled = dspy.LabeledFewShot(k=max_demos).compile(predictor, trainset=trainset, sample=False)
         elif optimizer == "bootstrap":
-            teleprompter = dspy.BootstrapFewShot(metric=solver_metric(tasks), max_bootstrapped_demos=max_demos,
-                                                 max_labeled_demos=0, max_rounds=1)
+            teleprompter = dspy.BootstrapFewShot(
+                metric=solver_metric(tasks), max_bootstrapped_demos=max_demos, max_labeled_demos=0, max_rounds=1
+            )
             compiled = teleprompter.compile(predictor, trainset=trainset)
         else:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
@@ -130,8 +142,13 @@ def compile_classifier(
 
 def evaluate_classifier(classifier: Classifier, devset: list[dspy.Example], workers: int = 1) -> float:
     """Accuracy of the classifier's predictor on examples with gold categories (dspy.Evaluate)."""
-    evaluator = dspy.Evaluate(devset=devset, metric=category_metric(classifier.taxonomy), num_threads=workers,
-                              display_progress=True, max_errors=len(devset) + 1)
+    evaluator = dspy.Evaluate(
+        devset=devset,
+        metric=category_metric(classifier.taxonomy),
+        num_threads=workers,
+        display_progress=True,
+        max_errors=len(devset) + 1,
+    )
     return float(evaluator(classifier.classify).score) / 100.0
 
 

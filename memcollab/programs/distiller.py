@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cache
 
 import dspy
 import yaml
@@ -19,7 +19,9 @@ from memcollab.signatures.distill import Constraint
 from memcollab.taxonomy import Taxonomy
 
 MAX_SOLUTION_CHARS = 3000
-_RULE = re.compile(r"when\s+(?P<when>.+?),?\s+enforce:?\s+(?P<enforce>.+?)[;,.]?\s+avoid:?\s+(?P<avoid>.+)", re.I | re.S)
+_RULE = re.compile(
+    r"when\s+(?P<when>.+?),?\s+enforce:?\s+(?P<enforce>.+?)[;,.]?\s+avoid:?\s+(?P<avoid>.+)", re.I | re.S
+)
 
 
 def render_trajectory(trajectory: Trajectory) -> str:
@@ -48,7 +50,11 @@ def parse_lenient(raw: str) -> list[Constraint]:
     if found:
         return found
     for match in _RULE.finditer(raw or ""):
-        found.append(Constraint(when=match["when"], enforce=match["enforce"], avoid=match["avoid"].split("\n")[0], error_type="other"))
+        found.append(
+            Constraint(
+                when=match["when"], enforce=match["enforce"], avoid=match["avoid"].split("\n")[0], error_type="other"
+            )
+        )
     return found
 
 
@@ -58,7 +64,9 @@ _TEMPLATE_PHRASES = tuple(
 )
 
 
-_PAIR_REFERENCE = re.compile(r"\b(successful|failed|failing|correct|wrong|incorrect) (solution|attempt|trajectory)\b|τ|\btau\b")
+_PAIR_REFERENCE = re.compile(
+    r"\b(successful|failed|failing|correct|wrong|incorrect) (solution|attempt|trajectory)\b|τ|\btau\b"
+)
 
 
 def clean_field(text: str) -> str:
@@ -96,7 +104,12 @@ def is_transferable(constraint: Constraint, task: Task, agent_names: list[str]) 
 
 
 def to_entries(
-    constraints: list[Constraint], task: Task, category: str, taxonomy: Taxonomy, provenance: Provenance, agent_names: list[str]
+    constraints: list[Constraint],
+    task: Task,
+    category: str,
+    taxonomy: Taxonomy,
+    provenance: Provenance,
+    agent_names: list[str],
 ) -> list[MemoryEntry]:
     entries = []
     for constraint in constraints:
@@ -127,7 +140,7 @@ class DistillExample(BaseModel):
     constraints: list[Constraint]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_examples(domain: str) -> tuple[DistillExample, ...]:
     """The worked examples of a domain (`configs/distill_examples/<domain>.yaml`); none if the file is absent."""
     path = config_dir() / "distill_examples" / f"{domain}.yaml"
@@ -171,9 +184,13 @@ class Distiller(dspy.Module):
         )
         constraints = list(result.outputs.get("constraints") or parse_lenient(result.raw))
         entries = self.entries_for(constraints, pair, task, category)
-        return dspy.Prediction(constraints=constraints, entries=entries, proposed=len(constraints), tokens=result.tokens)
+        return dspy.Prediction(
+            constraints=constraints, entries=entries, proposed=len(constraints), tokens=result.tokens
+        )
 
-    def entries_for(self, constraints: list[Constraint], pair: ContrastPair, task: Task, category: str) -> list[MemoryEntry]:
+    def entries_for(
+        self, constraints: list[Constraint], pair: ContrastPair, task: Task, category: str
+    ) -> list[MemoryEntry]:
         """The transferable constraints as memory entries; kept apart from the LM call so that a cached
         distillation is filtered by the current rules, not the ones in force when it was made."""
         provenance = Provenance(
@@ -202,7 +219,9 @@ class Reflector(dspy.Module):
             error_types=self.taxonomy.render_error_types(),
         )
         constraints = result.outputs.get("constraints") or parse_lenient(result.raw)
-        side = {"positive_agents": [trajectory.agent]} if trajectory.correct else {"negative_agents": [trajectory.agent]}
+        side = (
+            {"positive_agents": [trajectory.agent]} if trajectory.correct else {"negative_agents": [trajectory.agent]}
+        )
         provenance = Provenance(task_ids=[task.id], **side)
         entries = to_entries(list(constraints), task, category, self.taxonomy, provenance, [trajectory.agent])
         return dspy.Prediction(entries=entries, proposed=len(constraints), tokens=result.tokens)

@@ -124,12 +124,26 @@ class MemCollab:
             self.solver.load(str(solver_program))
             self.solver_version = stable_hash(Path(solver_program).read_text())
         self.distiller = Distiller(taxonomy, use_examples=distill_examples)
-        self.settings = {"k": k, "max_turns": max_turns, "fallback": fallback, "taxonomy": taxonomy.name,
-                         "solver": self.solver_version}
+        self.settings = {
+            "k": k,
+            "max_turns": max_turns,
+            "fallback": fallback,
+            "taxonomy": taxonomy.name,
+            "solver": self.solver_version,
+        }
 
     # ----- trajectories -------------------------------------------------------------------
-    def attempt(self, task: Task, agent: Agent, attempt: int = 0, temperature: float | None = None, guidance: str = "",
-                memory_ids: list[str] | None = None, category: str = "", memory_hash: str = "") -> Trajectory:
+    def attempt(
+        self,
+        task: Task,
+        agent: Agent,
+        attempt: int = 0,
+        temperature: float | None = None,
+        guidance: str = "",
+        memory_ids: list[str] | None = None,
+        category: str = "",
+        memory_hash: str = "",
+    ) -> Trajectory:
         """One agent's trajectory on one task (cached by key)."""
         settings = {**self.settings, "attempt": attempt, "temperature": temperature, "guided": bool(guidance)}
         key = record_key("trajectory", task.id, agent.config, PROGRAM_VERSION, settings, memory_hash)
@@ -147,14 +161,18 @@ class MemCollab:
         self.results.put(key, "trajectory", task.id, agent.name, trajectory.model_dump())
         return trajectory
 
-    def collect(self, tasks: list[Task], agents: list[Agent], samples: int = 0, temperature: float = 0.7) -> list[Trajectory]:
+    def collect(
+        self, tasks: list[Task], agents: list[Agent], samples: int = 0, temperature: float = 0.7
+    ) -> list[Trajectory]:
         """Every agent solves every task at temperature 0; tasks without a contrast get up to `samples` extra tries."""
         # One agent at a time: two embedded models decoding at once would fight over the same cores.
         # An LM failure yields an `lm_error` trajectory: counted, never paired (no answer is not a wrong answer).
         trajectories: list[Trajectory] = []
         for agent in agents:
             trajectories += self._map(
-                lambda task, a=agent: self.attempt(task, a), tasks, f"{agent.name} solving build tasks",
+                lambda task, a=agent: self.attempt(task, a),
+                tasks,
+                f"{agent.name} solving build tasks",
                 on_lm_error=lambda task, exc, a=agent: lm_error_trajectory(task, a.name, exc),
             )
         for attempt in range(1, samples + 1):
@@ -179,8 +197,13 @@ class MemCollab:
             return task.category
         if agent is None:
             raise ValueError("a classifier agent is required unless gold categories are used")
-        key = record_key("category", task.id, agent.config, PROGRAM_VERSION, {"taxonomy": self.taxonomy.name,
-                         "gold": self.classifier.use_gold, "program": self.classifier_version})
+        key = record_key(
+            "category",
+            task.id,
+            agent.config,
+            PROGRAM_VERSION,
+            {"taxonomy": self.taxonomy.name, "gold": self.classifier.use_gold, "program": self.classifier_version},
+        )
         cached = self.results.get(key)
         if cached is not None:
             return cached["category"]
@@ -204,9 +227,17 @@ class MemCollab:
             return self.distiller.entries_for(constraints, pair, task, category), len(constraints)
         with self.distiller_agent.context():
             prediction = self.distiller(pair=pair, task=task, category=category)
-        self.results.put(key, "distill", task.id, self.distiller_agent.name,
-                         {"constraints": [c.model_dump() for c in prediction.constraints],
-                          "entries": [e.model_dump() for e in prediction.entries], "proposed": prediction.proposed})
+        self.results.put(
+            key,
+            "distill",
+            task.id,
+            self.distiller_agent.name,
+            {
+                "constraints": [c.model_dump() for c in prediction.constraints],
+                "entries": [e.model_dump() for e in prediction.entries],
+                "proposed": prediction.proposed,
+            },
+        )
         return prediction.entries, prediction.proposed
 
     def build(self, tasks: list[Task], agents: list[Agent], samples: int = 0, temperature: float = 0.7) -> BuildReport:
@@ -220,12 +251,18 @@ class MemCollab:
             own = [t for t in answered(trajectories) if t.agent == agent.name and t.attempt == 0]
             report.accuracy_by_agent[agent.name] = sum(t.correct for t in own) / max(len(own), 1)
 
-        distilled = self._map(lambda pair: self.distill_pair(pair, by_id[pair.task_id]), pairs,
-                              "distilling contrast pairs", on_lm_error=lambda pair, exc: ([], 0))
+        distilled = self._map(
+            lambda pair: self.distill_pair(pair, by_id[pair.task_id]),
+            pairs,
+            "distilling contrast pairs",
+            on_lm_error=lambda pair, exc: ([], 0),
+        )
         report.proposed = sum(proposed for _, proposed in distilled)
         candidates = [(entry, pair) for pair, (entries, _) in zip(pairs, distilled) for entry in entries]
         if self.verify:
-            candidates = self._verified(candidates, tasks, trajectories, {agent.name: agent for agent in agents}, report)
+            candidates = self._verified(
+                candidates, tasks, trajectories, {agent.name: agent for agent in agents}, report
+            )
         for entry, _ in candidates:
             _, is_new = self.store.add(entry)
             report.added += int(is_new)
@@ -235,13 +272,24 @@ class MemCollab:
 
     def guided_correct(self, entry: MemoryEntry, task: Task, agent: Agent) -> bool:
         """Does the agent solve the task with this constraint alone as guidance? (cached like any attempt)"""
-        trajectory = self.attempt(task, agent, guidance=render_guidance([entry.text]), memory_ids=[entry.id],
-                                  category=entry.category, memory_hash=f"verify:{entry.id}")
+        trajectory = self.attempt(
+            task,
+            agent,
+            guidance=render_guidance([entry.text]),
+            memory_ids=[entry.id],
+            category=entry.category,
+            memory_hash=f"verify:{entry.id}",
+        )
         return trajectory.correct
 
-    def _verified(self, candidates: list[tuple[MemoryEntry, ContrastPair]], tasks: list[Task],
-                  trajectories: list[Trajectory], agents: dict[str, Agent],
-                  report: BuildReport) -> list[tuple[MemoryEntry, ContrastPair]]:
+    def _verified(
+        self,
+        candidates: list[tuple[MemoryEntry, ContrastPair]],
+        tasks: list[Task],
+        trajectories: list[Trajectory],
+        agents: dict[str, Agent],
+        report: BuildReport,
+    ) -> list[tuple[MemoryEntry, ContrastPair]]:
         """The candidates that pass two checks, run one model at a time:
 
         1. the constraint alone lets the agent that failed its source task solve it (it fixes what it was
@@ -251,39 +299,66 @@ class MemCollab:
            alone rewards such task-specific hints).
         """
         by_id = {task.id: task for task in tasks}
-        passed = self._guided_checks(candidates, agents, "verifying constraints on their source tasks", {
-            name: [(i, by_id[pair.task_id]) for i, (_, pair) in enumerate(candidates) if pair.negative.agent == name]
-            for name in agents
-        })
+        passed = self._guided_checks(
+            candidates,
+            agents,
+            "verifying constraints on their source tasks",
+            {
+                name: [
+                    (i, by_id[pair.task_id]) for i, (_, pair) in enumerate(candidates) if pair.negative.agent == name
+                ]
+                for name in agents
+            },
+        )
         survivors = [i for i, ok in passed.items() if ok]
         if self.verify_tasks > 0 and survivors:
             # A task the classifier could not be asked about (LM failure) has no category: it checks nothing.
-            categories = dict(zip([t.id for t in tasks], self._map(self.classify, tasks, "classifying build tasks",
-                                                                   on_lm_error=lambda task, exc: "")))
+            categories = dict(
+                zip(
+                    [t.id for t in tasks],
+                    self._map(self.classify, tasks, "classifying build tasks", on_lm_error=lambda task, exc: ""),
+                )
+            )
             solved = {(t.agent, t.task_id) for t in trajectories if t.attempt == 0 and t.correct}
 
             def unbroken(i: int, name: str) -> list[Task]:
                 """Up to `verify_tasks` tasks of the candidate's category, other than its source, that `name` solved."""
                 entry, pair = candidates[i]
-                return [t for t in tasks if t.id != pair.task_id and (name, t.id) in solved
-                        and categories[t.id] == entry.category][: self.verify_tasks]
+                return [
+                    t
+                    for t in tasks
+                    if t.id != pair.task_id and (name, t.id) in solved and categories[t.id] == entry.category
+                ][: self.verify_tasks]
 
-            passed.update(self._guided_checks(candidates, agents, "checking constraints on tasks it solved without them", {
-                name: [(i, task) for i in survivors for task in unbroken(i, name)] for name in agents
-            }))  # only survivors are checked again, so this update is an AND
+            passed.update(
+                self._guided_checks(
+                    candidates,
+                    agents,
+                    "checking constraints on tasks it solved without them",
+                    {name: [(i, task) for i in survivors for task in unbroken(i, name)] for name in agents},
+                )
+            )  # only survivors are checked again, so this update is an AND
         report.unverified = sum(not ok for ok in passed.values())
         return [c for i, c in enumerate(candidates) if passed.get(i)]
 
-    def _guided_checks(self, candidates: list[tuple[MemoryEntry, ContrastPair]], agents: dict[str, Agent], what: str,
-                       checks: dict[str, list[tuple[int, Task]]]) -> dict[int, bool]:
+    def _guided_checks(
+        self,
+        candidates: list[tuple[MemoryEntry, ContrastPair]],
+        agents: dict[str, Agent],
+        what: str,
+        checks: dict[str, list[tuple[int, Task]]],
+    ) -> dict[int, bool]:
         """Each agent solves its (candidate index, task) checks with that candidate alone as guidance, one agent
         after another; a candidate passes when all of its checks pass."""
         passed: dict[int, bool] = {}
         for name, items in checks.items():
             if items:
-                verdicts = self._map(lambda c, a=agents[name]: self.guided_correct(candidates[c[0]][0], c[1], a), items,
-                                     f"{name} {what} ({len(items)} solves)",
-                                     on_lm_error=lambda c, exc: False)  # a check that could not run does not pass
+                verdicts = self._map(
+                    lambda c, a=agents[name]: self.guided_correct(candidates[c[0]][0], c[1], a),
+                    items,
+                    f"{name} {what} ({len(items)} solves)",
+                    on_lm_error=lambda c, exc: False,
+                )  # a check that could not run does not pass
                 for (i, _), ok in zip(items, verdicts):
                     passed[i] = passed.get(i, True) and ok
         return passed
@@ -292,7 +367,9 @@ class MemCollab:
     def guidance_for(self, task: Task) -> tuple[str, list[str], str]:
         """(rendered guidance, memory ids, predicted category) for a task."""
         category = self.classify(task)
-        entries = retrieve(self.store, task.prompt, category, k=self.k, fallback=self.fallback, domain=self.taxonomy.domain)
+        entries = retrieve(
+            self.store, task.prompt, category, k=self.k, fallback=self.fallback, domain=self.taxonomy.domain
+        )
         return render_guidance([e.text for e in entries]), [e.id for e in entries], category
 
     def solve(self, task: Task, agent: Agent, use_memory: bool = True, memory_hash: str | None = None) -> Trajectory:
@@ -300,8 +377,14 @@ class MemCollab:
         if not use_memory:
             return self.attempt(task, agent)
         guidance, ids, category = self.guidance_for(task)
-        return self.attempt(task, agent, guidance=guidance, memory_ids=ids, category=category,
-                            memory_hash=memory_hash or self.store.content_hash())
+        return self.attempt(
+            task,
+            agent,
+            guidance=guidance,
+            memory_ids=ids,
+            category=category,
+            memory_hash=memory_hash or self.store.content_hash(),
+        )
 
     def evaluate(self, tasks: list[Task], agent: Agent, use_memory: bool = True) -> list[Trajectory]:
         """One trajectory per task, in order; a task whose LM calls failed after retries gets an `lm_error` one."""
@@ -318,11 +401,20 @@ class MemCollab:
                 return lm_error_trajectory(task, agent.name, unclassified[task.id])
             return self.solve(task, agent, use_memory, memory_hash)
 
-        return self._map(solve, tasks, f"{agent.name} {label}",
-                         on_lm_error=lambda task, exc: lm_error_trajectory(task, agent.name, exc))
+        return self._map(
+            solve,
+            tasks,
+            f"{agent.name} {label}",
+            on_lm_error=lambda task, exc: lm_error_trajectory(task, agent.name, exc),
+        )
 
-    def _map(self, fn: Callable[[T], R], items: Sequence[T], description: str,
-             on_lm_error: Callable[[T, Exception], R] | None = None) -> list[R]:
+    def _map(
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        description: str,
+        on_lm_error: Callable[[T, Exception], R] | None = None,
+    ) -> list[R]:
         """`parallel_map` under the pipeline's error budget.
 
         An item whose LM call failed after retries gets `on_lm_error(item, exc)` (None without it) and
@@ -339,8 +431,15 @@ class MemCollab:
             return on_lm_error(item, exc) if on_lm_error is not None else None  # type: ignore[return-value]
 
         try:
-            return parallel_map(fn, items, workers=self.workers, description=description, show=self.show_progress,
-                                max_errors=budget, on_error=failed)
+            return parallel_map(
+                fn,
+                items,
+                workers=self.workers,
+                description=description,
+                show=self.show_progress,
+                max_errors=budget,
+                on_error=failed,
+            )
         except TooManyFailures as stop:
             bugs = [f.error for f in stop.failures if not is_lm_failure(f.error)]
             if not bugs:

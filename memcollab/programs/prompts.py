@@ -29,7 +29,12 @@ def solver_messages(
         predictor, inputs = solver.solve_math, {"problem": task.prompt, "guidance": guidance}
     else:
         predictor = solver.complete_function if prompt_is_code(task.prompt) else solver.write_function
-        inputs = {"task": task.prompt, "guidance": guidance, "previous_attempt": previous_attempt,
-                  "feedback": feedback, "entry_point": task.entry_point}
+        inputs = {
+            "task": task.prompt,
+            "guidance": guidance,
+            "previous_attempt": previous_attempt,
+            "feedback": feedback,
+            "entry_point": task.entry_point,
+        }
     inner = predictor.predict if hasattr(predictor, "predict") else predictor
     return adapter.format(inner.signature, list(inner.demos), inputs)

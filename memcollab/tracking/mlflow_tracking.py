@@ -12,9 +12,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from memcollab.errors import ConfigError
 
@@ -65,10 +66,14 @@ class Tracker:
                     found.experiment_id if found else self._client.create_experiment(experiment, location)
                 )
             except Exception as exc:  # unreachable server, bad URI
-                raise ConfigError(f"cannot use MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}") from None
+                raise ConfigError(
+                    f"cannot use MLflow tracking URI {tracking_uri}: {str(exc).splitlines()[0]}"
+                ) from None
 
     @contextmanager
-    def run(self, name: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> Iterator["Tracker"]:
+    def run(
+        self, name: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None
+    ) -> Iterator[Tracker]:
         """Open a run; it ends FINISHED, or FAILED if the block raises (and the error is re-raised)."""
         if not self.enabled:
             yield self
@@ -113,7 +118,9 @@ class Tracker:
         for row in rows:
             for key in columns:
                 value = row.get(key)
-                columns[key].append(value if isinstance(value, (int, float, str, bool)) or value is None else json.dumps(value))
+                columns[key].append(
+                    value if isinstance(value, (int, float, str, bool)) or value is None else json.dumps(value)
+                )
         self._client.log_table(self.run_id, data=columns, artifact_file=artifact_file)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:

@@ -174,8 +174,18 @@ def _fetch_sdist(version: str, src_root: Path, log_fh: TextIO, log: Log | None) 
         return tarball
     src_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=src_root) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               f"{SDIST_PACKAGE}=={version}", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"{SDIST_PACKAGE}=={version}",
+            "-d",
+            tmp,
+        ]
         _run_logged("pip download", cmd, log_fh, log)
         found = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if not found:

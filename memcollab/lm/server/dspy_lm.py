@@ -44,9 +44,7 @@ def _server_lm_class() -> type:
     return ServerLM
 
 
-def server_lm(
-    agent: AgentConfig, *, cache: bool = True, model_dir: str | os.PathLike[str] | None = None
-) -> dspy.LM:
+def server_lm(agent: AgentConfig, *, cache: bool = True, model_dir: str | os.PathLike[str] | None = None) -> dspy.LM:
     """A `dspy.LM` on a llama-server for `agent` (backend "server").
 
     With `agent.api_base` the LM talks to that already running server; otherwise

@@ -142,16 +142,24 @@ class LlamaServer:
         assert self.binary is not None and self.port is not None
         return [
             str(self.binary),
-            "-m", str(self.model_path),
-            "-a", self.alias,
-            "-c", str(self.n_parallel * self.ctx_per_slot),
-            "-np", str(self.n_parallel),
-            "-t", str(self.threads),
-            "--host", self.host,
-            "--port", str(self.port),
+            "-m",
+            str(self.model_path),
+            "-a",
+            self.alias,
+            "-c",
+            str(self.n_parallel * self.ctx_per_slot),
+            "-np",
+            str(self.n_parallel),
+            "-t",
+            str(self.threads),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
             "--jinja",
             "--no-webui",
-            "--cache-ram", "1024",  # bound the prompt cache: several servers may share the RAM
+            "--cache-ram",
+            "1024",  # bound the prompt cache: several servers may share the RAM
             *self.extra_args,
         ]
 
@@ -193,7 +201,9 @@ class LlamaServer:
             if server_healthy(self.root, timeout=1.0):
                 return
             time.sleep(0.1)
-        raise ServerError(f"llama-server not ready after {self.startup_timeout:.0f} s: {self.log_tail()} (log: {self.log_path})")
+        raise ServerError(
+            f"llama-server not ready after {self.startup_timeout:.0f} s: {self.log_tail()} (log: {self.log_path})"
+        )
 
     def log_tail(self, n: int = 3) -> str:
         """The last non-empty log lines joined into one line (errors stay one line)."""

@@ -21,9 +21,7 @@ _REGISTRY: dict[tuple[str, int, int, int], LlamaServer] = {}
 _REGISTRY_LOCK = threading.RLock()
 
 
-def resolve_model(
-    model: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None = None
-) -> tuple[Path, str]:
+def resolve_model(model: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
     """(GGUF path, name) for a catalogue name or a path to a .gguf file."""
     candidate = Path(model).expanduser()
     if candidate.suffix == ".gguf" or candidate.is_file():

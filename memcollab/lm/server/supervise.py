@@ -146,7 +146,7 @@ def stop_all() -> None:
     for owner in owners:
         try:
             owner.stop(timeout=3.0)
-        except Exception:  # noqa: BLE001 - at exit: keep stopping the others
+        except Exception:
             pass
 
 

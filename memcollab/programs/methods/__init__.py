@@ -16,5 +16,16 @@ from memcollab.programs.methods.base import (
 from memcollab.programs.methods.registry import PRESETS, make_method, method_class
 from memcollab.programs.methods.solve import run_solver, solve_with
 
-__all__ = ["BuildInputs", "Guidance", "MemoryMethod", "MethodContext", "MethodSpec", "PRESETS", "StoreMethod",
-           "make_method", "method_class", "run_solver", "solve_with"]
+__all__ = [
+    "BuildInputs",
+    "Guidance",
+    "MemoryMethod",
+    "MethodContext",
+    "MethodSpec",
+    "PRESETS",
+    "StoreMethod",
+    "make_method",
+    "method_class",
+    "run_solver",
+    "solve_with",
+]

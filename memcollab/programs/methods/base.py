@@ -125,10 +125,19 @@ class MethodContext:
         """A MemCollab pipeline over `store` with the run's fixed settings: every pipeline made here gives a
         trajectory the same key, so methods share the build trajectories and the no-memory results."""
         return MemCollab(
-            self.taxonomy, store if store is not None else MemoryStore(":memory:"), self.results,
-            distiller=self.distiller, classifier_agent=self.classifier, k=PIPELINE_K, max_turns=self.max_turns,
-            workers=self.workers, use_gold_categories=self.gold_categories, show_progress=self.show_progress,
-            classifier_program=self.classifier_program, solver_program=self.solver_program, **options,
+            self.taxonomy,
+            store if store is not None else MemoryStore(":memory:"),
+            self.results,
+            distiller=self.distiller,
+            classifier_agent=self.classifier,
+            k=PIPELINE_K,
+            max_turns=self.max_turns,
+            workers=self.workers,
+            use_gold_categories=self.gold_categories,
+            show_progress=self.show_progress,
+            classifier_program=self.classifier_program,
+            solver_program=self.solver_program,
+            **options,
         )
 
     @property
@@ -255,8 +264,9 @@ class StoreMethod(MemoryMethod):
                 pool = [e for e in self.store.entries() if label is not None and merged.get(e.category) == label]
                 entries = [e for e, _ in rank(task.prompt, pool, spec.k)]
             else:
-                entries = retrieve(self.store, task.prompt, category, k=spec.k, fallback=spec.fallback,
-                                   domain=self.ctx.taxonomy.domain)
+                entries = retrieve(
+                    self.store, task.prompt, category, k=spec.k, fallback=spec.fallback, domain=self.ctx.taxonomy.domain
+                )
         return Guidance(render_guidance([e.text for e in entries]), tuple(e.id for e in entries), category)
 
     def add(self, entries: list[MemoryEntry]) -> tuple[int, int]:

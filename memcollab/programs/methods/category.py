@@ -67,20 +67,27 @@ class CategoryDistiller(dspy.Module):
         self.distill = dspy.ChainOfThought(CategoryDistill)
 
     def forward(self, pairs: list[ContrastPair], tasks: dict[str, Task], category: str) -> dspy.Prediction:
-        result = call(self.distill, category=category, contrasts=render_contrasts(pairs, tasks),
-                      error_types=self.taxonomy.render_error_types())
+        result = call(
+            self.distill,
+            category=category,
+            contrasts=render_contrasts(pairs, tasks),
+            error_types=self.taxonomy.render_error_types(),
+        )
         constraints = list(result.outputs.get("constraints") or parse_lenient(result.raw))
         return dspy.Prediction(constraints=constraints)
 
-    def entries_for(self, constraints: list[Constraint], pairs: list[ContrastPair], tasks: dict[str, Task],
-                    category: str) -> list[MemoryEntry]:
+    def entries_for(
+        self, constraints: list[Constraint], pairs: list[ContrastPair], tasks: dict[str, Task], category: str
+    ) -> list[MemoryEntry]:
         """The constraints that transfer from every task of the group, as entries with the group's provenance."""
         agents = sorted({p.positive.agent for p in pairs} | {p.negative.agent for p in pairs})
         group = [tasks[p.task_id] for p in pairs]
         kept = [c for c in constraints if all(is_transferable(c, task, agents) for task in group)]
-        provenance = Provenance(task_ids=[p.task_id for p in pairs],
-                                positive_agents=list(dict.fromkeys(p.positive.agent for p in pairs)),
-                                negative_agents=list(dict.fromkeys(p.negative.agent for p in pairs)))
+        provenance = Provenance(
+            task_ids=[p.task_id for p in pairs],
+            positive_agents=list(dict.fromkeys(p.positive.agent for p in pairs)),
+            negative_agents=list(dict.fromkeys(p.negative.agent for p in pairs)),
+        )
         return to_entries(kept, group[0], category, self.taxonomy, provenance, agents)
 
 
@@ -99,25 +106,42 @@ class CategoryMemory(StoreMethod):
         by_category: dict[str, list[ContrastPair]] = defaultdict(list)
         for pair, category in zip(pairs, categories):
             by_category[category].append(pair)
-        groups = [(category, group) for category, members in sorted(by_category.items())
-                  if len(members) >= self.spec.min_group
-                  for group in balanced_groups(members, self.spec.group_size)]
+        groups = [
+            (category, group)
+            for category, members in sorted(by_category.items())
+            if len(members) >= self.spec.min_group
+            for group in balanced_groups(members, self.spec.group_size)
+        ]
         program = CategoryDistiller(self.ctx.taxonomy)
-        results = self.ctx.map(lambda g: self._distill(program, g[1], tasks, g[0]), groups,
-                               f"distilling {len(groups)} category groups")
+        results = self.ctx.map(
+            lambda g: self._distill(program, g[1], tasks, g[0]), groups, f"distilling {len(groups)} category groups"
+        )
         entries = [entry for found, _ in results for entry in found]
         added, merged = self.add(entries)
-        return {"pairs": len(pairs), "groups": len(groups), "pairs_grouped": sum(len(g) for _, g in groups),
-                "proposed": sum(n for _, n in results), "added": added, "merged": merged, "size": len(self.store)}
+        return {
+            "pairs": len(pairs),
+            "groups": len(groups),
+            "pairs_grouped": sum(len(g) for _, g in groups),
+            "proposed": sum(n for _, n in results),
+            "added": added,
+            "merged": merged,
+            "size": len(self.store),
+        }
 
-    def _distill(self, program: CategoryDistiller, pairs: list[ContrastPair], tasks: dict[str, Task],
-                 category: str) -> tuple[list[MemoryEntry], int]:
+    def _distill(
+        self, program: CategoryDistiller, pairs: list[ContrastPair], tasks: dict[str, Task], category: str
+    ) -> tuple[list[MemoryEntry], int]:
         """One group's constraints (the raw ones cached by key, re-filtered by the current rules)."""
         distiller = self.ctx.distiller
         assert distiller is not None
         ids = ",".join(p.task_id for p in pairs)
-        key = record_key("category-distill", ids, distiller.config, f"{PROGRAM_VERSION}/{METHODS_VERSION}",
-                         {"category": category, "pairs": [p.model_dump() for p in pairs]})
+        key = record_key(
+            "category-distill",
+            ids,
+            distiller.config,
+            f"{PROGRAM_VERSION}/{METHODS_VERSION}",
+            {"category": category, "pairs": [p.model_dump() for p in pairs]},
+        )
         cached = self.ctx.results.get(key)
         if cached is None:
             with distiller.context():

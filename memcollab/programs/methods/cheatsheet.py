@@ -57,8 +57,13 @@ class Curator(dspy.Module):
         self.curate = dspy.Predict(CurateCheatsheet)
 
     def forward(self, sheet: list[str], task: Task, attempts: list[Trajectory], limit: int) -> dspy.Prediction:
-        result = call(self.curate, cheatsheet=numbered(sheet), task=task.prompt,
-                      attempts=render_attempts(attempts), limit=f"At most {limit} entries.")
+        result = call(
+            self.curate,
+            cheatsheet=numbered(sheet),
+            task=task.prompt,
+            attempts=render_attempts(attempts),
+            limit=f"At most {limit} entries.",
+        )
         lines = tidy(list_items(str(result.outputs.get("updated") or result.raw)), limit)
         # An unreadable reply keeps the old sheet: one bad step must not wipe what was learned.
         return dspy.Prediction(sheet=lines or list(sheet), raw=result.raw, parsed=bool(lines))
@@ -92,13 +97,18 @@ class CheatsheetMemory(MemoryMethod):
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             (self.workdir / "cheatsheet_history.jsonl").write_text(
-                "".join(json.dumps(step) + "\n" for step in self.history))
+                "".join(json.dumps(step) + "\n" for step in self.history)
+            )
         return {"steps": len(self.history), "unparsed": unparsed, "size": len(self.sheet)}
 
     def _step(self, program: Curator, agent: Any, task: Task, attempts: list[Trajectory]) -> dict[str, Any]:
-        key = record_key("cheatsheet", task.id, agent.config, f"{PROGRAM_VERSION}/{METHODS_VERSION}",
-                         {"sheet": self.sheet, "attempts": [t.model_dump() for t in attempts],
-                          "max_items": self.spec.max_items})
+        key = record_key(
+            "cheatsheet",
+            task.id,
+            agent.config,
+            f"{PROGRAM_VERSION}/{METHODS_VERSION}",
+            {"sheet": self.sheet, "attempts": [t.model_dump() for t in attempts], "max_items": self.spec.max_items},
+        )
         cached = self.ctx.results.get(key)
         if cached is None:
             with agent.context():

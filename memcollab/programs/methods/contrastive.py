@@ -18,11 +18,24 @@ class ContrastiveMemory(StoreMethod):
 
     def build(self, inputs: BuildInputs) -> dict[str, float]:
         if len({agent.name for agent in inputs.agents}) < 2:
-            raise ConfigError(f"{self.spec.name}: a contrast needs two source agents, got {[a.name for a in inputs.agents]}")
-        pipeline = self.ctx.pipeline(self.store, verify=self.spec.verify, verify_tasks=self.spec.verify_tasks,
-                                     distill_examples=self.spec.distill_examples)
+            raise ConfigError(
+                f"{self.spec.name}: a contrast needs two source agents, got {[a.name for a in inputs.agents]}"
+            )
+        pipeline = self.ctx.pipeline(
+            self.store,
+            verify=self.spec.verify,
+            verify_tasks=self.spec.verify_tasks,
+            distill_examples=self.spec.distill_examples,
+        )
         report = pipeline.build(inputs.tasks, inputs.agents, samples=inputs.samples, temperature=inputs.temperature)
-        return {"pairs": len(report.pairs), "both_correct": report.pair_stats.both_correct,
-                "both_wrong": report.pair_stats.both_wrong, "proposed": report.proposed, "added": report.added,
-                "merged": report.merged, "unverified": report.unverified, "size": len(self.store),
-                **{f"accuracy.{name}": value for name, value in report.accuracy_by_agent.items()}}
+        return {
+            "pairs": len(report.pairs),
+            "both_correct": report.pair_stats.both_correct,
+            "both_wrong": report.pair_stats.both_wrong,
+            "proposed": report.proposed,
+            "added": report.added,
+            "merged": report.merged,
+            "unverified": report.unverified,
+            "size": len(self.store),
+            **{f"accuracy.{name}": value for name, value in report.accuracy_by_agent.items()},
+        }

@@ -29,11 +29,18 @@ def demo_for(task: Task, trajectory: Trajectory) -> dspy.Example | None:
         return None
     reasoning = turn.reasoning.strip()[:REASONING_CHARS]
     if task.kind == "math":
-        return dspy.Example(problem=task.prompt, guidance="", reasoning=reasoning,
-                            answer=turn.output).with_inputs("problem", "guidance")
-    return dspy.Example(task=task.prompt, guidance="", previous_attempt="", feedback="", entry_point=task.entry_point,
-                        reasoning=reasoning, code=turn.output).with_inputs(
-                            "task", "guidance", "previous_attempt", "feedback", "entry_point")
+        return dspy.Example(problem=task.prompt, guidance="", reasoning=reasoning, answer=turn.output).with_inputs(
+            "problem", "guidance"
+        )
+    return dspy.Example(
+        task=task.prompt,
+        guidance="",
+        previous_attempt="",
+        feedback="",
+        entry_point=task.entry_point,
+        reasoning=reasoning,
+        code=turn.output,
+    ).with_inputs("task", "guidance", "previous_attempt", "feedback", "entry_point")
 
 
 class _Tfidf:
@@ -99,7 +106,14 @@ class ExamplesMemory(MemoryMethod):
             return self._knn[k]
 
     def records(self) -> list[dict[str, Any]]:
-        return [{"id": f"example:{task.id}", "task_id": task.id, "agent": trajectory.agent,
-                 "attempt": trajectory.attempt, "output": demo.get("answer") or demo.get("code"),
-                 "reasoning": demo.get("reasoning")}
-                for task, trajectory, demo in self.examples]
+        return [
+            {
+                "id": f"example:{task.id}",
+                "task_id": task.id,
+                "agent": trajectory.agent,
+                "attempt": trajectory.attempt,
+                "output": demo.get("answer") or demo.get("code"),
+                "reasoning": demo.get("reasoning"),
+            }
+            for task, trajectory, demo in self.examples
+        ]

@@ -27,12 +27,20 @@ class ReflectionMemory(StoreMethod):
         own = [t for t in inputs.trajectories if t.attempt == 0 and t.task_id in by_id]
         self.ctx.map(lambda t: self.ctx.classify(by_id[t.task_id]), own, "classifying build tasks")
         program = Reflector(self.ctx.taxonomy)
-        results = self.ctx.map(lambda t: self._reflect(program, t, by_id[t.task_id], inputs.agents), own,
-                               f"reflecting on {len(own)} trajectories")
+        results = self.ctx.map(
+            lambda t: self._reflect(program, t, by_id[t.task_id], inputs.agents),
+            own,
+            f"reflecting on {len(own)} trajectories",
+        )
         entries = [entry for found, _ in results for entry in found]
         added, merged = self.add(entries)
-        return {"trajectories": len(own), "proposed": sum(n for _, n in results), "added": added, "merged": merged,
-                "size": len(self.store)}
+        return {
+            "trajectories": len(own),
+            "proposed": sum(n for _, n in results),
+            "added": added,
+            "merged": merged,
+            "size": len(self.store),
+        }
 
     def _reflector(self, trajectory: Trajectory, agents: list[Agent]) -> Agent:
         if self.spec.reflector == "source":
@@ -41,13 +49,19 @@ class ReflectionMemory(StoreMethod):
             raise ConfigError("reflection memory needs a distiller agent (or reflector: source)")
         return self.ctx.distiller
 
-    def _reflect(self, program: Reflector, trajectory: Trajectory, task: Task,
-                 agents: list[Agent]) -> tuple[list[MemoryEntry], int]:
+    def _reflect(
+        self, program: Reflector, trajectory: Trajectory, task: Task, agents: list[Agent]
+    ) -> tuple[list[MemoryEntry], int]:
         """Constraints from one trajectory (cached by key: a resumed build makes no LM call)."""
         agent = self._reflector(trajectory, agents)
         category = self.ctx.classify(task)
-        key = record_key("reflect", task.id, agent.config, f"{PROGRAM_VERSION}/{METHODS_VERSION}",
-                         {"category": category, "trajectory": trajectory.model_dump()})
+        key = record_key(
+            "reflect",
+            task.id,
+            agent.config,
+            f"{PROGRAM_VERSION}/{METHODS_VERSION}",
+            {"category": category, "trajectory": trajectory.model_dump()},
+        )
         cached = self.ctx.results.get(key)
         if cached is None:
             with agent.context():

@@ -18,8 +18,12 @@ def method_class(kind: str) -> type[MemoryMethod]:
     from memcollab.programs.methods.reflection import ReflectionMemory
 
     classes: dict[str, type[MemoryMethod]] = {
-        "none": NoMemory, "reflect": ReflectionMemory, "memcollab": ContrastiveMemory, "category": CategoryMemory,
-        "examples": ExamplesMemory, "cheatsheet": CheatsheetMemory,
+        "none": NoMemory,
+        "reflect": ReflectionMemory,
+        "memcollab": ContrastiveMemory,
+        "category": CategoryMemory,
+        "examples": ExamplesMemory,
+        "cheatsheet": CheatsheetMemory,
     }
     if kind not in classes:
         raise ConfigError(f"unknown method kind '{kind}'; choose one of: {', '.join(classes)}")

@@ -41,8 +41,9 @@ def solve_with(pipeline: MemCollab, task: Task, agent: Agent, guidance: Guidance
     """The agent's trajectory on `task` with `guidance` (cached: the key hashes the prompt's guidance)."""
     ids, category = list(guidance.memory_ids), guidance.category or task.category
     if not guidance.demos:
-        trajectory = pipeline.attempt(task, agent, guidance=guidance.text, memory_ids=ids, category=category,
-                                      memory_hash=guidance.key)
+        trajectory = pipeline.attempt(
+            task, agent, guidance=guidance.text, memory_ids=ids, category=category, memory_hash=guidance.key
+        )
     else:
         settings = {**pipeline.settings, "attempt": 0, "temperature": None, "guided": bool(guidance.text)}
         key = record_key("trajectory", task.id, agent.config, PROGRAM_VERSION, settings, guidance.key)
