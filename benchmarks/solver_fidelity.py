@@ -254,6 +254,25 @@ def print_table(summary: list[dict[str, Any]]) -> None:
     Console().print(table)
 
 
+def markdown(summary: list[dict[str, Any]]) -> str:
+    """The summary as the table in benchmarks/README.md."""
+    lines = [
+        "| model | benchmark | variant | accuracy | parse failures | tokens/task | s/task | vs plain (95% CI) | McNemar p |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        diff = ""
+        if "diff_vs_plain" in s:
+            low, high = s["diff_ci"]
+            diff = f"{s['diff_vs_plain']:+.1%} ({low:+.1%} to {high:+.1%}; {s['paired_n']} paired)"
+        p = f"{s['mcnemar_p']:.2f}" if "mcnemar_p" in s else ""
+        lines.append(
+            f"| {s['model']} | {s['benchmark']} | {s['variant']} | {s['correct']}/{s['n']} ({s['accuracy']:.1%}) | "
+            f"{s['parse_failures']} | {s['tokens_per_task']:.0f} | {s['seconds_per_task']:.1f} | {diff} | {p} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="qwen2.5-coder-0.5b,qwen2.5-coder-1.5b", help="embedded model names")
@@ -267,7 +286,13 @@ def main() -> None:
         help="task ids or ranges for every benchmark (default: GSM8K test 1-100, all of HumanEval)",
     )
     parser.add_argument("--solver-program", type=Path, default=None, help="compiled solver (default: labeled demos)")
+    parser.add_argument("--report", action="store_true", help="summarise the rows so far as markdown; run nothing")
     args = parser.parse_args()
+    if args.report:
+        benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+        ids = {b: [t.id for t in load(b, args.ids)] for b in benchmarks}
+        print(markdown(summarise(RowFile(TASK_ROWS).rows(), ids)))
+        return
 
     import dspy
 
