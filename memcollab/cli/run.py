@@ -7,8 +7,11 @@ LM is called), the Experiment does the work, and a rich table shows the outcome.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -67,6 +70,42 @@ MAX_ERRORS = typer.Option(
 )
 
 
+#: The options every pipeline command takes, added to each command's signature by `with_run_options`.
+RUN_OPTIONS: dict[str, tuple[object, object]] = {
+    "agents_file": (Optional[Path], AGENTS_FILE),
+    "workers": (int, WORKERS),
+    "run_dir": (Path, RUN_DIR),
+    "data_dir": (Optional[Path], DATA_DIR),
+    "max_tokens": (Optional[int], MAX_TOKENS),
+    "backend": (Optional[str], BACKEND),
+    "tracking_uri": (Optional[str], TRACKING_URI),
+    "track": (bool, TRACK),
+    "cache": (bool, CACHE),
+    "max_errors": (int, MAX_ERRORS),
+}
+
+
+def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` gains the shared options (typer reads the new signature); they reach it as keyword arguments.
+
+    One definition of each shared option instead of the same ten parameters copied into every command.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        for name, (annotation, option) in RUN_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        command(**kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *shared])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in [*own, *shared]}
+    return wrapper
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -117,6 +156,7 @@ def print_build(report, store_size: int) -> None:
     )
 
 
+@with_run_options
 def run_command(
     benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
     build_limit: int = typer.Option(20, help="memory-building tasks (first N of the build split)"),
@@ -129,21 +169,12 @@ def run_command(
     eval_agents: str = typer.Option("weak,other", help="agents evaluated with and without memory"),
     distiller: Optional[str] = typer.Option(None, help="agent that distills pairs (default: last build agent)"),
     classifier: Optional[str] = typer.Option(None, help="agent that classifies tasks (default: the distiller)"),
-    agents_file: Optional[Path] = AGENTS_FILE,
     k: int = typer.Option(3, help="memories retrieved per task"),
     max_turns: int = typer.Option(3, help="code tasks: turns with execution feedback"),
     samples: int = typer.Option(0, help="extra sampled attempts for tasks without a contrast"),
     gold_categories: bool = typer.Option(
         False, help="use the data's categories (MATH subjects) instead of the classifier"
     ),
-    workers: int = WORKERS,
-    run_dir: Path = RUN_DIR,
-    data_dir: Optional[Path] = DATA_DIR,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    backend: Optional[str] = BACKEND,
-    tracking_uri: Optional[str] = TRACKING_URI,
-    track: bool = TRACK,
-    cache: bool = CACHE,
     classifier_program: Optional[Path] = typer.Option(
         None, help="a compiled classifier (memcollab compile --program classifier)"
     ),
@@ -151,7 +182,7 @@ def run_command(
     verify_memory: bool = VERIFY,
     verify_tasks: int = VERIFY_TASKS,
     distill_examples: bool = EXAMPLES,
-    max_errors: int = MAX_ERRORS,
+    **run: Any,
 ) -> None:
     """The main job: build a shared memory with two agents, then evaluate agents with and without it.
 
@@ -160,6 +191,7 @@ def run_command(
     tasks with and without the memory.
     """
     cfg = _config(
+        **run,
         benchmark=benchmark,
         build_limit=build_limit,
         eval_limit=eval_limit,
@@ -171,25 +203,15 @@ def run_command(
         eval_agents=_csv(eval_agents),
         distiller=distiller,
         classifier=classifier,
-        agents_file=agents_file,
         k=k,
         max_turns=max_turns,
         samples=samples,
         gold_categories=gold_categories,
-        workers=workers,
-        run_dir=run_dir,
-        data_dir=data_dir,
-        max_tokens=max_tokens,
-        backend=backend,
-        tracking_uri=tracking_uri,
-        track=track,
-        cache=cache,
         classifier_program=classifier_program,
         solver_program=solver_program,
         verify_memory=verify_memory,
         verify_tasks=verify_tasks,
         distill_examples=distill_examples,
-        max_errors=max_errors,
     )
     summaries, exp = run_experiment(cfg, name="run")
     print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
@@ -229,6 +251,7 @@ def run_experiment(cfg, name: str):
     return summaries, exp
 
 
+@with_run_options
 def build_memory_command(
     benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
     agents: str = typer.Option("weak,strong", help="agents that solve the build tasks"),
@@ -243,22 +266,14 @@ def build_memory_command(
     verify_tasks: int = VERIFY_TASKS,
     distill_examples: bool = EXAMPLES,
     memory: Optional[Path] = typer.Option(None, help="memory file to write (default: <run-dir>/memory.sqlite)"),
-    agents_file: Optional[Path] = AGENTS_FILE,
-    workers: int = WORKERS,
-    run_dir: Path = RUN_DIR,
-    data_dir: Optional[Path] = DATA_DIR,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    backend: Optional[str] = BACKEND,
-    tracking_uri: Optional[str] = TRACKING_URI,
-    track: bool = TRACK,
-    cache: bool = CACHE,
-    max_errors: int = MAX_ERRORS,
+    **run: Any,
 ) -> None:
     """Build (or extend) a shared memory from contrast pairs of the given agents."""
     from memcollab.experiments.preflight import preflight
     from memcollab.experiments.runner import Experiment
 
     cfg = _config(
+        **run,
         benchmark=benchmark,
         build_agents=_csv(agents),
         build_limit=limit,
@@ -269,19 +284,9 @@ def build_memory_command(
         classifier=classifier,
         samples=samples,
         memory_path=memory,
-        agents_file=agents_file,
-        workers=workers,
-        run_dir=run_dir,
-        data_dir=data_dir,
-        max_tokens=max_tokens,
-        backend=backend,
-        tracking_uri=tracking_uri,
-        track=track,
-        cache=cache,
         verify_memory=verify_memory,
         verify_tasks=verify_tasks,
         distill_examples=distill_examples,
-        max_errors=max_errors,
     )
     plan = preflight(cfg, build=True, evaluate=False, announce=err.print)
     with Experiment(cfg, plan) as exp:
@@ -291,6 +296,7 @@ def build_memory_command(
         console.print(f"memory: {cfg.memory_file}")
 
 
+@with_run_options
 def evaluate_command(
     benchmark: str = typer.Option("gsm8k", help=BENCH_HELP),
     agent: str = typer.Option("weak", help="agent(s) to evaluate, comma-separated"),
@@ -306,16 +312,7 @@ def evaluate_command(
     fallback: str = typer.Option("none", help="too few memories in the category: none | domain | all"),
     allow_overlap: bool = typer.Option(False, help="allow evaluation tasks that are in the memory's provenance"),
     max_turns: int = typer.Option(3),
-    agents_file: Optional[Path] = AGENTS_FILE,
-    workers: int = WORKERS,
-    run_dir: Path = RUN_DIR,
-    data_dir: Optional[Path] = DATA_DIR,
-    max_tokens: Optional[int] = MAX_TOKENS,
-    backend: Optional[str] = BACKEND,
-    tracking_uri: Optional[str] = TRACKING_URI,
-    track: bool = TRACK,
-    cache: bool = CACHE,
-    max_errors: int = MAX_ERRORS,
+    **run: Any,
 ) -> None:
     """Evaluate agents on a benchmark's evaluation split, with a memory file and/or without."""
     from memcollab.errors import ConfigError
@@ -328,6 +325,7 @@ def evaluate_command(
     if not names:
         raise ConfigError("--agent names no agent; give one or more, comma-separated")
     cfg = _config(
+        **run,
         benchmark=benchmark,
         eval_agents=names,
         eval_limit=limit,
@@ -342,16 +340,6 @@ def evaluate_command(
         max_turns=max_turns,
         memory_path=memory or Path(":memory:"),
         build_agents=[],
-        agents_file=agents_file,
-        workers=workers,
-        run_dir=run_dir,
-        data_dir=data_dir,
-        max_tokens=max_tokens,
-        backend=backend,
-        tracking_uri=tracking_uri,
-        track=track,
-        cache=cache,
-        max_errors=max_errors,
     )
     conditions = (False,) if memory is None else ((False, True) if baseline else (True,))
     plan = preflight(cfg, build=False, evaluate=True, announce=err.print)
