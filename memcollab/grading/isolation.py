@@ -60,6 +60,13 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap", path=SAFE_PATH + os.pathsep + os.environ.get("PATH", ""))
 
 
+def interpreter(site_packages: bool) -> str:
+    """The Python to start in the sandbox: the real binary, not a virtualenv's link to it (the venv may live where
+    the sandbox shows its own tmpfs, e.g. under /tmp; the child needs only the standard library). With
+    `site_packages`, the venv's own interpreter, whose packages are then wanted."""
+    return sys.executable if site_packages else os.path.realpath(sys.executable)
+
+
 def python_argv(python: str, child: str, spec_json: str, site_packages: bool) -> list[str]:
     """`python -I -B -X utf8=1 [-S] child SPEC`: isolated mode, no bytecode files, no site unless asked."""
     argv = [python, "-I", "-B", "-X", "utf8=1"]

@@ -25,7 +25,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -249,7 +248,9 @@ def _launch(
     if mode == "bwrap":
         if uid is not None:
             spec.update(uid=uid, gid=uid)  # the child drops to it inside the namespaces
-        command = iso.python_argv(sys.executable, iso.CHILD_INSIDE, json.dumps(spec), limits.site_packages)
+        command = iso.python_argv(
+            iso.interpreter(limits.site_packages), iso.CHILD_INSIDE, json.dumps(spec), limits.site_packages
+        )
         argv = iso.bwrap_argv(
             iso.bwrap_path() or "bwrap",
             tmp,
@@ -263,7 +264,11 @@ def _launch(
         assert uid is not None
         os.chown(tmp, uid, uid)
         extra = {"user": uid, "group": uid, "extra_groups": []}
-    return iso.python_argv(sys.executable, str(iso.CHILD), json.dumps(spec), limits.site_packages), extra, uid
+    return (
+        iso.python_argv(iso.interpreter(limits.site_packages), str(iso.CHILD), json.dumps(spec), limits.site_packages),
+        extra,
+        uid,
+    )
 
 
 def _child_spec(limits: SandboxLimits) -> dict[str, Any]:

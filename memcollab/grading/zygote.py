@@ -22,7 +22,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -80,7 +79,7 @@ class Zygote:
         self.key = (site_packages, disk_mb)
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         spec = {"serve": True, "control_fd": theirs.fileno(), "workroot": WORKROOT}
-        command = iso.python_argv(sys.executable, iso.CHILD_INSIDE, json.dumps(spec), site_packages)
+        command = iso.python_argv(iso.interpreter(site_packages), iso.CHILD_INSIDE, json.dumps(spec), site_packages)
         argv = iso.bwrap_argv(
             iso.bwrap_path() or "bwrap",
             WORKROOT,
