@@ -175,7 +175,7 @@ def run_cell(
     def one(task: Any) -> None:
         try:
             row = solve(task)
-        except Exception as exc:  # noqa: BLE001 - an endpoint fault loses this task only; a rerun retries it
+        except Exception as exc:  # an endpoint fault loses this task only; a rerun retries it
             failures.append(f"{task.id}: {type(exc).__name__}: {exc}"[:200])
             return
         rows.append({"model": model, "benchmark": benchmark, "variant": variant, "task_id": task.id, **row})
@@ -185,8 +185,10 @@ def run_cell(
         for _ in pool.map(one, todo):
             progress.advance(bar)
     if failures:
-        print(f"{model} {benchmark} {variant}: {len(failures)} task(s) failed and are not recorded (rerun to retry); "
-              f"first: {failures[0]}")
+        print(
+            f"{model} {benchmark} {variant}: {len(failures)} task(s) failed and are not recorded (rerun to retry); "
+            f"first: {failures[0]}"
+        )
 
 
 def summarise(rows: list[dict[str, Any]], tasks_by_bench: dict[str, list[str]]) -> list[dict[str, Any]]:
