@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from memcollab.paths import default_data_dir
+
+pytestmark = pytest.mark.skipif(default_data_dir() is None, reason="benchmark data not found (../shared/data)")
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "prompts.md"
 EXAMPLE = re.compile(r"````text\n\$ memcollab show-prompt (?P<args>[^\n]*)\n(?P<output>.*?)\n````", re.DOTALL)
