@@ -103,3 +103,12 @@ def test_rate_tracker_ignores_cached_tasks_and_needs_something_to_go_on():
     assert tracker.remaining_seconds() == pytest.approx(24.0)  # 12 s per measured task, 2 left
     with pytest.raises(ValueError):
         RateTracker(total=-1)
+
+
+def test_the_rest_is_corrected_by_the_measured_part() -> None:
+    from memcollab.experiments.estimate import corrected_remaining
+
+    assert corrected_remaining(100.0, 200.0, 300.0) == 600.0  # twice as slow as estimated: the rest too
+    assert corrected_remaining(100.0, 50.0, 300.0) == 150.0
+    assert corrected_remaining(100.0, 5.0, 300.0) is None  # mostly cached: says nothing about speed
+    assert corrected_remaining(0.0, 5.0, 300.0) is None

@@ -239,6 +239,7 @@ def run_experiment(cfg, name: str):
         with exp.tracker.run(name, params=cfg.model_dump(mode="json"), tags={"command": name}):
             report = exp.build_memory()
             print_build(report, len(exp.store))
+            _announce_corrected_estimate(cfg, exp, counts)
             summaries = exp.evaluate(cfg.eval_agents)
             exp.write_summary(
                 {
@@ -249,6 +250,23 @@ def run_experiment(cfg, name: str):
                 }
             )
     return summaries, exp
+
+
+def _announce_corrected_estimate(cfg, exp, counts: dict[str, int]) -> None:
+    """After the build, the evaluation's time estimate corrected by the build's measured speed."""
+    from memcollab.experiments.estimate import corrected_remaining, estimate_seconds
+
+    build_estimate = estimate_seconds(cfg, exp.agents, n_build=counts["n_build"], n_eval=0)
+    eval_estimate = estimate_seconds(cfg, exp.agents, n_build=0, n_eval=counts["n_eval"])
+    if build_estimate is None or eval_estimate is None:
+        return
+    corrected = corrected_remaining(build_estimate, exp.timings.get("build_s", 0.0), eval_estimate)
+    if corrected is not None:
+        err.print(
+            f"evaluation: about {corrected / 60:.0f} min (estimate corrected by the build's measured speed, "
+            f"{exp.timings['build_s'] / 60:.0f} min instead of {build_estimate / 60:.0f})",
+            markup=False,
+        )
 
 
 @with_run_options

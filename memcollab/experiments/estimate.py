@@ -111,6 +111,15 @@ def estimate_seconds(
     return float(sum(p for p in parts if p is not None))
 
 
+def corrected_remaining(estimated_done: float, actual_done: float, estimated_rest: float) -> float | None:
+    """The rest's estimate scaled by how the finished part compared with its own estimate (measured speed on this
+    machine, today's load included); None when the finished part says nothing (nothing estimated, or mostly
+    served from the stores, i.e. far faster than any real LM call)."""
+    if estimated_done <= 0 or actual_done < 0.2 * estimated_done:
+        return None
+    return estimated_rest * actual_done / estimated_done
+
+
 class RateTracker:
     """Re-estimates the time left as units of work finish, from the wall time they actually took.
 
