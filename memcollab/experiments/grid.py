@@ -78,16 +78,7 @@ def agent_params(config: dict[str, Any]) -> dict[str, Any]:
 def task_row(cell: Cell, task: Task, trajectory: Trajectory, guidance: Guidance, category: str) -> dict[str, Any]:
     """One task of one cell, flat (the per-task table)."""
     row = {
-        "cell": cell.id,
-        "benchmark": cell.benchmark,
-        "target": cell.target,
-        "method": cell.method.name,
-        "family": cell.family,
-        "kind": cell.method.kind,
-        "source": cell.source_label,
-        "seed": cell.seed,
-        "k": cell.method.k,
-        "gate": cell.method.gate,
+        **cell.labels(),
         "task_id": task.id,
         "category": category,
         "correct": trajectory.correct,

@@ -229,6 +229,21 @@ class Cell:
         suffix = f"-k{self.method.k}"
         return self.method.name[: -len(suffix)] if self.method.name.endswith(suffix) else self.method.name
 
+    def labels(self) -> dict[str, Any]:
+        """What names this cell in every table row (per-task rows and the summary table)."""
+        return {
+            "cell": self.id,
+            "benchmark": self.benchmark,
+            "target": self.target,
+            "method": self.method.name,
+            "family": self.family,
+            "kind": self.method.kind,
+            "source": self.source_label,
+            "seed": self.seed,
+            "k": self.method.k,
+            "gate": self.method.gate,
+        }
+
 
 def _cell(benchmark: str, target: str, spec: MethodSpec, source: tuple[str, ...], seed: int, ids: str) -> Cell:
     """A cell whose spec names its resolved source, so an alias and the agents it stands for are one cell."""

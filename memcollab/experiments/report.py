@@ -117,16 +117,8 @@ def cell_table(
         mine = rows[rows["cell"] == cell.id]
         baseline = none_rows(rows, cell.benchmark, cell.target)
         line = {
-            "cell": cell.id,
-            "benchmark": cell.benchmark,
-            "target": cell.target,
-            "method": cell.method.name,
-            "family": cell.family,
-            "kind": cell.method.kind,
-            "source": cell.source_label,
-            "seed": cell.seed,
-            "k": cell.method.k if cell.method.kind != "none" else None,
-            "gate": cell.method.gate,
+            **cell.labels(),
+            "k": cell.method.k if cell.method.kind != "none" else None,  # k means nothing without memory
             **paired(mine, baseline, samples),
             **_effort(mine),
             **(extra or {}).get(cell.id, {}),
