@@ -84,6 +84,7 @@ def test_run_end_to_end_with_smollm2(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Traceback" not in first.stderr
     assert "accuracy without and with shared memory" in first.stdout
+    assert "estimated time: about" in first.stderr
 
     summary = json.loads((run_dir / "summary.json").read_text())
     cells = {(r["agent"], r["condition"]): r for r in summary["results"]}
@@ -100,4 +101,5 @@ def test_run_end_to_end_with_smollm2(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert _count(run_dir / "results.sqlite", "trajectory") == trajectories, "a rerun must resume, not redo"
+    assert "time left" not in second.stderr  # calls served from the stores say nothing about speed
     assert json.loads((run_dir / "summary.json").read_text())["results"] == summary["results"]

@@ -4,7 +4,7 @@ import pytest
 
 from memcollab.errors import ConfigError
 from memcollab.experiments.config import RunConfig
-from memcollab.experiments.estimate import RateTracker, Throughput, estimate_seconds, load_throughput, selected_count
+from memcollab.experiments.estimate import Countdown, Throughput, estimate_seconds, load_throughput, selected_count
 from memcollab.programs.pipeline import Agent
 
 MODELS = {"weak": "qwen2.5-coder-0.5b", "strong": "qwen2.5-coder-1.5b", "other": "smollm2-135m"}
@@ -62,47 +62,18 @@ def test_the_figures_come_from_the_data_file(tmp_path):
     assert "\n" not in str(info.value)
 
 
-class Clock:
-    """A hand-driven clock: the tracker sees exactly the seconds the test says passed."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_rate_tracker_replaces_the_prior_with_measured_seconds():
-    clock = Clock()
-    tracker = RateTracker(total=10, prior_seconds=100.0, prior_weight=2, clock=clock)
-    assert tracker.remaining_seconds() == pytest.approx(100.0)  # nothing measured: the prior
-    for _ in range(2):  # the first two tasks take 30 s each, three times the prior's 10 s
-        clock.now += 30
-        tracker.finished()
-    # (10 s x 2 prior units + 30 s x 2 measured) / 4 = 20 s per task, 8 tasks left
-    assert tracker.remaining_seconds() == pytest.approx(160.0)
-    assert tracker.slowdown() == pytest.approx(3.0)
-    for _ in range(6):
-        clock.now += 30
-        tracker.finished()
-    assert tracker.seconds_per_unit == pytest.approx((20 + 240) / 10)  # the measurement dominates
-    clock.now += 60
-    tracker.finished(n=2)
-    assert tracker.remaining == 0 and tracker.remaining_seconds() == 0.0
+def test_countdown_scales_the_phases_left_by_the_measured_ones() -> None:
+    countdown = Countdown([100.0, 50.0, 50.0, 10.0, 10.0])  # build, then two agents x two conditions
+    assert countdown.finished(200.0) == pytest.approx(240.0)  # the build took twice its estimate: so does the rest
+    assert countdown.finished(50.0) == pytest.approx(70 * 250 / 150)
+    assert countdown.finished(1.0) == pytest.approx(20 * 251 / 200)
+    countdown.finished(10.0)
+    assert countdown.finished(10.0) == 0.0
 
 
-def test_rate_tracker_ignores_cached_tasks_and_needs_something_to_go_on():
-    clock = Clock()
-    tracker = RateTracker(total=4, clock=clock)
-    assert tracker.remaining_seconds() is None and tracker.slowdown() is None
-    clock.now += 0.01
-    tracker.finished(cached=True)  # served from the stores: says nothing about speed
-    assert tracker.remaining_seconds() is None and tracker.done == 1
-    clock.now += 12
-    tracker.finished()
-    assert tracker.remaining_seconds() == pytest.approx(24.0)  # 12 s per measured task, 2 left
-    with pytest.raises(ValueError):
-        RateTracker(total=-1)
+def test_countdown_says_nothing_while_the_finished_phases_were_served_from_the_stores() -> None:
+    countdown = Countdown([100.0, 100.0])
+    assert countdown.finished(3.0) is None  # a resumed build: cached calls say nothing about speed
 
 
 def test_the_rest_is_corrected_by_the_measured_part() -> None:

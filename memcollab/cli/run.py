@@ -225,22 +225,20 @@ def run_experiment(cfg, name: str):
     Returns (summaries, experiment). Every split, agent and path is checked before the run directory
     exists or any LM is called.
     """
-    from memcollab.experiments.estimate import estimate_seconds
     from memcollab.experiments.preflight import preflight
     from memcollab.experiments.runner import Experiment
 
     plan = preflight(cfg, build=True, evaluate=True, announce=err.print)
     with Experiment(cfg, plan) as exp:
         exp.ensure_agents(list(plan.agents))
-        counts = {"n_build": len(plan.tasks["build"]), "n_eval": len(plan.tasks["eval"])}
-        estimate = estimate_seconds(cfg, exp.agents, **counts)
-        if estimate:
-            err.print(f"estimated time: about {estimate / 60:.0f} min (from measured tokens/s; cached calls are free)")
+        countdown = _countdown(cfg, exp, n_build=len(plan.tasks["build"]), n_eval=len(plan.tasks["eval"]))
         with exp.tracker.run(name, params=cfg.model_dump(mode="json"), tags={"command": name}):
             report = exp.build_memory()
             print_build(report, len(exp.store))
-            _announce_corrected_estimate(cfg, exp, counts)
-            summaries = exp.evaluate(cfg.eval_agents)
+            on_step = _announce_time_left(countdown)
+            if on_step is not None:
+                on_step(exp.timings.get("build_s", 0.0))
+            summaries = exp.evaluate(cfg.eval_agents, on_step=on_step)
             exp.write_summary(
                 {
                     "pairs": len(report.pairs),
@@ -252,21 +250,30 @@ def run_experiment(cfg, name: str):
     return summaries, exp
 
 
-def _announce_corrected_estimate(cfg, exp, counts: dict[str, int]) -> None:
-    """After the build, the evaluation's time estimate corrected by the build's measured speed."""
-    from memcollab.experiments.estimate import corrected_remaining, estimate_seconds
+def _countdown(cfg, exp, n_build: int, n_eval: int):
+    """Print the up-front time estimate; return a Countdown over the run's phases (None: no estimate here)."""
+    from memcollab.experiments.estimate import Countdown, estimate_seconds, eval_step_seconds
 
-    build_estimate = estimate_seconds(cfg, exp.agents, n_build=counts["n_build"], n_eval=0)
-    eval_estimate = estimate_seconds(cfg, exp.agents, n_build=0, n_eval=counts["n_eval"])
-    if build_estimate is None or eval_estimate is None:
-        return
-    corrected = corrected_remaining(build_estimate, exp.timings.get("build_s", 0.0), eval_estimate)
-    if corrected is not None:
-        err.print(
-            f"evaluation: about {corrected / 60:.0f} min (estimate corrected by the build's measured speed, "
-            f"{exp.timings['build_s'] / 60:.0f} min instead of {build_estimate / 60:.0f})",
-            markup=False,
-        )
+    estimate = estimate_seconds(cfg, exp.agents, n_build=n_build, n_eval=n_eval)
+    if not estimate:
+        return None
+    err.print(f"estimated time: about {estimate / 60:.0f} min (from measured tokens/s; cached calls are free)")
+    build = estimate_seconds(cfg, exp.agents, n_build=n_build, n_eval=0) or 0.0
+    steps = [eval_step_seconds(cfg, exp.agents, agent, n_eval) or 0.0 for agent in cfg.eval_agents for _ in (0, 1)]
+    return Countdown([build, *steps])
+
+
+def _announce_time_left(countdown):
+    """`on_step(seconds)`: after the build and each evaluation step, the time left corrected by measured speed."""
+    if countdown is None:
+        return None
+
+    def on_step(seconds: float) -> None:
+        left = countdown.finished(seconds)
+        if left is not None and left > 0:
+            err.print(f"time left: about {max(1, round(left / 60))} min (corrected by this run's measured speed)")
+
+    return on_step
 
 
 @with_run_options

@@ -3,14 +3,13 @@
 The up-front figure multiplies the calls a run makes by tokens per call and divides by
 measured generation rates, all read from `configs/throughput.yaml` (whose measured figures
 come from benchmarks/README.md); no measured number lives in this code. Remote agents have
-no measured rate, so a run with one gets no estimate. `RateTracker` replaces the prior with
-what the first finished tasks actually took.
+no measured rate, so a run with one gets no estimate. `Countdown` corrects the rest of the
+estimate by what each finished phase actually took.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +64,24 @@ def selected_count(cfg: RunConfig, role: Literal["build", "eval"]) -> int:
     return cfg.build_limit if role == "build" else cfg.eval_limit
 
 
+def _call_seconds(
+    figures: Throughput, agents: Mapping[str, Any], name: str, calls: float, kind: CallKind
+) -> float | None:
+    """Seconds for `calls` calls of `kind` by agent `name` at its measured rate; None if the rate is unknown."""
+    agent = agents.get(name)
+    if agent is None or calls == 0:
+        return 0.0
+    rate = figures.rate(agent.config.get("model", ""), agent.config.get("backend", "local"))
+    if rate is None:
+        return None
+    return calls * figures.tokens_per_call[kind] / rate
+
+
+def _turns(cfg: RunConfig, benchmark: str) -> int:
+    """Solver calls per task: up to T for code, one for math."""
+    return cfg.max_turns if get_benchmark(benchmark).kind == "code" else 1
+
+
 def estimate_seconds(
     cfg: RunConfig,
     agents: Mapping[str, Any],
@@ -84,31 +101,29 @@ def estimate_seconds(
         n_build = selected_count(cfg, "build") if cfg.build_agents else 0
     if n_eval is None:
         n_eval = selected_count(cfg, "eval")
-
-    def seconds(name: str, calls: float, kind: CallKind) -> float | None:
-        agent = agents.get(name)
-        if agent is None or calls == 0:
-            return 0.0
-        rate = figures.rate(agent.config.get("model", ""), agent.config.get("backend", "local"))
-        if rate is None:
-            return None
-        return calls * figures.tokens_per_call[kind] / rate
-
     spec = get_benchmark(cfg.benchmark)
-
-    def turns(benchmark: str) -> int:  # code: up to T calls per task
-        return cfg.max_turns if get_benchmark(benchmark).kind == "code" else 1
-
     pairs = figures.contrast_pair_rate * n_build
     distiller = cfg.distiller or (cfg.build_agents[-1] if cfg.build_agents else "")
     classifier = cfg.classifier or distiller
-    parts = [seconds(a, n_build * turns(spec.build.benchmark), "solve") for a in cfg.build_agents]
-    parts.append(seconds(distiller, pairs, "distill"))
-    parts.append(seconds(classifier, pairs + n_eval, "classify"))
-    parts += [seconds(a, 2 * n_eval * turns(spec.eval.benchmark), "solve") for a in cfg.eval_agents]
+    build_calls = n_build * _turns(cfg, spec.build.benchmark)
+    parts = [_call_seconds(figures, agents, a, build_calls, "solve") for a in cfg.build_agents]
+    parts.append(_call_seconds(figures, agents, distiller, pairs, "distill"))
+    parts.append(_call_seconds(figures, agents, classifier, pairs + n_eval, "classify"))
+    parts += [eval_step_seconds(cfg, agents, a, 2 * n_eval, figures) for a in cfg.eval_agents]
     if any(p is None for p in parts):
         return None
     return float(sum(p for p in parts if p is not None))
+
+
+def eval_step_seconds(
+    cfg: RunConfig, agents: Mapping[str, Any], agent: str, n_eval: int, throughput: Throughput | None = None
+) -> float | None:
+    """Estimated seconds for `agent` to solve `n_eval` evaluation tasks once (one condition); None if unknown."""
+    figures = throughput or load_throughput()
+    if figures is None:
+        return None
+    calls = n_eval * _turns(cfg, get_benchmark(cfg.benchmark).eval.benchmark)
+    return _call_seconds(figures, agents, agent, calls, "solve")
 
 
 def corrected_remaining(estimated_done: float, actual_done: float, estimated_rest: float) -> float | None:
@@ -120,68 +135,21 @@ def corrected_remaining(estimated_done: float, actual_done: float, estimated_res
     return estimated_rest * actual_done / estimated_done
 
 
-class RateTracker:
-    """Re-estimates the time left as units of work finish, from the wall time they actually took.
+class Countdown:
+    """The run's time left, re-estimated as each phase (the build, each agent x condition) ends.
 
-    Give it the number of units (tasks, calls) and, if known, the up-front estimate for all
-    of them; call `finished()` as each unit ends (`cached=True` for a unit served from the
-    stores, which says nothing about speed). The measured seconds per unit replace the prior
-    gradually: the prior counts as `prior_weight` units of evidence. Before any measured unit
-    and without a prior, `remaining_seconds()` is None.
+    Phases differ in size (SmolLM2 decodes several times faster than Qwen 1.5B), so the correction is weighted by
+    each phase's own estimate: the phases left are scaled by how long the finished ones took against theirs.
     """
 
-    def __init__(
-        self,
-        total: int,
-        prior_seconds: float | None = None,
-        prior_weight: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if total < 0:
-            raise ValueError("total must be >= 0")
-        self.total = total
-        self.prior_per_unit = prior_seconds / total if prior_seconds is not None and total else None
-        self.prior_weight = prior_weight
-        self._clock = clock
-        self._start = clock()
-        self._last = self._start
+    def __init__(self, estimates: list[float]) -> None:
+        self.estimates = estimates
         self.done = 0
-        self.measured = 0
-        self.measured_seconds = 0.0
+        self.actual = 0.0
 
-    def finished(self, n: int = 1, cached: bool = False) -> None:
-        """`n` more units have ended since the last call; their wall time counts unless they were cached."""
-        now = self._clock()
-        self.done = min(self.total, self.done + n)
-        if not cached:
-            self.measured += n
-            self.measured_seconds += now - self._last
-        self._last = now
-
-    @property
-    def seconds_per_unit(self) -> float | None:
-        """The current per-unit figure: the measured mean, pulled towards the prior while few units are measured."""
-        if self.measured == 0:
-            return self.prior_per_unit
-        observed = self.measured_seconds / self.measured
-        if self.prior_per_unit is None:
-            return observed
-        weight = self.prior_weight
-        return (self.prior_per_unit * weight + observed * self.measured) / (weight + self.measured)
-
-    @property
-    def remaining(self) -> int:
-        return self.total - self.done
-
-    def remaining_seconds(self) -> float | None:
-        """Estimated seconds until every unit is done; None while there is nothing to go on."""
-        if self.remaining == 0:
-            return 0.0
-        per_unit = self.seconds_per_unit
-        return None if per_unit is None else per_unit * self.remaining
-
-    def slowdown(self) -> float | None:
-        """Measured over prior seconds per unit (2.0: twice as slow as estimated); None without both."""
-        if self.measured == 0 or not self.prior_per_unit:
-            return None
-        return (self.measured_seconds / self.measured) / self.prior_per_unit
+    def finished(self, seconds: float) -> float | None:
+        """The next phase took `seconds`; returns the corrected seconds left (None: nothing to go on yet)."""
+        self.done = min(len(self.estimates), self.done + 1)
+        self.actual += seconds
+        rest = sum(self.estimates[self.done :])
+        return corrected_remaining(sum(self.estimates[: self.done]), self.actual, rest)

@@ -200,11 +200,17 @@ class Experiment:
         self.tracker.log_artifact(cfg.run_dir / "memory.jsonl", "memory")
         return report
 
-    def evaluate(self, agents: list[str], conditions: tuple[bool, ...] = (False, True)) -> list[EvalSummary]:
+    def evaluate(
+        self,
+        agents: list[str],
+        conditions: tuple[bool, ...] = (False, True),
+        on_step: Callable[[float], None] | None = None,
+    ) -> list[EvalSummary]:
         """Every agent on the eval tasks under each condition (without / with memory).
 
         Per-task results go to `eval_<agent>_<condition>.jsonl`, the agent name made
         file-safe (`safe_name`), so an inline agent never creates subdirectories.
+        `on_step(seconds)` follows each agent x condition (the CLI re-estimates the time left).
         """
         cfg = self.cfg
         benchmark = get_benchmark(cfg.benchmark).eval.benchmark
@@ -221,6 +227,8 @@ class Experiment:
                 start = time.perf_counter()
                 trajectories = pipeline.evaluate(tasks, self.agents[name], use_memory=use_memory)
                 self.timings[f"eval.{name}.{condition}_s"] = time.perf_counter() - start
+                if on_step is not None:
+                    on_step(self.timings[f"eval.{name}.{condition}_s"])
                 summary = summarize(trajectories, name, condition, benchmark)
                 summaries.append(summary)
                 rows = task_rows(trajectories, condition)
