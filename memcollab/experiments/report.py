@@ -46,6 +46,9 @@ ROW_COLUMNS = (
     "guidance_key",
 )
 
+#: What a paired comparison with the no-memory cell adds to a summary line (`paired`).
+PAIRED_COLUMNS = ("n", "accuracy", "none_accuracy", "diff", "diff_low", "diff_high", "p_value")
+
 
 def none_rows(rows: pd.DataFrame, benchmark: str, target: str) -> pd.DataFrame:
     """The no-memory rows of one target, indexed by task id."""
@@ -159,22 +162,7 @@ def category_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 2_000) 
             )
     return pd.DataFrame(
         lines,
-        columns=[
-            "cell",
-            "benchmark",
-            "target",
-            "method",
-            "source",
-            "seed",
-            "category",
-            "n",
-            "accuracy",
-            "none_accuracy",
-            "diff",
-            "diff_low",
-            "diff_high",
-            "p_value",
-        ],
+        columns=["cell", "benchmark", "target", "method", "source", "seed", "category", *PAIRED_COLUMNS],
     )
 
 

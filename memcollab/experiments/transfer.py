@@ -14,21 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from memcollab.experiments.grid_config import GridConfig, transfer_method, transfer_source
-from memcollab.experiments.report import none_rows, paired
+from memcollab.experiments.report import PAIRED_COLUMNS, none_rows, paired
 
-COLUMNS = [
-    "benchmark",
-    "source",
-    "target",
-    "method",
-    "n",
-    "accuracy",
-    "none_accuracy",
-    "diff",
-    "diff_low",
-    "diff_high",
-    "p_value",
-]
+COLUMNS = ["benchmark", "source", "target", "method", *PAIRED_COLUMNS]
 
 
 def transfer_table(

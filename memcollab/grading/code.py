@@ -87,36 +87,28 @@ def _traceback_feedback(stderr: str) -> str:
     return _clip("\n".join(reversed(kept)))
 
 
+def _ended_early(result: ExecResult, limits: SandboxLimits) -> tuple[str, str] | None:
+    """(error type, feedback) for a program stopped by a limit or ended before its tests; None for an exception."""
+    feedback = {
+        "ok": "the program exited (status 0) before the tests finished; do not call exit()/os._exit()",
+        "timeout": f"time limit exceeded ({limits.wall_s:g} s wall / {limits.cpu_s:g} s CPU): infinite loop or too slow",
+        "memory_limit": f"memory limit exceeded ({limits.memory_mb} MB)",
+        "output_limit": f"too much output (over {limits.output_bytes} bytes); remove debug prints",
+        "killed": f"the program was killed (exit status {result.returncode})",
+    }.get(result.status)
+    if feedback is None:
+        return None
+    return ("runtime_error:EarlyExit" if result.status == "ok" else result.status), feedback
+
+
 def verdict_from_result(result: ExecResult, sentinel: str, limits: SandboxLimits) -> Verdict:
     """Classify a sandbox run of candidate + tests into a verdict with model-readable feedback."""
     if result.status == "ok" and sentinel in result.stdout:
         return Verdict(correct=True)
-    if result.status == "ok":
-        return Verdict(
-            correct=False,
-            error_type="runtime_error:EarlyExit",
-            feedback="the program exited (status 0) before the tests finished; do not call exit()/os._exit()",
-        )
-    if result.status == "timeout":
-        return Verdict(
-            correct=False,
-            error_type="timeout",
-            feedback=f"time limit exceeded ({limits.wall_s:g} s wall / {limits.cpu_s:g} s CPU): infinite loop or too slow",
-        )
-    if result.status == "memory_limit":
-        return Verdict(
-            correct=False, error_type="memory_limit", feedback=f"memory limit exceeded ({limits.memory_mb} MB)"
-        )
-    if result.status == "output_limit":
-        return Verdict(
-            correct=False,
-            error_type="output_limit",
-            feedback=f"too much output (over {limits.output_bytes} bytes); remove debug prints",
-        )
-    if result.status == "killed":
-        return Verdict(
-            correct=False, error_type="killed", feedback=f"the program was killed (exit status {result.returncode})"
-        )
+    ended = _ended_early(result, limits)
+    if ended is not None:
+        error_type, feedback = ended
+        return Verdict(correct=False, error_type=error_type, feedback=feedback)
     # The type comes from the exception's class as the child reported it, never from stderr's text, which the
     # program writes: `raise ValueError("x\nKeyError: 3")` is a ValueError.
     name = result.exception if _NAME.match(result.exception) else ""
