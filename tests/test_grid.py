@@ -234,7 +234,7 @@ def test_shipped_grids_have_the_slices_the_issue_asks_for():
     cells = {
         (c.target, c.method.name, c.source_label): len(plan.benchmarks["gsm8k"].cell_tasks[c.id]) for c in plan.cells
     }
-    assert len(plan.benchmarks["gsm8k"].build_tasks) == 200 and cfg.samples > 0
+    assert len(plan.benchmarks["gsm8k"].build_tasks) == 200
     for method, source in (
         ("none", "-"),
         ("naive", "strong"),
@@ -242,8 +242,8 @@ def test_shipped_grids_have_the_slices_the_issue_asks_for():
         ("examples", "weak+strong"),
     ):
         assert cells[("weak", method, source)] == 400
-    assert cells[("weak", "cheatsheet", "weak+strong")] == cells[("weak", "self", "weak")] == 200
-    assert cells[("weak", "naive", "other")] == 200, "the transfer row of SmolLM2's memory"
+    assert cells[("weak", "self", "weak")] == 200 and cells[("weak", "cheatsheet", "weak+strong")] == 100
+    assert cells[("weak", "naive", "other")] == 50, "the transfer row of SmolLM2's memory"
     assert {m for t, m, _ in cells if t == "strong"} >= {"none", "self", "naive", "memcollab"}
     code = plan_grid(
         load_grid_config(ROOT / "configs" / "experiments" / "code_grid.yaml"), injected={"weak", "strong", "other"}

@@ -25,6 +25,8 @@ def grid_calls(plan: GridPlan, pair_rate: float) -> dict[tuple[str, CallKind], f
     cfg = plan.cfg
     calls: dict[tuple[str, CallKind], float] = defaultdict(float)
     greedy: set[tuple[str, str, int, str]] = set()  # (build slice, taxonomy, seed, agent): solved once
+    classified: set[tuple[str, str]] = set()  # (build slice, taxonomy): the same prompts, answered once (cached)
+    distilled: set[tuple[str, str, str, str]] = set()  # (build slice, taxonomy, seed, sources) of MemCollab pairs
     for memory in plan.memories.values():
         bench = next(
             b
@@ -43,10 +45,14 @@ def grid_calls(plan: GridPlan, pair_rate: float) -> dict[tuple[str, CallKind], f
             for agent in memory.source:  # extra samples on tasks without a contrast
                 calls[(agent, "solve")] += cfg.samples * n * (1 - pair_rate) * turns
         kind, spec = memory.spec.kind, memory.spec
-        if kind in ("memcollab", "category", "reflect"):
+        if kind in ("memcollab", "category", "reflect") and (memory.build_source, memory.taxonomy) not in classified:
+            classified.add((memory.build_source, memory.taxonomy))
             calls[(cfg.classifier_name, "classify")] += n
         if kind == "memcollab":
-            calls[(cfg.distiller_name, "distill")] += pairs
+            key = (memory.build_source, memory.taxonomy, str(memory.seed), "+".join(memory.source))
+            if key not in distilled:  # variants of one pair (verified, no gate, k, merged) share its distillations
+                distilled.add(key)
+                calls[(cfg.distiller_name, "distill")] += pairs
             if spec.verify:
                 for agent in memory.source:
                     calls[(agent, "solve")] += pairs * (1 + spec.verify_tasks) * turns / len(memory.source)
