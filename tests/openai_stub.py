@@ -157,6 +157,8 @@ class OpenAIStub(_Endpoint):
     `answers` maps a marker (a piece of a task's prompt) to the text the stub replies for it.
     `faults` maps a marker to its schedule: a list of faults for its first requests (then "ok"),
     or one fault as a string for every request. A request matching no marker gets `default`.
+    `latency_s` delays every completion (so parallel requests overlap); `peak_in_flight` is the most
+    completion requests it has had in flight at once.
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class OpenAIStub(_Endpoint):
         default: str = "I do not know.",
         hang_s: float = 30.0,
         retry_after_s: int = 1,
+        latency_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.answers = dict(answers)
@@ -177,6 +180,8 @@ class OpenAIStub(_Endpoint):
         self.default = default
         self.hang_s = hang_s
         self.retry_after_s = retry_after_s
+        self.latency_s = latency_s
+        self.in_flight = self.peak_in_flight = 0
 
     def requests(self, marker: str | None = None) -> list[Seen]:
         """Completion requests so far (for one marker)."""
@@ -206,6 +211,17 @@ class OpenAIStub(_Endpoint):
         if not handler.path.rstrip("/").endswith("/chat/completions"):
             self._reply(handler, 404, b'{"error": {"message": "not found"}}')
             return
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            self._stop.wait(self.latency_s)
+            self._complete(handler, body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _complete(self, handler: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
         text = _prompt_text(json.loads(body or b"{}"))
         marker = next((m for m in self.answers if m in text), "")
         with self._lock:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +61,13 @@ def _find_secret(data: Any, where: str = "") -> str | None:
 
 
 class AgentConfig(BaseModel):
-    """One agent: a model behind a backend, with its sampling settings."""
+    """One agent: a model behind a backend, with its sampling settings.
+
+    `api_base` is one URL, or a list of URLs for several replicas of the same model (vLLM replicas, several
+    llama-servers): each request then goes to the least busy endpoint that is not cooling down after a
+    failure (`memcollab.lm.router`). `max_parallel_per_endpoint` caps the requests in flight at each
+    endpoint; a request waits for a free slot rather than overload one. A one-item list is one URL.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -75,7 +82,8 @@ class AgentConfig(BaseModel):
     n_threads: int | None = Field(None, ge=1)
     n_parallel: int | None = Field(None, ge=1)  # server backend: concurrent slots
     adapter: AdapterName = "auto"
-    api_base: str | None = None
+    api_base: str | tuple[str, ...] | None = None  # one URL, or several replicas (a YAML list)
+    max_parallel_per_endpoint: int | None = Field(None, ge=1)
     api_key_env: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
@@ -97,11 +105,49 @@ class AgentConfig(BaseModel):
             raise ValueError(f"api_key_env must be the NAME of an environment variable, got {value!r}")
         return value
 
+    @field_validator("api_base", mode="before")
+    @classmethod
+    def _endpoint_list(cls, value: Any) -> Any:
+        """A list of endpoints: http(s) URLs, each once; a one-item list is that URL."""
+        if not isinstance(value, (list, tuple)):
+            return value
+        if not value:
+            raise ValueError("an empty list names no endpoint; give one URL or several")
+        seen: set[str] = set()
+        for url in value:
+            parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{url!r} is not an http(s) URL")
+            if url.rstrip("/") in seen:
+                raise ValueError(f"{url} is listed twice")
+            seen.add(url.rstrip("/"))
+        return value[0] if len(value) == 1 else tuple(value)
+
+    @model_validator(mode="after")
+    def _endpoints_fit_backend(self) -> AgentConfig:
+        if self.max_parallel_per_endpoint is not None and not self.endpoints:
+            raise ValueError("max_parallel_per_endpoint needs api_base: the endpoint(s) it limits")
+        if self.balanced and self.backend == "local":
+            raise ValueError("several api_base URLs or max_parallel_per_endpoint need backend litellm or server")
+        return self
+
     @model_validator(mode="after")
     def _fill_family(self) -> AgentConfig:
         if not self.family:
             object.__setattr__(self, "family", infer_family(self.backend, self.model))
         return self
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every api_base URL: none, one, or several replicas."""
+        if not self.api_base:
+            return ()
+        return (self.api_base,) if isinstance(self.api_base, str) else self.api_base
+
+    @property
+    def balanced(self) -> bool:
+        """Do this agent's requests go through the endpoint pool (several endpoints, or a concurrency limit)?"""
+        return len(self.endpoints) > 1 or self.max_parallel_per_endpoint is not None
 
     @property
     def gguf_path(self) -> Path | None:

@@ -206,9 +206,24 @@ def retrying_lm_class() -> type:
 
 
 def build_lm(agent: AgentConfig, *, cache: bool = True, model_dir: str | os.PathLike[str] | None = None) -> dspy.BaseLM:
-    """The DSPy LM for `agent`. Call `memcollab.lm.preflight.check_agent` first for friendly errors."""
+    """The DSPy LM for `agent`. Call `memcollab.lm.preflight.check_agent` first for friendly errors.
+
+    An agent with several `api_base` URLs (or a per-endpoint limit) gets one endpoint LM per URL behind a
+    pool that balances, limits and fails over (`memcollab.lm.router`); one URL gets the endpoint LM itself.
+    """
     if agent.backend == "local":
         return _local_lm(agent, cache=cache, model_dir=model_dir)
+    if agent.balanced:
+        from memcollab.lm.router import pooled_lm
+
+        one = {"max_parallel_per_endpoint": None}
+        endpoints = [agent.model_copy(update={**one, "api_base": url}) for url in agent.endpoints]
+        return pooled_lm(agent, [_endpoint_lm(e, cache=cache, model_dir=model_dir) for e in endpoints])
+    return _endpoint_lm(agent, cache=cache, model_dir=model_dir)
+
+
+def _endpoint_lm(agent: AgentConfig, *, cache: bool, model_dir: str | os.PathLike[str] | None) -> dspy.BaseLM:
+    """The LM of an agent on one endpoint (or a server the registry starts, or a hosted provider's default)."""
     if agent.backend == "server":
         from memcollab.lm.server import server_lm
 

@@ -35,24 +35,36 @@ def llama_cpp_available() -> bool:
         return False
 
 
+def _unreachable(url: str, headers: dict[str, str], timeout: float) -> str | None:
+    """Why GET <url>/models got no answer, or None if it got one (any HTTP status counts: 401, 404 ...)."""
+    try:
+        request = urllib.request.Request(url.rstrip("/") + "/models", headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return None  # the server answered; the call itself will say more
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
 def check_endpoint(agent: AgentConfig, timeout: float) -> None:
-    """A quick GET <api_base>/models: any HTTP answer means reachable; no answer is an error."""
-    if not agent.api_base:
-        return
-    url = agent.api_base.rstrip("/") + "/models"
+    """A quick GET <api_base>/models on every endpoint: any HTTP answer means reachable; no answer is an error
+    that names each endpoint that did not answer."""
     headers = {}
     if agent.api_key_env and os.environ.get(agent.api_key_env):
         headers["Authorization"] = f"Bearer {os.environ[agent.api_key_env]}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return  # the server answered (401, 404 ...): reachable; the call itself will say more
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ConfigError(
-            f"agent '{agent.name}': endpoint {agent.api_base} is unreachable ({reason}); check --api-base"
-        ) from None
+    failed = {url: why for url in agent.endpoints if (why := _unreachable(url, headers, timeout)) is not None}
+    if not failed:
+        return
+    if len(agent.endpoints) == 1:
+        ((url, reason),) = failed.items()
+        raise ConfigError(f"agent '{agent.name}': endpoint {url} is unreachable ({reason}); check --api-base")
+    listed = "; ".join(f"{url} ({reason})" for url, reason in failed.items())
+    raise ConfigError(
+        f"agent '{agent.name}': {len(failed)} of {len(agent.endpoints)} endpoints are unreachable: {listed}; "
+        "start them or remove them from api_base"
+    )
 
 
 def check_model(agent: AgentConfig, model_dir: str | os.PathLike[str] | None = None) -> None:
@@ -91,7 +103,7 @@ def check_agent(agent: AgentConfig, *, timeout: float = 3.0, model_dir: str | os
             )
         check_model(agent, model_dir)
     elif agent.backend == "server":
-        if agent.api_base:  # an already running llama-server
+        if agent.endpoints:  # already running llama-server(s)
             check_endpoint(agent, timeout)
             return
         check_model(agent, model_dir)
