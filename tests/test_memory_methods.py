@@ -160,6 +160,34 @@ def test_memcollab_method_is_the_pipelines_build_and_retrieval(results, tmp_path
         make_method(PRESETS["memcollab"], ctx).build(inputs(ctx, tasks, [weak]))
 
 
+def test_a_built_memory_with_a_store_url_is_a_schema_of_its_own_rebuilt_from_empty(results, tmp_path, postgres_url):
+    """A grid with store_url: each memory's store is a schema of the database (no file), emptied on every build, so
+    a rebuild from cached results holds what the first build did and nothing left over."""
+    import functools
+
+    import psycopg
+
+    from memcollab.memory.backends import schema_name, store_target
+
+    tasks = [task(1), task(2), task(3)]
+    weak, strong = make_agents(tasks, {CONTRAST: {"reasoning": "c", "constraints": [rule("items have a unit price")]}})
+    ctx = context(results, strong)
+    ctx.store_target = functools.partial(store_target, postgres_url, tmp_path / "run")
+    workdir = tmp_path / "run" / "memories" / "m1"
+    builds = []
+    for leftover in (True, False):
+        method = make_method(PRESETS["memcollab"], ctx, workdir)
+        method.build(inputs(ctx, tasks, [weak, strong]))
+        builds.append([(e.id, e.support) for e in method.entries()])
+        if leftover:  # what a killed build could leave behind
+            method.store.add(MemoryEntry(when="stale", enforce="left over", avoid="x", category="c", error_type="e"))
+        method.close()
+    assert builds[0] == builds[1] and len(builds[0]) == 1 and not (workdir / "memory.sqlite").exists()
+    with psycopg.connect(postgres_url) as conn:
+        count = conn.execute(f'SELECT COUNT(*) FROM "{schema_name("run", "memory_m1")}".memories').fetchone()[0]
+    assert count == 1
+
+
 def _entry(category: str, when: str, error_type: str) -> MemoryEntry:
     e = MemoryEntry(
         when=when,

@@ -9,7 +9,7 @@ each cell against no memory on the same tasks.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -65,6 +65,35 @@ def grid_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="validate, list the cells and the time estimate; run nothing"
     ),
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="where the solves run: local (threads in this process, --workers of them) or ray (Ray tasks, one "
+            "per CPU of the cluster at a time; retried if a worker dies; agents must be HTTP endpoints). The "
+            "build and evaluation solves go to Ray; distillation and classification stay here; the tables are the same. "
+            "ray needs: pip install 'memcollab[scale]'",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray-address",
+            help="with --executor ray: join this running cluster (auto, or ray://HOST:10001) instead of starting a "
+            "local one for this run; its nodes need memcollab installed and the agents' API key variables set (and "
+            "RAY_AUTH_MODE=token here if the cluster uses token authentication)",
+        ),
+    ] = None,
+    store_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--store-url",
+            help="override the config's store_url: keep the result store and every memory's store in this PostgreSQL "
+            "database (postgresql://user@host:port/db) instead of SQLite files in the run dir, each in a schema of "
+            "its own named from the run dir's name and the store (mc_RUN__results, mc_RUN__memory_ID); "
+            "password: PGPASSWORD or ~/.pgpass; needs pip install 'memcollab[scale]'",
+        ),
+    ] = None,
 ) -> None:
     """Run a grid: every method x memory source x target agent x benchmark, each compared with no memory.
 
@@ -72,12 +101,21 @@ def grid_command(
     rerun of the same config resumes. Tables, figures and per-task rows go to the run directory; MLflow gets a
     parent run for the invocation and a nested run per cell.
     """
+    from memcollab.experiments.executors import check_executor, make_executor
     from memcollab.experiments.grid import run_grid
     from memcollab.experiments.grid_config import load_grid_config
     from memcollab.experiments.grid_estimate import estimate_grid_seconds
     from memcollab.experiments.grid_plan import plan_grid
 
-    cfg = load_grid_config(config, run_dir=run_dir, tracking_uri=tracking_uri, workers=workers, max_errors=max_errors)
+    check_executor(executor, ray_address)  # a wrong name or no Ray: one line, before anything is loaded
+    cfg = load_grid_config(
+        config,
+        run_dir=run_dir,
+        tracking_uri=tracking_uri,
+        workers=workers,
+        max_errors=max_errors,
+        store_url=store_url,
+    )
     if dry_run:
         plan = plan_grid(cfg, announce=err.print)
         for cell in plan.cells:
@@ -92,7 +130,8 @@ def grid_command(
             markup=False,
         )
         return
-    result = run_grid(cfg, announce=err.print)
+    with make_executor(executor, ray_address) as runner:
+        result = run_grid(cfg, announce=err.print, executor=runner)
     print_grid(result.table, f"{cfg.name}: every cell vs no memory on the same tasks")
     console.print(
         f"results: {result.run_dir} (table.csv, transfer.csv, k_ablation.csv, figures; notebooks/grid.ipynb)",

@@ -6,6 +6,11 @@ error, not a silently empty memory, and inspecting a file leaves its bytes as
 they were. Store contents and paths are printed as plain text, never as rich
 markup (a memory may well contain `[/x]`). Imports live inside the commands so
 `memcollab --help` stays fast.
+
+`--store` is text, not a path: a file path, `sqlite:///path`, or a PostgreSQL URL
+(`postgresql://user@host:port/db?schema=NAME`, the schema a run with `--store-url`
+printed), which a path type would mangle (`postgresql:/host/db`). Messages name the
+store as the store names itself, so a URL's password is never printed.
 """
 
 from __future__ import annotations
@@ -20,20 +25,26 @@ if TYPE_CHECKING:
 
     from memcollab.memory.store import MemoryStore
 
-DEFAULT_STORE = Path("runs/memory.sqlite")
+DEFAULT_STORE = "runs/memory.sqlite"
 
 memory_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 StoreOption = typer.Option(
-    DEFAULT_STORE, "--store", "-s", envvar="MEMCOLLAB_STORE", help="Memory store file (SQLite).", show_default=True
+    DEFAULT_STORE,
+    "--store",
+    "-s",
+    envvar="MEMCOLLAB_STORE",
+    help="Memory store: an SQLite file (a path or sqlite:///path) or a PostgreSQL URL "
+    "(postgresql://user@host:port/db?schema=NAME; `run` and `build-memory` with --store-url print their memory's URL).",
+    show_default=True,
 )
 
 
-def _open(path: Path, create: bool = False, read_only: bool = True) -> MemoryStore:
-    """The store at `path`: read-only unless a command writes (only `import` does)."""
+def _open(target: str, create: bool = False, read_only: bool = True) -> MemoryStore:
+    """The store `target` names: read-only unless a command writes (only `import` does)."""
     from memcollab.memory.store import MemoryStore
 
-    return MemoryStore(path, create=create, read_only=read_only)
+    return MemoryStore(target, create=create, read_only=read_only)
 
 
 def _plain(text: object) -> Text:
@@ -49,7 +60,7 @@ def _truncate(text: str, width: int) -> str:
 
 @memory_app.command("list")
 def list_cmd(
-    store: Path = StoreOption,
+    store: str = StoreOption,
     category: Optional[str] = typer.Option(None, "--category", "-c", help="Only this category."),
     limit: int = typer.Option(50, "--limit", "-n", min=0, help="Show at most N entries (0 = all)."),
 ) -> None:
@@ -60,7 +71,7 @@ def list_cmd(
     with _open(store) as mem:
         entries = mem.entries(category=category)
     shown = entries if limit == 0 else entries[:limit]
-    table = Table(title=_plain(f"{store} - {len(entries)} memories" + (f" in {category}" if category else "")))
+    table = Table(title=_plain(f"{mem.path} - {len(entries)} memories" + (f" in {category}" if category else "")))
     for column in ("id", "category", "error type", "support", "text"):
         table.add_column(column, justify="right" if column == "support" else "left", overflow="fold")
     for e in shown:
@@ -74,7 +85,7 @@ def list_cmd(
 @memory_app.command("show")
 def show_cmd(
     memory_id: str = typer.Argument(..., metavar="ID", help="Memory id (see `memcollab memory list`)."),
-    store: Path = StoreOption,
+    store: str = StoreOption,
     as_json: bool = typer.Option(False, "--json", help="Print the entry as one JSON object."),
 ) -> None:
     """Show one memory with everything stored about it, provenance included."""
@@ -86,7 +97,7 @@ def show_cmd(
     with _open(store) as mem:
         entry = mem.get(memory_id)
     if entry is None:
-        raise MemoryStoreError(f"no memory with id {memory_id!r} in {store}; see `memcollab memory list`")
+        raise MemoryStoreError(f"no memory with id {memory_id!r} in {mem.path}; see `memcollab memory list`")
     if as_json:
         typer.echo(entry.model_dump_json(indent=2))
         return
@@ -112,7 +123,7 @@ def show_cmd(
 
 @memory_app.command("stats")
 def stats_cmd(
-    store: Path = StoreOption,
+    store: str = StoreOption,
     heatmap: Optional[Path] = typer.Option(
         None, "--heatmap", help="Also save the category x error-type distribution heatmap as a PNG."
     ),
@@ -124,7 +135,7 @@ def stats_cmd(
     with _open(store) as mem:
         stats = mem.stats()
         entries = mem.entries() if heatmap else []
-    table = Table(title=_plain(f"{store} - {stats['entries']} memories, total support {stats['total_support']}"))
+    table = Table(title=_plain(f"{mem.path} - {stats['entries']} memories, total support {stats['total_support']}"))
     error_types = list(stats["error_types"])
     table.add_column("category")
     for et in error_types:
@@ -146,7 +157,7 @@ def stats_cmd(
 @memory_app.command("export")
 def export_cmd(
     out: Path = typer.Argument(..., metavar="OUT.jsonl", help="File to write, one JSON entry per line."),
-    store: Path = StoreOption,
+    store: str = StoreOption,
 ) -> None:
     """Export every memory as JSON lines (ids, support, provenance and timestamps kept)."""
     with _open(store) as mem:
@@ -157,7 +168,7 @@ def export_cmd(
 @memory_app.command("import")
 def import_cmd(
     source: Path = typer.Argument(..., metavar="IN.jsonl", help="A file written by `memcollab memory export`."),
-    store: Path = StoreOption,
+    store: str = StoreOption,
 ) -> None:
     """Import memories from JSON lines; creates the store if needed, merges entries with known ids."""
     from memcollab.errors import MemoryStoreError
@@ -167,4 +178,4 @@ def import_cmd(
     with _open(store, create=True, read_only=False) as mem:
         added, merged = mem.import_jsonl(source)
         total = len(mem)
-    typer.echo(f"imported {source}: {added} added, {merged} merged; {store} now holds {total} memories")
+    typer.echo(f"imported {source}: {added} added, {merged} merged; {mem.path} now holds {total} memories")

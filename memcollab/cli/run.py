@@ -69,6 +69,14 @@ MAX_ERRORS = typer.Option(
     "is recorded as an LM error, not stored, and retried by a rerun",
 )
 
+STORE_URL_HELP = (
+    "keep the run's results and memory in this PostgreSQL database (postgresql://user@host:port/db) instead of "
+    "SQLite files in the run dir, each store in a schema of its own named from the run dir's name and the store "
+    "(mc_RUN__results, mc_RUN__memory); runs with the same run dir name and URL share them, on any machine. "
+    "Password: PGPASSWORD or ~/.pgpass. Needs pip install 'memcollab[scale]'"
+)
+STORE_URL = typer.Option(None, "--store-url", help=STORE_URL_HELP)
+
 
 #: The options every pipeline command takes, added to each command's signature by `with_run_options`.
 RUN_OPTIONS: dict[str, tuple[object, object]] = {
@@ -82,6 +90,7 @@ RUN_OPTIONS: dict[str, tuple[object, object]] = {
     "track": (bool, TRACK),
     "cache": (bool, CACHE),
     "max_errors": (int, MAX_ERRORS),
+    "store_url": (Optional[str], STORE_URL),
 }
 
 
@@ -216,7 +225,7 @@ def run_command(
     summaries, exp = run_experiment(cfg, name="run")
     print_results(summaries, title=f"MemCollab on {benchmark}: accuracy without and with shared memory")
     console.print("wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in exp.timings.items()))
-    console.print(f"results: {cfg.run_dir / 'summary.json'}")
+    console.print(f"results: {cfg.run_dir / 'summary.json'}; memory: {exp.store.path}", markup=False)
 
 
 def run_experiment(cfg, name: str):
@@ -318,7 +327,7 @@ def build_memory_command(
         with exp.tracker.run("build-memory", params=cfg.model_dump(mode="json"), tags={"command": "build-memory"}):
             report = exp.build_memory()
         print_build(report, len(exp.store))
-        console.print(f"memory: {cfg.memory_file}")
+        console.print(f"memory: {exp.store.path}", markup=False)
 
 
 @with_run_options
@@ -387,11 +396,21 @@ def experiment_command(
         min=0,
         help="override the config's max_errors (LM calls that may fail after retries before a step stops; default 10)",
     ),
+    store_url: Optional[str] = typer.Option(
+        None, "--store-url", help="override the config's store_url: " + STORE_URL_HELP
+    ),
+    executor: str = typer.Option(
+        "local", "--executor", help="a grid's solves: local (threads) or ray (see `grid --help`)"
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="with --executor ray: a running cluster to join (see `grid --help`)"
+    ),
 ) -> None:
     """Run a whole experiment (build memory + evaluate) from a YAML configuration, or a grid of them.
 
     Every field is checked first: a misspelt field, an unknown benchmark or fallback is one line, before any LM call.
     """
+    from memcollab.errors import ConfigError
     from memcollab.experiments.config import load_config
     from memcollab.experiments.grid_config import is_grid_config
 
@@ -399,10 +418,20 @@ def experiment_command(
         from memcollab.cli.grid import grid_command
 
         grid_command(
-            config, run_dir=run_dir, tracking_uri=tracking_uri, workers=None, max_errors=max_errors, dry_run=False
+            config,
+            run_dir=run_dir,
+            tracking_uri=tracking_uri,
+            workers=None,
+            max_errors=max_errors,
+            dry_run=False,
+            executor=executor,
+            ray_address=ray_address,
+            store_url=store_url,
         )
         return
-    cfg = load_config(config, run_dir=run_dir, tracking_uri=tracking_uri, max_errors=max_errors)
+    if executor != "local" or ray_address is not None:
+        raise ConfigError(f"--executor and --ray-address are for grids (a YAML with cells:); {config} is a single run")
+    cfg = load_config(config, run_dir=run_dir, tracking_uri=tracking_uri, max_errors=max_errors, store_url=store_url)
     summaries, _ = run_experiment(cfg, name=config.stem)
     print_results(summaries, title=f"{config.stem}: accuracy without and with shared memory")
 

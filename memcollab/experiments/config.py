@@ -8,19 +8,44 @@ line that names the field and the allowed values, never a traceback.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from memcollab.benchmarks import benchmark_names, parse_ids
 from memcollab.errors import ConfigError, DataError
+from memcollab.memory.backends import check_store_url, store_target
 
 #: The registered benchmarks, as a type (so pydantic names the allowed values in its error).
 BenchmarkName = Literal[benchmark_names()]  # type: ignore[valid-type]
 Fallback = Literal["none", "domain", "all"]
 BackendChoice = Literal["auto", "local", "server"]
+
+
+def _hide_password(url: str | None) -> str | None:
+    """The URL as configs are written out (summary.json, grid.json, MLflow): its password, if any, as ***."""
+    return None if url is None else re.sub(r"(://[^:/@?]*:)[^@/?]*@", r"\1***@", url)
+
+
+#: A run's `store_url`: a PostgreSQL database for its results and memories (None: SQLite files in the run dir).
+#: Checked at load; written out without its password (prefer PGPASSWORD or ~/.pgpass for one).
+StoreURL = Annotated[
+    str | None,
+    AfterValidator(lambda url: None if url is None else check_store_url(url)),
+    PlainSerializer(_hide_password),
+]
 
 
 class RunConfig(BaseModel):
@@ -62,6 +87,7 @@ class RunConfig(BaseModel):
     verify_tasks: int = Field(3, ge=0)
     distill_examples: bool = False
     max_errors: int = Field(10, ge=0)  # LM calls that may fail after retries (recorded as lm_error) before a step stops
+    store_url: StoreURL = None  # results and memory in this PostgreSQL database, a schema each (see `store`)
 
     @field_validator("build_ids", "eval_ids")
     @classmethod
@@ -79,9 +105,15 @@ class RunConfig(BaseModel):
             raise ValueError("ids select tasks by id and sample draws them at random; use one of them")
         return self
 
+    def store(self, name: str) -> str | Path:
+        """Where the run's store `name` (results, memory) lives: `<run_dir>/<name>.sqlite`, or with `store_url` the
+        schema of (run dir name, `name`) in that database."""
+        return store_target(self.store_url, self.run_dir, name, self.run_dir / f"{name}.sqlite")
+
     @property
-    def memory_file(self) -> Path:
-        return self.memory_path or self.run_dir / "memory.sqlite"
+    def memory_file(self) -> Path | str:
+        """The memory store: `memory_path` if given, else the run's own (a file, or a schema of `store_url`)."""
+        return self.memory_path or self.store("memory")
 
     def selection(self, role: Literal["build", "eval"]) -> dict[str, Any]:
         """How to pick the `role` tasks, as `load_tasks` keywords: ids win over the limit; sample draws `limit`."""
@@ -105,7 +137,8 @@ def _one_line(exc: ValidationError) -> str:
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     if not loc:
         return message
-    return f"{loc}: {message} (got {error.get('input')!r})"
+    shown = _hide_password(error["input"]) if isinstance(error.get("input"), str) else error.get("input")
+    return f"{loc}: {message} (got {shown!r})"
 
 
 def make_config(where: str = "", **fields: Any) -> RunConfig:

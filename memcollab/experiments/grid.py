@@ -9,14 +9,19 @@ per cell. A rerun of the same config resumes: every LM result made before is rea
 Run directory:
   grid.json            the config, the cells and the memories (what the notebook reads first)
   results.sqlite       every LM result by key (resume); dspy_cache/ the LM response cache
-  memories/<id>/       memory.jsonl (+ memory.sqlite, build.json, cheatsheet history)
+  memories/<id>/       memory.jsonl (+ memory.sqlite, build.json naming the store, cheatsheet history)
   cells/<cell>.jsonl   per-task rows of each cell; tasks.jsonl all of them
   table.csv, categories.csv, transfer.csv, k_ablation.csv and transfer.png, k_ablation.png
   summary.json         timings (added up over invocations) and the machine-time estimate
+
+With `store_url` (a PostgreSQL database) the result store and each memory's store live in that database
+instead of results.sqlite and memories/<id>/memory.sqlite, a schema each, named from the run directory's
+name and the store's (`memory.backends.store_target`); everything else stays in the run directory.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -28,18 +33,27 @@ from typing import Any
 import pandas as pd
 
 from memcollab.benchmarks import parse_ids
-from memcollab.errors import lm_endpoint_error, output_error
+from memcollab.errors import ConfigError, lm_endpoint_error, output_error
+from memcollab.experiments.executors import Executor, LocalExecutor, Solves
 from memcollab.experiments.grid_config import Cell, GridConfig
 from memcollab.experiments.grid_estimate import estimate_grid_seconds
 from memcollab.experiments.grid_plan import BenchmarkPlan, GridPlan, MemoryPlan, plan_grid
 from memcollab.experiments.grid_tracking import GridTracker
 from memcollab.experiments.report import ROW_COLUMNS, category_table, cell_table, k_ablation, plot_k_ablation
 from memcollab.experiments.transfer import plot_transfer, tracker_matrix, transfer_table
+from memcollab.memory.backends import store_target
 from memcollab.memory.clustering import error_type_matrix, plot_heatmap
 from memcollab.memory.results import ResultStore
 from memcollab.parallel import console as progress_console
-from memcollab.parallel import parallel_map
-from memcollab.programs.methods import BuildInputs, Guidance, MemoryMethod, MethodContext, make_method, solve_with
+from memcollab.programs.methods import (
+    BuildInputs,
+    Guidance,
+    MemoryMethod,
+    MethodContext,
+    StoreMethod,
+    make_method,
+    solve_with,
+)
 from memcollab.programs.pipeline import Agent
 from memcollab.records import Task, Trajectory, stable_hash
 from memcollab.taxonomy import load_taxonomy
@@ -120,8 +134,10 @@ class GridRun:
         agents: dict[str, Agent] | None = None,
         announce: Callable[[str], None] = progress_console.print,
         show_progress: bool = True,
+        executor: Executor | None = None,
     ) -> None:
         self.plan, self.cfg = plan, plan.cfg
+        self.executor: Executor = executor or LocalExecutor()  # where solves run; its owner closes it
         self.run_dir = Path(self.cfg.run_dir)
         self.agents: dict[str, Agent] = dict(agents or {})
         self.announce = announce
@@ -132,6 +148,10 @@ class GridRun:
         self.timings: dict[str, float] = {}
         self.extra: dict[str, dict[str, Any]] = {}
         self.results: ResultStore | None = None
+        #: (store name, its file in the run dir) -> where it lives: that file, or a schema of the config's store_url.
+        self.stores: Callable[[str, Path], str | Path] = functools.partial(
+            store_target, self.cfg.store_url, self.run_dir
+        )
         self.tracker: GridTracker | None = None
 
     # ----- lifecycle ------------------------------------------------------------------------
@@ -143,7 +163,7 @@ class GridRun:
         except OSError as exc:
             raise output_error(self.run_dir, exc) from None
         configure_dspy_cache(self.run_dir / "dspy_cache", enabled=self.cfg.cache)
-        self.results = ResultStore(self.run_dir / "results.sqlite")
+        self.results = ResultStore(self.stores("results", self.run_dir / "results.sqlite"))
         try:
             self.tracker = GridTracker(
                 self.cfg.tracking_uri, self.run_dir, f"memcollab-grid-{self.cfg.name}", enabled=self.cfg.track
@@ -153,6 +173,8 @@ class GridRun:
                 from memcollab.experiments.runner import build_agent_handles
 
                 self.agents.update(build_agent_handles(missing, self.cfg.cache))
+            shipped = {c.target for c in self.plan.cells} | {a for m in self.plan.memories.values() for a in m.source}
+            self.executor.check([self.agents[name] for name in sorted(shipped)])  # fail before any LM call
         except BaseException:
             self.__exit__()  # no open store, no orphan llama-server
             raise
@@ -187,6 +209,7 @@ class GridRun:
                 gold_categories=cfg.gold_categories,
                 classifier_program=cfg.classifier_program,
                 solver_program=cfg.solver_program,
+                store_target=self.stores,
             )
         return self.contexts[taxonomy]
 
@@ -203,6 +226,20 @@ class GridRun:
         """What the source agents did on the build tasks (the pipeline's collect: cached per agent and task)."""
         key = (memory.taxonomy, memory.build_source, memory.seed, memory.source)
         if key not in self.collected:
+            if self.executor.distributed:  # the first attempts run where the executor runs solves; collect reads them
+                for agent in agents:
+                    self.executor.run(
+                        self.solves(
+                            memory.taxonomy,
+                            agent,
+                            bench.build_tasks,
+                            lambda _: Guidance(),
+                            lambda _t, _g, trajectory: trajectory,
+                            lambda _t, _e: None,  # collect asks again and counts the failure its own way
+                            max_errors=None,
+                            description=f"{agent.name} solving build tasks ({self.executor.name})",
+                        )
+                    )
             samples = self.cfg.samples if len(agents) > 1 else 0  # one agent has no contrast to sample for
             collected = (
                 self.context(memory.taxonomy)
@@ -256,6 +293,8 @@ class GridRun:
             "taxonomy": memory.taxonomy,
             "build_tasks": len(bench.build_tasks),
             "hash": method.content_hash(),
+            # where `memcollab memory list --store` finds it (a file here, or a schema of the store_url)
+            "store": method.store.path if isinstance(method, StoreMethod) else None,
             "report": report,
             "seconds": round(seconds, 1),
         }
@@ -278,19 +317,31 @@ class GridRun:
             return {t.id: t.category for t in tasks}
         return dict(zip([t.id for t in tasks], ctx.map(ctx.classify, tasks, f"classifying {bench.name} tasks")))
 
+    def solves(self, taxonomy: str, agent: Agent, tasks: list[Task], *handlers: Any, **fields: Any) -> Solves:
+        """A batch for the executor behind the run's one solver (this module's `solve_with`: tests patch it)."""
+        return Solves(
+            self.context(taxonomy).shared,
+            agent,
+            tasks,
+            *handlers,
+            solve=solve_with,
+            workers=self.cfg.workers,
+            show=self.show_progress,
+            cache_dir=self.run_dir / "dspy_cache",
+            cache=self.cfg.cache,
+            **fields,
+        )
+
     def evaluate(self, cell: Cell, categories: dict[str, str]) -> list[dict[str, Any]]:
         """Solve the cell's tasks with its method's guidance; per-task rows (also written to cells/<id>.jsonl)."""
         bench = self.plan.benchmarks[cell.benchmark]
-        ctx = self.context(bench.taxonomy)
         method = self.method_for(cell)
         tasks = bench.tasks_of(cell)
         agent = self.agents[cell.target]
         method.prepare(tasks)
         start = time.perf_counter()
 
-        def one(task: Task) -> dict[str, Any]:
-            guidance = method.guidance(task)
-            trajectory = solve_with(ctx.shared, task, agent, guidance)
+        def row(task: Task, guidance: Guidance, trajectory: Trajectory) -> dict[str, Any]:
             return task_row(cell, task, trajectory, guidance, categories.get(task.id, ""))
 
         def failed(task: Task, exc: Exception) -> dict[str, Any]:
@@ -298,14 +349,17 @@ class GridRun:
                 raise exc  # a bug, not an unreachable endpoint: keep its traceback
             return lm_error_row(cell, task, exc, categories.get(task.id, ""))
 
-        rows = parallel_map(
-            one,
-            tasks,
-            workers=self.cfg.workers,
-            show=self.show_progress,
-            on_error=failed,
-            max_errors=self.cfg.max_errors,
-            description=f"{cell.target} {cell.method.name} ({cell.source_label}) on {cell.benchmark}",
+        rows = self.executor.run(
+            self.solves(
+                bench.taxonomy,
+                agent,
+                tasks,
+                method.guidance,
+                row,
+                failed,
+                max_errors=self.cfg.max_errors,
+                description=f"{cell.target} {cell.method.name} ({cell.source_label}) on {cell.benchmark}",
+            )
         )
         wall = time.perf_counter() - start
         self.timings[f"eval.{cell.id}_s"] = wall
@@ -559,8 +613,14 @@ def run_grid(
     agents: dict[str, Agent] | None = None,
     announce: Callable[[str], None] = progress_console.print,
     show_progress: bool = True,
+    executor: Executor | None = None,
 ) -> GridResult:
-    """Plan (validate everything, no writes), then run the grid; `agents` replaces named agents (tests)."""
+    """Plan (validate everything, no writes), then run the grid; `agents` replaces named agents (tests), `executor`
+    says where the solves run (default: threads here)."""
+    if cfg.store_url is not None:  # a server that does not answer fails first, before the run dir exists
+        from memcollab.memory.postgres import check_server
+
+        check_server(cfg.store_url, ConfigError)
     plan = plan_grid(cfg, injected=set(agents or {}), announce=announce)
-    with GridRun(plan, agents, announce=announce, show_progress=show_progress) as grid:
+    with GridRun(plan, agents, announce=announce, show_progress=show_progress, executor=executor) as grid:
         return grid.run()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from memcollab.benchmarks import benchmark_names, parse_ids
 from memcollab.errors import ConfigError, DataError
+from memcollab.experiments.config import StoreURL
 from memcollab.programs.methods import PRESETS, MethodSpec
 
 BenchmarkName = Literal[benchmark_names()]  # type: ignore[valid-type]
@@ -113,6 +114,7 @@ class GridConfig(BaseModel):
     classifier_program: Path | None = None
     bootstrap_samples: int = Field(default=10_000, ge=100)
     max_errors: int = Field(default=10, ge=0)  # unanswered LM calls per cell (endpoint down) before the grid stops
+    store_url: StoreURL = None  # the results and memory stores in this PostgreSQL database, a schema each
 
     @field_validator("build_ids")
     @classmethod

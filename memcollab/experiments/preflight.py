@@ -131,6 +131,10 @@ def load_role(cfg: RunConfig, role: Role) -> list[Task]:
 
 def _check_files(cfg: RunConfig) -> None:
     check_run_dir(cfg.run_dir)
+    if cfg.store_url is not None:  # a server that does not answer fails here, before the run dir exists
+        from memcollab.memory.postgres import check_server
+
+        check_server(cfg.store_url, ConfigError)
     if cfg.memory_path is not None and str(cfg.memory_path) != ":memory:" and cfg.memory_path.is_dir():
         raise ConfigError(f"--memory {cfg.memory_path} is a directory; name a .sqlite file")
     for flag, path in (("classifier_program", cfg.classifier_program), ("solver_program", cfg.solver_program)):
@@ -138,14 +142,21 @@ def _check_files(cfg: RunConfig) -> None:
             raise ConfigError(f"{flag}: file not found: {path}")
 
 
-def _memory_provenance(path: Path) -> set[str]:
-    """Task ids an existing memory file was built from (nothing for a new or in-memory store)."""
-    if str(path) == ":memory:" or not path.is_file():
-        return set()
+def _memory_provenance(path: Path | str) -> set[str]:
+    """Task ids an existing memory store was built from (nothing for a new or in-memory store)."""
     from memcollab.memory import MemoryStore
+    from memcollab.memory.store import StoreNotFound
 
-    with MemoryStore(path) as store:
-        return store.provenance_task_ids()
+    if isinstance(path, Path):
+        if str(path) == ":memory:" or not path.is_file():
+            return set()
+        with MemoryStore(path) as store:
+            return store.provenance_task_ids()
+    try:  # a schema of the run's store_url: read, never created here
+        with MemoryStore(path, read_only=True) as store:
+            return store.provenance_task_ids()
+    except StoreNotFound:
+        return set()
 
 
 def preflight(

@@ -89,7 +89,7 @@ class Experiment:
             raise output_error(cfg.run_dir, exc) from None
         configure_dspy_cache(cfg.run_dir / "dspy_cache", enabled=cfg.cache)
         self.taxonomy = taxonomy_for(cfg.benchmark)
-        self.results = ResultStore(cfg.run_dir / "results.sqlite")
+        self.results = ResultStore(cfg.store("results"))
         # Evaluating a given memory only reads it: a user's file must keep its bytes (no schema, no WAL switch).
         evaluate_only = not cfg.build_agents and cfg.memory_path is not None and str(cfg.memory_path) != ":memory:"
         self.store = MemoryStore(cfg.memory_file, read_only=evaluate_only)
@@ -167,7 +167,7 @@ class Experiment:
         self.ensure_agents([*cfg.build_agents, distiller, classifier])
         if len(self.store):
             self.announce(
-                f"{cfg.memory_file} already holds {len(self.store)} memories: this build adds to them "
+                f"{self.store.path} already holds {len(self.store)} memories: this build adds to them "
                 "(a new --run-dir or --memory starts an empty memory)"
             )
         start = time.perf_counter()

@@ -1,8 +1,13 @@
-"""The shared memory: MemoryEntry rows in one SQLite file.
+"""The shared memory: MemoryEntry rows in one SQLite file, or in a PostgreSQL database.
 
 Why SQLite: one portable file that several agents (threads, or processes of a
 run) can append to at once, with transactions so a crash never leaves half an
-entry. WAL mode lets readers work while a writer commits.
+entry. WAL mode lets readers work while a writer commits. `MemoryStore(target)`
+opens the backend its target names (see `memcollab.memory.backends`): a path or
+`sqlite:///path` is this file; `postgresql://user@host:port/db` is a database
+that builders on several machines share (`memcollab.memory.postgres`). Both run
+the same store logic below; only the SQL seam (`_db`, `_rows`, `_exec`,
+`_lock_category`) differs.
 
 Reading never writes: `MemoryStore(path, read_only=True)` (what `memcollab
 memory list/show/stats/export` use) opens the file through SQLite's
@@ -33,13 +38,14 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
 from memcollab.errors import MemoryStoreError, output_error
+from memcollab.memory.backends import backend_class, parse_target
 from memcollab.records import MemoryEntry, Provenance, stable_hash
 
 SCHEMA_VERSION = 1
@@ -64,7 +70,15 @@ CREATE INDEX IF NOT EXISTS memories_domain ON memories (domain);
 
 _COLUMNS = "id, when_, enforce, avoid, category, error_type, domain, support, provenance, created_at"
 _COLUMN_NAMES = tuple(name.strip() for name in _COLUMNS.split(","))
+_INSERT = (
+    f"INSERT INTO memories ({_COLUMNS}) VALUES ({', '.join(':' + name for name in _COLUMN_NAMES)}) "
+    "ON CONFLICT (id) DO NOTHING"
+)
 _REPAIR_HINT = "restore it from a copy or from a `memcollab memory export` file, or pass another --store path"
+
+
+class StoreNotFound(MemoryStoreError):
+    """No store where one was to be read (no file, or a database or schema without the memory tables)."""
 
 
 def _hint(exc: sqlite3.DatabaseError) -> str:
@@ -113,134 +127,67 @@ def merge_provenance(a: Provenance, b: Provenance) -> Provenance:
 
 
 class MemoryStore:
-    """MemoryEntry rows in one SQLite file (or ``":memory:"`` for tests).
+    """MemoryEntry rows in a database: the store logic both backends share.
 
-    One connection shared by all threads behind a lock: SQLite serialises
-    writers anyway, and a lock keeps `add` (read candidates, then insert or
-    update) atomic within a process. `BEGIN IMMEDIATE` makes it atomic across
-    processes writing the same file too.
+    `MemoryStore(target, ...)` returns the backend `target` names: an SQLite file
+    (`SQLiteMemoryStore`, the default) or a PostgreSQL database (`PostgresMemoryStore`).
+    A backend supplies the SQL seam: `_db` (a transaction, with its failures turned
+    into one MemoryStoreError line), `_rows`/`_exec` (named `:param` SQL inside it),
+    `_lock_category` and the insertion-order column.
+
+    Uniqueness comes from the database, not from Python: an entry's id is a hash of
+    its content and the primary key, and inserts are `ON CONFLICT (id) DO NOTHING`,
+    so two writers of the same constraint end up with one row, merged.
     """
 
+    path: str
+    read_only: bool
+    _vectors: dict[str, Any]  # id -> hashed n-gram vector; content of an id never changes
+    #: Column that orders rows as they were inserted.
+    _ORDER: ClassVar[str] = "rowid"
+    #: Appended to a read of a row that is about to be merged (a row lock where the database has them).
+    _FOR_UPDATE: ClassVar[str] = ""
+
+    def __new__(cls, path: str | Path, *args: Any, **kwargs: Any) -> MemoryStore:
+        if cls is MemoryStore:
+            cls = backend_class(path, MemoryStoreError, SQLiteMemoryStore, "PostgresMemoryStore")
+        return super().__new__(cls)
+
     def __init__(self, path: str | Path, *, create: bool = True, read_only: bool = False) -> None:
-        """Open (or, with `create` and not `read_only`, create) the store at `path`.
+        raise NotImplementedError  # every backend opens its own database
 
-        `read_only=True` never creates and never writes: the file is opened through a
-        `mode=ro` URI, and a file that is not a MemCollab store is refused, not initialised.
-        """
-        self.path = str(path)
-        self.read_only = read_only and self.path != ":memory:"
-        in_memory = self.path == ":memory:"
-        if not in_memory:
-            file = Path(self.path)
-            if not file.exists():
-                if not create or self.read_only:
-                    raise MemoryStoreError(
-                        f"memory store not found: {file} (build one with `memcollab build-memory` or pass --store)"
-                    )
-                try:
-                    file.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise MemoryStoreError(f"cannot create memory store: {output_error(file, exc)}") from None
-            elif file.is_dir():
-                raise MemoryStoreError(f"memory store path is a directory: {file}; pass a .sqlite file")
-        self._lock = threading.RLock()
-        self._vectors: dict[str, Any] = {}  # id -> hashed n-gram vector; content of an id never changes
-        try:
-            self._connect(in_memory)
-        except sqlite3.OperationalError as exc:
-            if not (self.read_only and "unable to open" in str(exc) and not Path(f"{self.path}-wal").exists()):
-                raise MemoryStoreError(f"cannot open memory store {self.path}: {exc}") from None
-            # A WAL store in a directory nobody can write (a read-only mount or checkout): SQLite cannot make
-            # the shared-memory file a WAL reader needs. With no -wal file there is nothing beyond the main
-            # file, and no writer can exist there, so it is read as an immutable file.
-            try:
-                self._connect(in_memory, immutable=True)
-            except sqlite3.DatabaseError as again:
-                raise MemoryStoreError(f"cannot open memory store {self.path}: {again}") from None
-        except sqlite3.DatabaseError as exc:
-            raise MemoryStoreError(f"cannot open memory store {self.path}: {exc}") from None
+    # ------------------------------------------------------------ the SQL seam
+    def _db(self, action: str, write: bool = False) -> AbstractContextManager[object]:
+        """A transaction for `action` (a write one with `write`); a database failure in it is one line."""
+        raise NotImplementedError
 
-    def _connect(self, in_memory: bool, immutable: bool = False) -> None:
-        """Connect and check the file; the connection is closed again if the check fails."""
-        if self.read_only:
-            uri = read_only_uri(Path(self.path)) + ("&immutable=1" if immutable else "")
-            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30.0)
-        else:
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        try:
-            self._init_schema(in_memory)
-        except BaseException:
-            self._conn.close()
-            raise
+    def _rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        """The rows of a query, inside `_db`."""
+        raise NotImplementedError
 
-    # ------------------------------------------------------------------ setup
-    def _init_schema(self, in_memory: bool) -> None:
-        """Check what the file holds before anything is written; create the schema only in an empty file."""
-        conn = self._conn
-        tables = user_tables(conn)
-        if "schema_version" not in tables:
-            if tables:
-                raise MemoryStoreError(
-                    f"{self.path} is an SQLite file but not a MemCollab memory store; pass another --store path"
-                )
-            if self.read_only:
-                empty = os.path.getsize(self.path) == 0
-                raise MemoryStoreError(
-                    f"{self.path} is {'an empty file' if empty else 'an empty SQLite database'}, "
-                    "not a MemCollab memory store; pass another --store path"
-                )
-            self._set_write_mode(in_memory)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Re-check inside the write lock: another process may have created it meanwhile.
-                if not conn.execute("SELECT name FROM sqlite_master WHERE name='schema_version'").fetchone():
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
-                        conn.execute(statement)
-                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-        row = conn.execute("SELECT version FROM schema_version").fetchone()
-        found = row[0] if row else None
+    def _exec(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        """Run a statement inside `_db`; returns the number of rows it changed."""
+        raise NotImplementedError
+
+    def _lock_category(self, category: str) -> None:
+        """Serialise near-duplicate folding of one category across writers, until the transaction ends."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _check_schema(self, found: object, columns: set[str]) -> None:
+        """Refuse a store of another schema version, or one whose memories table lacks columns."""
         if found != SCHEMA_VERSION:
             raise MemoryStoreError(
                 f"memory store {self.path} has schema version {found}, this MemCollab reads version "
                 f"{SCHEMA_VERSION}; export it with the matching MemCollab version or use a new --store path"
             )
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(memories)").fetchall()}
         missing = [name for name in _COLUMN_NAMES if name not in columns]
         if missing:
             what = f"a memories table without column(s) {', '.join(missing)}" if columns else "no memories table"
             raise MemoryStoreError(f"memory store {self.path} is damaged: it has {what}; {_REPAIR_HINT}")
-        if not self.read_only and "schema_version" in tables:  # a store created above is in write mode already
-            self._set_write_mode(in_memory)
-
-    def _set_write_mode(self, in_memory: bool) -> None:
-        """WAL (readers never block the writer) with NORMAL sync: a commit survives a killed process."""
-        if not in_memory:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-
-    def _rollback(self) -> None:
-        """Roll back if a transaction is open; SQLite may already have rolled back itself (disk full, corruption)."""
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
-
-    @contextmanager
-    def _db(self, action: str) -> Iterator[sqlite3.Connection]:
-        """The connection, under the lock; damage found by the query becomes one MemoryStoreError line."""
-        with self._lock:
-            try:
-                yield self._conn
-            except sqlite3.DatabaseError as exc:
-                raise MemoryStoreError(f"memory store {self.path}: cannot {action}: {exc}{_hint(exc)}") from exc
 
     # ------------------------------------------------------------- lifecycle
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
     def __enter__(self) -> MemoryStore:
         return self
 
@@ -248,8 +195,8 @@ class MemoryStore:
         self.close()
 
     def __len__(self) -> int:
-        with self._db("count memories") as conn:
-            return conn.execute("SELECT COUNT(*) FROM memories").fetchone()[0]
+        with self._db("count memories"):
+            return self._rows("SELECT COUNT(*) FROM memories")[0][0]
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.path!r})"
@@ -280,8 +227,8 @@ class MemoryStore:
             ) from None
 
     @staticmethod
-    def _entry_to_row(entry: MemoryEntry) -> tuple:
-        return (
+    def _entry_to_row(entry: MemoryEntry) -> dict[str, Any]:
+        values = (
             entry.id,
             entry.when,
             entry.enforce,
@@ -293,9 +240,11 @@ class MemoryStore:
             entry.provenance.model_dump_json(),
             entry.created_at,
         )
+        return dict(zip(_COLUMN_NAMES, values))
 
-    def _insert(self, entry: MemoryEntry) -> None:
-        self._conn.execute(f"INSERT INTO memories ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", self._entry_to_row(entry))
+    def _insert(self, entry: MemoryEntry) -> bool:
+        """Insert unless the id exists (the primary key decides, also against a concurrent writer); True if inserted."""
+        return self._exec(_INSERT, self._entry_to_row(entry)) == 1
 
     def _update_merge(self, existing: MemoryEntry, incoming: MemoryEntry) -> MemoryEntry:
         # Support counts distinct evidence: a constraint from tasks already in the entry's provenance (a rerun
@@ -310,15 +259,26 @@ class MemoryStore:
                 "domain": existing.domain or incoming.domain,
             }
         )
-        self._conn.execute(
-            "UPDATE memories SET support=?, provenance=?, domain=? WHERE id=?",
-            (merged.support, merged.provenance.model_dump_json(), merged.domain, merged.id),
+        self._exec(
+            "UPDATE memories SET support=:support, provenance=:provenance, domain=:domain WHERE id=:id",
+            {
+                "support": merged.support,
+                "provenance": merged.provenance.model_dump_json(),
+                "domain": merged.domain,
+                "id": merged.id,
+            },
         )
         return merged
 
-    def _get_unlocked(self, id_: str) -> MemoryEntry | None:
-        row = self._conn.execute(f"SELECT {_COLUMNS} FROM memories WHERE id=?", (id_,)).fetchone()
-        return self._row_to_entry(row) if row else None
+    def _get_unlocked(self, id_: str, for_update: bool = False) -> MemoryEntry | None:
+        lock = self._FOR_UPDATE if for_update else ""
+        rows = self._rows(f"SELECT {_COLUMNS} FROM memories WHERE id=:id{lock}", {"id": id_})
+        return self._row_to_entry(rows[0]) if rows else None
+
+    def _merge_by_id(self, entry: MemoryEntry) -> MemoryEntry | None:
+        """Merge `entry` into the row of its id, read under a row lock; None if there is no such row."""
+        existing = self._get_unlocked(entry.id, for_update=True)
+        return None if existing is None else self._update_merge(existing, entry)
 
     # ------------------------------------------------------------ similarity
     def _similarities(self, entry: MemoryEntry, candidates: list[MemoryEntry]) -> list[float]:
@@ -346,29 +306,32 @@ class MemoryStore:
         `entry.support` (1 for a fresh distillation) and merges provenance.
         """
         entry = entry.model_copy(update={"id": entry.id or entry.content_key()})
-        with self._db("add a memory") as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                stored, is_new = self._add_unlocked(entry, dedup_threshold)
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-        return stored, is_new
+        with self._db("add a memory", write=True):
+            return self._add_unlocked(entry, dedup_threshold)
 
     def _add_unlocked(self, entry: MemoryEntry, dedup_threshold: float | None) -> tuple[MemoryEntry, bool]:
-        existing = self._get_unlocked(entry.id)
-        if existing is not None:
-            return self._update_merge(existing, entry), False
+        """Folding reads the whole category, then inserts: `_lock_category` keeps two writers from both
+        missing each other's near-duplicate; merges read their row under a row lock."""
+        self._lock_category(entry.category)
+        merged = self._merge_by_id(entry)
+        if merged is not None:
+            return merged, False
         if dedup_threshold is not None:
-            same_category = self._select("WHERE category=?", (entry.category,))
+            same_category = self._select("WHERE category=:category", {"category": entry.category})
             if same_category:
                 sims = self._similarities(entry, same_category)
                 best_sim, best = min(zip(sims, same_category), key=lambda pair: (-pair[0], pair[1].id))
                 if best_sim >= dedup_threshold:
-                    return self._update_merge(best, entry), False
-        self._insert(entry)
-        return entry, True
+                    return self._merge_by_id(entry.model_copy(update={"id": best.id})) or best, False
+        if self._insert(entry):
+            return entry, True
+        # Another writer inserted this id since the read above (one holding another category's lock: an import).
+        return self._merge_by_id(entry) or entry, False
+
+    def clear(self) -> int:
+        """Delete every entry (a memory rebuilt from cached results starts empty); returns how many there were."""
+        with self._db("clear the memory store", write=True):
+            return self._exec("DELETE FROM memories")
 
     def import_jsonl(self, path: str | Path) -> tuple[int, int]:
         """Add the entries of a JSONL export; returns (added, merged).
@@ -403,27 +366,22 @@ class MemoryStore:
         except OSError as exc:
             raise MemoryStoreError(f"cannot read import file {file}: {exc.strerror or exc}") from None
         added = merged = 0
-        with self._db(f"import {file}") as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for entry in entries:
-                    existing = self._get_unlocked(entry.id)
-                    if existing is None:
-                        self._insert(entry)
-                        added += 1
-                    else:
-                        if existing != entry:
-                            self._update_merge(existing, entry)
-                        merged += 1
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
+        with self._db(f"import {file}", write=True):
+            for category in sorted({e.category for e in entries}):  # one order for every writer: no deadlock
+                self._lock_category(category)
+            for entry in entries:
+                existing = self._get_unlocked(entry.id, for_update=True)
+                if existing is None and self._insert(entry):
+                    added += 1
+                    continue
+                if existing != entry:
+                    self._merge_by_id(entry)
+                merged += 1
         return added, merged
 
     # ------------------------------------------------------------------ read
-    def _select(self, where: str = "", params: tuple = ()) -> list[MemoryEntry]:
-        rows = self._conn.execute(f"SELECT {_COLUMNS} FROM memories {where} ORDER BY rowid", params).fetchall()
+    def _select(self, where: str = "", params: dict[str, Any] | None = None) -> list[MemoryEntry]:
+        rows = self._rows(f"SELECT {_COLUMNS} FROM memories {where} ORDER BY {self._ORDER}", params)
         return [self._row_to_entry(row) for row in rows]
 
     def get(self, id_: str) -> MemoryEntry | None:
@@ -432,24 +390,18 @@ class MemoryStore:
 
     def entries(self, category: str | None = None, domain: str | None = None) -> list[MemoryEntry]:
         """Entries in insertion order, optionally of one category and/or domain."""
-        clauses, params = [], []
-        if category is not None:
-            clauses.append("category=?")
-            params.append(category)
-        if domain is not None:
-            clauses.append("domain=?")
-            params.append(domain)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        params = {name: value for name, value in (("category", category), ("domain", domain)) if value is not None}
+        where = ("WHERE " + " AND ".join(f"{name}=:{name}" for name in params)) if params else ""
         with self._db("read memories"):
-            return self._select(where, tuple(params))
+            return self._select(where, params)
 
     def __iter__(self) -> Iterator[MemoryEntry]:
         return iter(self.entries())
 
     def categories(self) -> dict[str, int]:
         """Number of entries per category, sorted by category name."""
-        with self._db("count categories") as conn:
-            rows = conn.execute("SELECT category, COUNT(*) FROM memories GROUP BY category ORDER BY category")
+        with self._db("count categories"):
+            rows = self._rows("SELECT category, COUNT(*) FROM memories GROUP BY category ORDER BY category")
             return {cat: n for cat, n in rows}
 
     def stats(self) -> dict[str, Any]:
@@ -517,6 +469,161 @@ class MemoryStore:
         return len(entries)
 
     def integrity_ok(self) -> bool:
+        """Whether every row reads and parses (a backend with its own check uses that instead)."""
+        try:
+            self.entries()
+        except MemoryStoreError:
+            return False
+        return True
+
+
+class OnSQLite:
+    """The statements of a store's SQL seam on one sqlite3 connection, shared by threads behind `_lock`."""
+
+    _conn: sqlite3.Connection
+    _lock: AbstractContextManager[Any]
+
+    def _rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return self._conn.execute(sql, params or {}).fetchall()
+
+    def _exec(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        return self._conn.execute(sql, params or {}).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class SQLiteMemoryStore(OnSQLite, MemoryStore):
+    """MemoryEntry rows in one SQLite file (or ``":memory:"`` for tests).
+
+    One connection shared by all threads behind a lock: SQLite serialises
+    writers anyway, and a lock keeps `add` (read candidates, then insert or
+    update) atomic within a process. `BEGIN IMMEDIATE` makes it atomic across
+    processes writing the same file too, which is why `_lock_category` has
+    nothing left to do here.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, read_only: bool = False) -> None:
+        """Open (or, with `create` and not `read_only`, create) the store at `path` (a path or `sqlite:///` URL).
+
+        `read_only=True` never creates and never writes: the file is opened through a
+        `mode=ro` URI, and a file that is not a MemCollab store is refused, not initialised.
+        """
+        self.path = parse_target(path, MemoryStoreError).location
+        self.read_only = read_only and self.path != ":memory:"
+        in_memory = self.path == ":memory:"
+        if not in_memory:
+            file = Path(self.path)
+            if not file.exists():
+                if not create or self.read_only:
+                    raise StoreNotFound(
+                        f"memory store not found: {file} (build one with `memcollab build-memory` or pass --store)"
+                    )
+                try:
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise MemoryStoreError(f"cannot create memory store: {output_error(file, exc)}") from None
+            elif file.is_dir():
+                raise MemoryStoreError(f"memory store path is a directory: {file}; pass a .sqlite file")
+        self._lock = threading.RLock()
+        self._vectors = {}
+        try:
+            self._connect(in_memory)
+        except sqlite3.OperationalError as exc:
+            if not (self.read_only and "unable to open" in str(exc) and not Path(f"{self.path}-wal").exists()):
+                raise MemoryStoreError(f"cannot open memory store {self.path}: {exc}") from None
+            # A WAL store in a directory nobody can write (a read-only mount or checkout): SQLite cannot make
+            # the shared-memory file a WAL reader needs. With no -wal file there is nothing beyond the main
+            # file, and no writer can exist there, so it is read as an immutable file.
+            try:
+                self._connect(in_memory, immutable=True)
+            except sqlite3.DatabaseError as again:
+                raise MemoryStoreError(f"cannot open memory store {self.path}: {again}") from None
+        except sqlite3.DatabaseError as exc:
+            raise MemoryStoreError(f"cannot open memory store {self.path}: {exc}") from None
+
+    def _connect(self, in_memory: bool, immutable: bool = False) -> None:
+        """Connect and check the file; the connection is closed again if the check fails."""
+        if self.read_only:
+            uri = read_only_uri(Path(self.path)) + ("&immutable=1" if immutable else "")
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30.0)
+        else:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        try:
+            self._init_schema(in_memory)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ------------------------------------------------------------------ setup
+    def _init_schema(self, in_memory: bool) -> None:
+        """Check what the file holds before anything is written; create the schema only in an empty file."""
+        conn = self._conn
+        tables = user_tables(conn)
+        if "schema_version" not in tables:
+            if tables:
+                raise MemoryStoreError(
+                    f"{self.path} is an SQLite file but not a MemCollab memory store; pass another --store path"
+                )
+            if self.read_only:
+                empty = os.path.getsize(self.path) == 0
+                raise MemoryStoreError(
+                    f"{self.path} is {'an empty file' if empty else 'an empty SQLite database'}, "
+                    "not a MemCollab memory store; pass another --store path"
+                )
+            self._set_write_mode(in_memory)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-check inside the write lock: another process may have created it meanwhile.
+                if not conn.execute("SELECT name FROM sqlite_master WHERE name='schema_version'").fetchone():
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(memories)").fetchall()}
+        self._check_schema(row[0] if row else None, columns)
+        if not self.read_only and "schema_version" in tables:  # a store created above is in write mode already
+            self._set_write_mode(in_memory)
+
+    def _set_write_mode(self, in_memory: bool) -> None:
+        """WAL (readers never block the writer) with NORMAL sync: a commit survives a killed process."""
+        if not in_memory:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is open; SQLite may already have rolled back itself (disk full, corruption)."""
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    # ------------------------------------------------------------ the SQL seam
+    @contextmanager
+    def _db(self, action: str, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock (in a `BEGIN IMMEDIATE` transaction with `write`: it takes the file's
+        write lock at once, so a read-then-write is atomic across processes); damage found by the query becomes
+        one MemoryStoreError line."""
+        with self._lock:
+            try:
+                if not write:
+                    yield self._conn
+                    return
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise MemoryStoreError(f"memory store {self.path}: cannot {action}: {exc}{_hint(exc)}") from exc
+
+    # ------------------------------------------------------------- lifecycle
+    def integrity_ok(self) -> bool:
         """SQLite's own integrity check, for tests and `memory stats`; a file too damaged to check is not ok."""
         with self._lock:
             try:
@@ -525,4 +632,4 @@ class MemoryStore:
                 return False
 
 
-__all__ = ["SCHEMA_VERSION", "MemoryStore", "merge_provenance"]
+__all__ = ["SCHEMA_VERSION", "MemoryStore", "SQLiteMemoryStore", "StoreNotFound", "merge_provenance"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -118,6 +119,9 @@ class MethodContext:
     gold_categories: bool = False
     classifier_program: Path | None = None
     solver_program: Path | None = None
+    #: Where a built memory's store lives, from (store name, its file in the workdir): the file by default; a grid
+    #: with a store_url gives a schema of that database (`memory.backends.store_target`).
+    store_target: Callable[[str, Path], str | Path] = field(default=lambda _name, file: file, repr=False)
     _shared: MemCollab | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -228,10 +232,13 @@ class StoreMethod(MemoryMethod):
         path: Path | str = ":memory:"
         if workdir is not None:
             workdir.mkdir(parents=True, exist_ok=True)
-            path = workdir / "memory.sqlite"
-            for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                stale.unlink(missing_ok=True)  # rebuilt from cached LM results every time: no half-built leftovers
+            path = ctx.store_target(f"memory_{workdir.name}", workdir / "memory.sqlite")
+            if isinstance(path, Path):
+                for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                    stale.unlink(missing_ok=True)  # rebuilt from cached LM results every time: no half-built leftovers
         self.store = MemoryStore(path)
+        if workdir is not None and not isinstance(path, Path):
+            self.store.clear()  # a database schema: emptied instead of deleted, for the same reason
         self._merged: dict[str, str] | None = None
 
     def entries(self) -> list[MemoryEntry]:
