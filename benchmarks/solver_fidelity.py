@@ -5,6 +5,8 @@ the model accuracy. For each embedded model, on one llama-server, the same tasks
 
   plain     the question and a one-sentence instruction as one user message, sent over HTTP with no
             DSPy at all; the whole reply graded by the project's grader (the reference);
+  repeat    `plain` sent again: how far two identical runs differ on a batched llama-server (near-ties flip
+            with the batch), the noise floor every other variant's difference is read against;
   default   MemCollab's solver with the agent's default adapter (natural text for llama.cpp models);
   json      the same solver with DSPy's JSONAdapter (grammar-constrained JSON);
   compiled  the default solver with labeled demos (`memcollab compile --program solver`; GSM8K only:
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TASK_ROWS = ROOT / "results" / "benchmarks" / "solver_fidelity_tasks.jsonl"
 SUMMARY = ROOT / "results" / "benchmarks" / "solver_fidelity.json"
 SLICES = {"gsm8k": ("test", "1-100"), "humaneval": ("test", None)}
-VARIANTS = ("plain", "default", "json", "compiled")
+VARIANTS = ("plain", "repeat", "default", "json", "compiled")
 
 #: The plain prompts, written out here on purpose (not imported from the signatures): the reference
 #: must not change when the solver's prompts do.
@@ -298,12 +300,16 @@ def main() -> None:
         help="task ids or ranges for every benchmark (default: GSM8K test 1-100, all of HumanEval)",
     )
     parser.add_argument("--solver-program", type=Path, default=None, help="compiled solver (default: labeled demos)")
-    parser.add_argument("--report", action="store_true", help="summarise the rows so far as markdown; run nothing")
+    parser.add_argument(
+        "--report", action="store_true", help="summarise the rows so far (markdown, and the summary JSON); run no model"
+    )
     args = parser.parse_args()
     if args.report:
         benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
         ids = {b: [t.id for t in load(b, args.ids)] for b in benchmarks}
-        print(markdown(summarise(RowFile(TASK_ROWS).rows(), ids)))
+        summary = summarise(RowFile(TASK_ROWS).rows(), ids)
+        SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+        print(markdown(summary))
         return
 
     import dspy
@@ -322,6 +328,7 @@ def main() -> None:
         lm = build_lm(agent, cache=False)
         runners: dict[str, Callable[[Any], dict[str, Any]]] = {
             "plain": lambda task, lm=lm: solve_plain(task, lm),
+            "repeat": lambda task, lm=lm: solve_plain(task, lm),
             "default": solver_runner(lm, NaturalAdapter(), None),
             "json": solver_runner(lm, dspy.JSONAdapter(), None),
             "compiled": solver_runner(lm, NaturalAdapter(), program),
