@@ -178,6 +178,7 @@ def test_several_llama_servers(stubs: list[OpenAIStub]) -> None:
 
 
 def test_one_endpoint_builds_exactly_todays_lm(stubs: list[OpenAIStub]) -> None:
+    import subprocess
     import sys
 
     for urls in (stubs[0].url, [stubs[0].url]):
@@ -186,7 +187,14 @@ def test_one_endpoint_builds_exactly_todays_lm(stubs: list[OpenAIStub]) -> None:
         assert lm.retry_policy == RetryPolicy(retries=2, backoff_s=0.05) and lm.num_retries == 0
     server = build_lm(agent(stubs[0].url, backend="server"), cache=False)
     assert type(server).__name__ == "ServerLM"
-    assert not any(name == "litellm.router" or name.startswith("litellm.router_") for name in sys.modules)
+    # In a fresh interpreter (other tests of this process may have imported LiteLLM's router for their own ends).
+    probe = (
+        "import sys; from memcollab.lm.config import AgentConfig; from memcollab.lm.factory import build_lm; "
+        f"build_lm(AgentConfig(name='a', model='openai/stub', backend='litellm', api_base={stubs[0].url!r}), "
+        "cache=False); print(any(m == 'litellm.router' or m.startswith('litellm.router_') for m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
 
 
 def test_a_yaml_list_of_endpoints() -> None:
