@@ -261,15 +261,16 @@ def run_experiment(cfg, name: str):
 
 def _countdown(cfg, exp, n_build: int, n_eval: int):
     """Print the up-front time estimate; return a Countdown over the run's phases (None: no estimate here)."""
-    from memcollab.experiments.estimate import Countdown, estimate_seconds, eval_step_seconds
+    from memcollab.experiments.estimate import Countdown, estimate_seconds, eval_step_seconds, load_throughput
 
-    estimate = estimate_seconds(cfg, exp.agents, n_build=n_build, n_eval=n_eval)
+    figures = load_throughput()
+    estimate = estimate_seconds(cfg, exp.agents, n_build=n_build, n_eval=n_eval, throughput=figures)
     if not estimate:
         return None
     err.print(f"estimated time: about {estimate / 60:.0f} min (from measured tokens/s; cached calls are free)")
-    build = estimate_seconds(cfg, exp.agents, n_build=n_build, n_eval=0) or 0.0
-    steps = [eval_step_seconds(cfg, exp.agents, agent, n_eval) or 0.0 for agent in cfg.eval_agents for _ in (0, 1)]
-    return Countdown([build, *steps])
+    build = estimate_seconds(cfg, exp.agents, n_build=n_build, n_eval=0, throughput=figures) or 0.0
+    per_agent = [eval_step_seconds(cfg, exp.agents, agent, n_eval, figures) or 0.0 for agent in cfg.eval_agents]
+    return Countdown([build, *(seconds for seconds in per_agent for _condition in (False, True))])
 
 
 def _announce_time_left(countdown):
