@@ -17,8 +17,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from memcollab.lm.server.process import DEFAULT_N_PARALLEL
-
 console = Console()
 err = Console(stderr=True)
 
@@ -36,7 +34,7 @@ IDS_HELP = "task ids, tails or inclusive ranges of numeric tails, e.g. 1-100 or 
 
 # Options shared by every pipeline command (typer reads these markers; one definition, one help text).
 AGENTS_FILE = typer.Option(None, "--agents-file", help="agents YAML (default: configs/agents.yaml)")
-WORKERS = typer.Option(DEFAULT_N_PARALLEL, "--workers", help="concurrent LM calls (default: one per llama-server slot)")
+WORKERS = typer.Option(4, "--workers", help="concurrent LM calls")
 DATA_DIR = typer.Option(None, "--data-dir", help="benchmark data directory (default: ../shared/data)")
 MAX_TOKENS = typer.Option(None, "--max-tokens", help="override every agent's max tokens")
 BACKEND = typer.Option(

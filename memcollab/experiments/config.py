@@ -26,7 +26,6 @@ from pydantic import (
 
 from memcollab.benchmarks import benchmark_names, parse_ids
 from memcollab.errors import ConfigError, DataError
-from memcollab.lm.server.process import DEFAULT_N_PARALLEL
 from memcollab.memory.backends import check_store_url, store_target
 
 #: The registered benchmarks, as a type (so pydantic names the allowed values in its error).
@@ -72,7 +71,7 @@ class RunConfig(BaseModel):
     sample_temperature: float = Field(0.7, ge=0.0)
     fallback: Fallback = "none"
     gold_categories: bool = False
-    workers: int = Field(DEFAULT_N_PARALLEL, ge=1)  # one call per llama-server slot: fewer leave slots idle
+    workers: int = Field(4, ge=1)
     run_dir: Path = Path("runs/default")
     memory_path: Path | None = None
     data_dir: Path | None = None
