@@ -205,12 +205,43 @@ def retrying_lm_class() -> type:
     return RetryingLM
 
 
+class TruncationWarningOnce(logging.Filter):
+    """Lets DSPy's "LM response was truncated" warning through once per process.
+
+    Small models often run to max_tokens (a repeated line, an unfinished derivation); the warning then
+    repeats for every such task and buries the progress bars, while the result rows already carry each
+    task's tokens. Other records pass untouched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "truncated" not in record.getMessage():
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        record.msg, record.args = record.getMessage() + " (shown once; later truncations are not reported)", ()
+        return True
+
+
+@functools.cache
+def quiet_truncation_warnings() -> TruncationWarningOnce:
+    """Install the filter on DSPy's LM logger (once; returns it)."""
+    once = TruncationWarningOnce()
+    logging.getLogger("dspy.clients.lm").addFilter(once)
+    return once
+
+
 def build_lm(agent: AgentConfig, *, cache: bool = True, model_dir: str | os.PathLike[str] | None = None) -> dspy.BaseLM:
     """The DSPy LM for `agent`. Call `memcollab.lm.preflight.check_agent` first for friendly errors.
 
     An agent with several `api_base` URLs (or a per-endpoint limit) gets one endpoint LM per URL behind a
     pool that balances, limits and fails over (`memcollab.lm.router`); one URL gets the endpoint LM itself.
     """
+    quiet_truncation_warnings()
     if agent.backend == "local":
         return _local_lm(agent, cache=cache, model_dir=model_dir)
     if agent.balanced:
