@@ -9,6 +9,7 @@ parent run's `programs.<name>` parameter says which and why.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,23 @@ from memcollab.tracking import Tracker, default_tracking_uri
 from memcollab.tracking.mlflow_tracking import local_artifacts
 
 PIP_REQUIREMENTS = ["memcollab", "dspy", "mlflow"]
+#: DSPy warns that loading a pickle can run code whenever `mlflow.dspy.save_model` reads back the program it
+#: has just written; that file is this process's own, so the warning (one per program) is only noise.
+TRUSTED_PICKLE_LOGGERS = ("dspy.primitives.base_module", "dspy.dsp.utils.settings")
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Raise the named loggers to ERROR for the duration."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class GridTracker:
@@ -73,7 +91,7 @@ class GridTracker:
         try:
             import mlflow.dspy
 
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp, _quiet(*TRUSTED_PICKLE_LOGGERS):
                 target = Path(tmp) / name
                 mlflow.dspy.save_model(
                     program, str(target), pip_requirements=PIP_REQUIREMENTS, use_dspy_model_save=True
