@@ -47,11 +47,11 @@ def test_the_figures_come_from_the_data_file(tmp_path):
     """No measured number lives in code: halving every rate in the file doubles the estimate."""
     base = load_throughput()
     assert base is not None and base.rate("smollm2-135m", "server") > base.rate("smollm2-135m", "local")
-    slower = Throughput(
-        tokens_per_s={m: {b: r / 2 for b, r in rates.items()} for m, rates in base.tokens_per_s.items()},
-        tokens_per_call=base.tokens_per_call,
-        contrast_pair_rate=base.contrast_pair_rate,
-    )
+    halved = {
+        table: {m: {b: r / 2 for b, r in rates.items()} for m, rates in getattr(base, table).items()}
+        for table in ("tokens_per_s", "prompt_tokens_per_s")
+    }
+    slower = base.model_copy(update=halved)
     cfg = RunConfig()
     assert estimate_seconds(cfg, agents(), throughput=slower) == pytest.approx(2 * estimate_seconds(cfg, agents()))
     assert load_throughput(tmp_path / "absent.yaml") is None
@@ -60,6 +60,23 @@ def test_the_figures_come_from_the_data_file(tmp_path):
     with pytest.raises(ConfigError, match="invalid throughput file") as info:
         load_throughput(broken)
     assert "\n" not in str(info.value)
+
+
+def test_a_call_costs_its_prompt_where_the_prompt_rate_is_known():
+    """The distiller reads ~7x what it writes: an estimate from generated tokens alone was hours short."""
+    figures = Throughput(
+        tokens_per_s={"m": {"server": 10.0}, "n": {"server": 10.0}},
+        prompt_tokens_per_s={"m": {"server": 100.0}},
+        tokens_per_call={"solve": 50, "distill": 200, "classify": 5},
+        prompt_tokens_per_call={"solve": 100, "distill": 1500},
+        contrast_pair_rate=0.5,
+    )
+    assert figures.call_seconds("m", "server", "distill") == pytest.approx(200 / 10 + 1500 / 100)
+    assert figures.call_seconds("m", "server", "classify") == pytest.approx(5 / 10)  # no prompt size given
+    assert figures.call_seconds("n", "server", "distill") == pytest.approx(200 / 10)  # no prompt rate measured
+    assert figures.call_seconds("absent", "server", "solve") is None
+    shipped = load_throughput()
+    assert shipped is not None and shipped.prompt_tokens_per_call["distill"] > shipped.tokens_per_call["distill"]
 
 
 def test_countdown_scales_the_phases_left_by_the_measured_ones() -> None:

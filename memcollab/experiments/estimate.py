@@ -1,8 +1,9 @@
 """How long a run will take: an up-front estimate from call counts, and a running correction as tasks finish.
 
-The up-front figure multiplies the calls a run makes by tokens per call and divides by
-measured generation rates, all read from `configs/throughput.yaml` (whose measured figures
-come from benchmarks/README.md); no measured number lives in this code. Remote agents have
+The up-front figure multiplies the calls a run makes by the seconds one call takes: the tokens it
+generates over the model's generation rate plus the prompt tokens it reads over the model's prompt
+rate (the distiller reads far more than it writes), all read from `configs/throughput.yaml` (whose
+measured figures come from benchmarks/README.md); no measured number lives in this code. Remote agents have
 no measured rate, so a run with one gets no estimate. `Countdown` corrects the rest of the
 estimate by what each finished phase actually took.
 """
@@ -24,21 +25,39 @@ from memcollab.paths import config_dir
 CallKind = Literal["solve", "distill", "classify"]
 
 
+def _per_backend(table: dict[str, dict[str, float]], model: str, backend: str) -> float | None:
+    """`table[model][backend]` (the in-process figure if the backend has none); None if unmeasured."""
+    rates = table.get(model)
+    if not rates:
+        return None
+    return rates.get(backend, rates.get("local"))
+
+
 class Throughput(BaseModel):
-    """Measured generation rates (tokens/s per model and backend) and rough tokens per call."""
+    """Measured rates (tokens/s per model and backend: generated, and prompt tokens read) and tokens per call."""
 
     model_config = ConfigDict(extra="forbid")
 
     tokens_per_s: dict[str, dict[str, float]]
     tokens_per_call: dict[CallKind, float]
+    prompt_tokens_per_s: dict[str, dict[str, float]] = Field(default_factory=dict)
+    prompt_tokens_per_call: dict[CallKind, float] = Field(default_factory=dict)
     contrast_pair_rate: float = Field(ge=0.0, le=1.0)
 
     def rate(self, model: str, backend: str) -> float | None:
-        """Tokens/s of `model` on `backend` (the in-process figure if the backend has none); None if unmeasured."""
-        rates = self.tokens_per_s.get(model)
-        if not rates:
+        """Generated tokens/s of `model` on `backend`; None if unmeasured."""
+        return _per_backend(self.tokens_per_s, model, backend)
+
+    def call_seconds(self, model: str, backend: str, kind: CallKind) -> float | None:
+        """Seconds one call of `kind` takes: generating, plus reading its prompt where that rate is known."""
+        rate = self.rate(model, backend)
+        if rate is None:
             return None
-        return rates.get(backend, rates.get("local"))
+        seconds = self.tokens_per_call[kind] / rate
+        prompt_rate = _per_backend(self.prompt_tokens_per_s, model, backend)
+        if prompt_rate:
+            seconds += self.prompt_tokens_per_call.get(kind, 0.0) / prompt_rate
+        return seconds
 
 
 def throughput_path() -> Path:
@@ -71,10 +90,8 @@ def _call_seconds(
     agent = agents.get(name)
     if agent is None or calls == 0:
         return 0.0
-    rate = figures.rate(agent.config.get("model", ""), agent.config.get("backend", "local"))
-    if rate is None:
-        return None
-    return calls * figures.tokens_per_call[kind] / rate
+    seconds = figures.call_seconds(agent.config.get("model", ""), agent.config.get("backend", "local"), kind)
+    return None if seconds is None else calls * seconds
 
 
 def _turns(cfg: RunConfig, benchmark: str) -> int:

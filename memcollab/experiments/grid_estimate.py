@@ -1,4 +1,4 @@
-"""How long a grid will take, before it starts: its LM calls times tokens per call over measured tokens/s.
+"""How long a grid will take, before it starts: its LM calls times the measured seconds per call.
 
 The figures are `configs/throughput.yaml`'s (`experiments.estimate.Throughput`), nothing measured lives
 here. The count is an upper bound: cells that show the solver the same prompt share one result, and
@@ -88,8 +88,8 @@ def estimate_grid_seconds(
         config = agents.get(name)
         if config is None or not count:
             continue
-        rate = figures.rate(config.get("model", ""), config.get("backend", "local"))
-        if rate is None:
+        seconds = figures.call_seconds(config.get("model", ""), config.get("backend", "local"), kind)
+        if seconds is None:
             return None
-        total += count * figures.tokens_per_call[kind] / rate
+        total += count * seconds
     return total
