@@ -13,6 +13,7 @@ of 0 stops at the first failure, as the map always has.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
@@ -30,7 +31,59 @@ R = TypeVar("R")
 console = Console(stderr=True)
 
 
-def make_progress(transient: bool = False) -> Progress:
+class LineProgress:
+    """Progress as plain lines, for a log file: a line at each tenth of the work and at its end.
+
+    Rich's bar redraws in place on a terminal; written to a file (a run under nohup) it shows only when the
+    step ends, so a step of hours would say nothing until then. Offers the part of `Progress` used here.
+    """
+
+    STEPS = 10
+
+    def __init__(self, out: Console) -> None:
+        self.out = out
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: int) -> int:
+        task_id = len(self.tasks)
+        self.tasks[task_id] = {
+            "description": description,
+            "total": total,
+            "done": 0,
+            "start": time.monotonic(),
+            "said": 0,
+        }
+        return task_id
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        task = self.tasks[task_id]
+        task["done"] += advance
+        total, done = task["total"], task["done"]
+        step = int(self.STEPS * done / total) if total else self.STEPS
+        if step <= task["said"]:
+            return
+        task["said"] = step
+        elapsed = time.monotonic() - task["start"]
+        left = f", about {_minutes(elapsed * (total - done) / done)} left" if 0 < done < total else ""
+        self.out.print(
+            f"{task['description']}: {done:g}/{total} ({_minutes(elapsed)}{left})", markup=False, highlight=False
+        )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def make_progress(transient: bool = False) -> Progress | LineProgress:
+    """A live bar on a terminal; plain lines at each tenth when the output goes to a file."""
+    if not console.is_terminal:
+        return LineProgress(console)
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

@@ -28,6 +28,16 @@ def test_empty_input_and_the_progress_bar() -> None:
     assert parallel_map(_slow_square, [1, 2, 3], workers=2, description="bar", show=True) == [1, 4, 9]
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_written_to_a_file_the_progress_is_a_line_per_tenth(workers: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run under nohup logs to a file, where a live bar would show only at the end of a step of hours."""
+    parallel_map(_slow_square, list(range(25)), workers=workers, description="squaring", show=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and all(line.startswith("squaring: ") for line in lines)
+    assert lines[0].startswith("squaring: 3/25 (") and "left)" in lines[0]
+    assert lines[-1].startswith("squaring: 25/25 (") and "left" not in lines[-1]
+
+
 def _fail_on(bad: set[int]):
     def fn(x: int) -> int:
         if x in bad:
