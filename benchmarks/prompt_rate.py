@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--problems", type=int, default=12, help="GSM8K problems per prompt (about 1,400 tokens)")
+    parser.add_argument("--problems", type=int, default=12, help="GSM8K problems per prompt (about 800 tokens)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     texts = prompts(args.data, args.repeats, args.problems)

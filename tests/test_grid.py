@@ -222,7 +222,7 @@ def test_config_mistakes_are_one_line(tmp_path, fields, message):
 def test_grid_configs_are_told_apart_from_run_configs():
     assert is_grid_config(SMOKE_CONFIG)
     assert not is_grid_config(ROOT / "configs" / "experiments" / "gsm8k_default.yaml")
-    for name in ("grid.yaml", "code_grid.yaml", "grid_smoke.yaml"):
+    for name in ("grid.yaml", "grid_main.yaml", "code_grid.yaml", "grid_smoke.yaml"):
         cfg = load_grid_config(ROOT / "configs" / "experiments" / name)
         assert expand_cells(cfg)
 
@@ -253,6 +253,21 @@ def test_shipped_grids_have_the_slices_the_issue_asks_for():
     assert len(code.benchmarks["mbpp"].build_tasks) == 200 and code.cfg.max_turns == 3
     contrast = [m for m in code.memories.values() if m.spec.kind == "memcollab"]
     assert len(contrast) == 2, "plain and verified, each one memory for both benchmarks"
+
+
+@needs_data
+def test_the_main_part_of_the_grid_is_the_full_grids_first_part():
+    """grid_main.yaml runs first in the same run dir: its memories and cells are the full grid's, results reused."""
+    full, main = (
+        plan_grid(load_grid_config(ROOT / "configs" / "experiments" / name), injected={"weak", "strong", "other"})
+        for name in ("grid.yaml", "grid_main.yaml")
+    )
+    assert main.cfg.run_dir == full.cfg.run_dir and main.cfg.name == full.cfg.name
+    assert set(main.memories) <= set(full.memories) and len(main.memories) == 3
+    cell_tasks = {c.id: main.benchmarks["gsm8k"].cell_tasks[c.id] for c in main.cells}
+    full_tasks = {c.id: full.benchmarks["gsm8k"].cell_tasks[c.id] for c in full.cells}
+    assert {c.method.name for c in main.cells} == {"none", "self", "naive", "memcollab"}
+    assert all(cell_tasks[cid] == full_tasks[cid] for cid in cell_tasks)
 
 
 # ----- the smoke grid ------------------------------------------------------------------------------------------
