@@ -54,7 +54,9 @@ class Throughput(BaseModel):
         if rate is None:
             return None
         seconds = self.tokens_per_call[kind] / rate
-        prompt_rate = _per_backend(self.prompt_tokens_per_s, model, backend)
+        # Prompt reading was measured on a 1-slot server: one stream through llama.cpp, as in-process is.
+        measured = self.prompt_tokens_per_s.get(model, {})
+        prompt_rate = measured.get(backend) or next(iter(measured.values()), None)
         if prompt_rate:
             seconds += self.prompt_tokens_per_call.get(kind, 0.0) / prompt_rate
         return seconds
