@@ -70,14 +70,16 @@ class LineProgress:
             return
         task["said"] = step
         elapsed = time.monotonic() - task["start"]
-        left = f", about {_minutes(elapsed * (total - done) / done)} left" if 0 < done < total else ""
+        left = f", about {duration(elapsed * (total - done) / done)} left" if 0 < done < total else ""
         self.out.print(
-            f"{task['description']}: {done:g}/{total} ({_minutes(elapsed)}{left})", markup=False, highlight=False
+            f"{task['description']}: {done:g}/{total} ({duration(elapsed)}{left})", markup=False, highlight=False
         )
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+def duration(seconds: float) -> str:
+    """`3 min 05 s`, or `42 s` under a minute: how progress lines and build logs state a time."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def make_progress(transient: bool = False) -> Progress | LineProgress:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from memcollab.lm.server.process import free_port
 
 
 def find_bin_dir() -> Path | None:
@@ -30,12 +31,6 @@ def find_bin_dir() -> Path | None:
         b for b in Path("/usr/lib/postgresql").glob("*/bin") if (b / "initdb").is_file() and (b / "pg_ctl").is_file()
     ]
     return max(found, key=version) if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -111,7 +106,7 @@ def start() -> tuple[PostgresServer | None, str]:
             return None, "running as root and there is no 'postgres' user to run PostgreSQL as"
         os.chown(root, entry.pw_uid, entry.pw_gid)
         user = "postgres"
-    server = PostgresServer(bin_dir, root, _free_port(), user)
+    server = PostgresServer(bin_dir, root, free_port(), user)
     init = server._run(
         "initdb", "-D", str(server.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
     )
@@ -126,7 +121,7 @@ def start() -> tuple[PostgresServer | None, str]:
         )  # fmt: skip
         if started.returncode == 0:
             break
-        server.port = _free_port()
+        server.port = free_port()
     else:
         log = (
             (root / "server.log").read_text(errors="replace").strip().splitlines()[-1:]

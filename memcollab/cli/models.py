@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from memcollab.parallel import duration
+
 models_app = typer.Typer(no_args_is_help=True, help="Embedded local models: list and prepare; build llama-server.")
 
 _MODEL_DIR_OPT = typer.Option(
@@ -99,11 +101,6 @@ def prepare(
             progress.console.print(f"[green]ready[/] {model}: {path}", highlight=False, soft_wrap=True)
 
 
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
-
-
 class _BuildProgress:
     """Build output -> what the user sees: a bar on a terminal, a line per 10% of the compile in a log file.
 
@@ -138,7 +135,7 @@ class _BuildProgress:
 
     def _say(self, text: str) -> None:
         if not self.live:
-            self.console.print(f"[{_duration(time.monotonic() - self.started)}] {text}", highlight=False)
+            self.console.print(f"[{duration(time.monotonic() - self.started)}] {text}", highlight=False)
 
     def __call__(self, line: str) -> None:
         from memcollab.lm.server.build import compile_progress
@@ -179,10 +176,10 @@ def build_server_command(
     console = Console(stderr=True)
     with _BuildProgress(console) as show:
         report = build_server(show, version=version or None, jobs=jobs or None, force=force)
-    phases = ", ".join(f"{name} {_duration(seconds)}" for name, seconds in report.seconds.items())
+    phases = ", ".join(f"{name} {duration(seconds)}" for name, seconds in report.seconds.items())
     console.print(
         f"llama-server (llama.cpp of llama-cpp-python {report.version}) installed at {report.binary} "
-        f"in {_duration(report.total)} ({phases}); build log: {report.log_path}",
+        f"in {duration(report.total)} ({phases}); build log: {report.log_path}",
         highlight=False,
         soft_wrap=True,
     )

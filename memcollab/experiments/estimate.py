@@ -25,14 +25,6 @@ from memcollab.paths import config_dir
 CallKind = Literal["solve", "distill", "classify"]
 
 
-def _per_backend(table: dict[str, dict[str, float]], model: str, backend: str) -> float | None:
-    """`table[model][backend]` (the in-process figure if the backend has none); None if unmeasured."""
-    rates = table.get(model)
-    if not rates:
-        return None
-    return rates.get(backend, rates.get("local"))
-
-
 class Throughput(BaseModel):
     """Measured rates (tokens/s per model and backend: generated, and prompt tokens read) and tokens per call."""
 
@@ -45,8 +37,12 @@ class Throughput(BaseModel):
     contrast_pair_rate: float = Field(ge=0.0, le=1.0)
 
     def rate(self, model: str, backend: str) -> float | None:
-        """Generated tokens/s of `model` on `backend`; None if unmeasured."""
-        return _per_backend(self.tokens_per_s, model, backend)
+        """Generated tokens/s of `model` on `backend` (the in-process figure if the backend has none); None if
+        unmeasured."""
+        rates = self.tokens_per_s.get(model)
+        if not rates:
+            return None
+        return rates.get(backend, rates.get("local"))
 
     def call_seconds(self, model: str, backend: str, kind: CallKind) -> float | None:
         """Seconds one call of `kind` takes: generating, plus reading its prompt where that rate is known."""

@@ -30,7 +30,8 @@ DEFAULT_CTX_PER_SLOT = 4096
 STARTUP_TIMEOUT_S = 180.0
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -173,7 +174,7 @@ class LlamaServer:
                     raise ServerError(f"port {self.requested_port} on {self.host} is already in use: pick another port")
                 self.port = self.requested_port
             else:
-                self.port = _free_port(self.host)
+                self.port = free_port(self.host)
             self.binary = self.binary or find_server_binary()
             log_dir = paths.cache_dir() / "logs"
             log_dir.mkdir(parents=True, exist_ok=True)
