@@ -36,9 +36,12 @@ class LineProgress:
 
     Rich's bar redraws in place on a terminal; written to a file (a run under nohup) it shows only when the
     step ends, so a step of hours would say nothing until then. Offers the part of `Progress` used here.
+    The time left is at the pace of the last tenth: a resumed step reads its first items back in no time,
+    which says nothing about the rest (so a tenth read back, faster than READ_BACK_S an item, states none).
     """
 
     STEPS = 10
+    READ_BACK_S = 0.005  # an item done faster than this was read back from the store, not computed
 
     def __init__(self, out: Console) -> None:
         self.out = out
@@ -58,6 +61,7 @@ class LineProgress:
             "done": 0,
             "start": time.monotonic(),
             "said": 0,
+            "mark": (time.monotonic(), 0.0),  # time and count at the last line
         }
         return task_id
 
@@ -69,8 +73,11 @@ class LineProgress:
         if step <= task["said"]:
             return
         task["said"] = step
-        elapsed = time.monotonic() - task["start"]
-        left = f", about {duration(elapsed * (total - done) / done)} left" if 0 < done < total else ""
+        now = time.monotonic()
+        elapsed = now - task["start"]
+        (then, before), task["mark"] = task["mark"], (now, done)
+        pace = (now - then) / (done - before)
+        left = f", about {duration(pace * (total - done))} left" if done < total and pace >= self.READ_BACK_S else ""
         self.out.print(
             f"{task['description']}: {done:g}/{total} ({duration(elapsed)}{left})", markup=False, highlight=False
         )

@@ -256,18 +256,19 @@ def test_shipped_grids_have_the_slices_the_issue_asks_for():
 
 
 @needs_data
-def test_the_main_part_of_the_grid_is_the_full_grids_first_part():
-    """grid_main.yaml runs first in the same run dir: its memories and cells are the full grid's, results reused."""
+@pytest.mark.parametrize("full_name, main_name", [("grid.yaml", "grid_main.yaml"), ("code_grid.yaml", "code_grid_main.yaml")])
+def test_the_main_part_of_the_grid_is_the_full_grids_first_part(full_name, main_name):
+    """The main part runs first in the same run dir: its memories and cells are the full grid's, results reused."""
     full, main = (
         plan_grid(load_grid_config(ROOT / "configs" / "experiments" / name), injected={"weak", "strong", "other"})
-        for name in ("grid.yaml", "grid_main.yaml")
+        for name in (full_name, main_name)
     )
     assert main.cfg.run_dir == full.cfg.run_dir and main.cfg.name == full.cfg.name
     assert set(main.memories) <= set(full.memories) and len(main.memories) == 3
-    cell_tasks = {c.id: main.benchmarks["gsm8k"].cell_tasks[c.id] for c in main.cells}
-    full_tasks = {c.id: full.benchmarks["gsm8k"].cell_tasks[c.id] for c in full.cells}
     assert {c.method.name for c in main.cells} == {"none", "self", "naive", "memcollab"}
-    assert all(cell_tasks[cid] == full_tasks[cid] for cid in cell_tasks)
+    for name, bench in main.benchmarks.items():
+        cells = [c.id for c in main.cells if c.benchmark == name]
+        assert all(bench.cell_tasks[cid] == full.benchmarks[name].cell_tasks[cid] for cid in cells)
 
 
 # ----- the smoke grid ------------------------------------------------------------------------------------------
@@ -426,6 +427,33 @@ def test_an_unanswered_task_is_missing_data_on_both_sides_not_a_wrong_answer(tmp
     monkeypatch.setattr(grid_module, "solve_with", lambda *a: (_ for _ in ()).throw(KeyError("a bug")))
     with pytest.raises(KeyError):
         run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+
+
+@needs_data
+def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeypatch, smoke):
+    import memcollab.experiments.grid as grid_module
+
+    solve = grid_module.solve_with
+
+    def interrupted(pipeline, task, agent, guidance):
+        if agent.name == "strong" and task.id.startswith("gsm8k/test/"):
+            raise KeyboardInterrupt  # Ctrl-C (or the session's end) as the strong target starts
+        return solve(pipeline, task, agent, guidance)
+
+    monkeypatch.setattr(grid_module, "solve_with", interrupted)
+    cfg = smoke_config(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    full = smoke[0].table.set_index("cell")
+    table = pd.read_csv(tmp_path / "run" / "table.csv").set_index("cell")
+    weak_gsm8k = [c for c in full.index if c.startswith("gsm8k.weak.")]
+    assert list(table.index) == weak_gsm8k, "the finished cells, and only them"
+    columns = ["n", "correct", "accuracy", "none_accuracy", "diff", "p_value"]
+    pd.testing.assert_frame_equal(table[columns], full.loc[weak_gsm8k, columns], check_dtype=False)
+    assert set(pd.read_csv(tmp_path / "run" / "transfer.csv")["target"]) == {"weak"}
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert progress["cells_done"] == len(weak_gsm8k)
+    assert set(progress["pending"]) == set(full.index) - set(weak_gsm8k)
 
 
 @needs_data

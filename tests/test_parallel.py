@@ -28,14 +28,25 @@ def test_empty_input_and_the_progress_bar() -> None:
     assert parallel_map(_slow_square, [1, 2, 3], workers=2, description="bar", show=True) == [1, 4, 9]
 
 
+def _read_back_then_computed(x: int) -> int:
+    """The first five items come from the store at once; the rest take 30 ms each."""
+    if x >= 5:
+        time.sleep(0.03)
+    return x * x
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 def test_written_to_a_file_the_progress_is_a_line_per_tenth(workers: int, capsys: pytest.CaptureFixture[str]) -> None:
-    """A run under nohup logs to a file, where a live bar would show only at the end of a step of hours."""
-    parallel_map(_slow_square, list(range(25)), workers=workers, description="squaring", show=True)
+    """A run under nohup logs to a file, where a live bar would show only at the end of a step of hours. The time
+    left follows the last tenth's pace, so items read back at the start of a resumed step do not make it 0."""
+    parallel_map(_read_back_then_computed, list(range(25)), workers=workers, description="squaring", show=True)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 10 and all(line.startswith("squaring: ") for line in lines)
-    assert lines[0].startswith("squaring: 3/25 (") and "left)" in lines[0]
+    assert lines[0].startswith("squaring: 3/25 (") and "left" not in lines[0], "read back: no pace to go by"
     assert lines[-1].startswith("squaring: 25/25 (") and "left" not in lines[-1]
+    if workers == 1:
+        assert "about 0 s left" in lines[-2] or "about 1 s left" in lines[-2]
+        assert all("left)" in line for line in lines[2:-1])
 
 
 def _fail_on(bad: set[int]):

@@ -11,7 +11,9 @@ Run directory:
   results.sqlite       every LM result by key (resume); dspy_cache/ the LM response cache
   memories/<id>/       memory.jsonl (+ memory.sqlite, build.json naming the store, cheatsheet history)
   cells/<cell>.jsonl   per-task rows of each cell; tasks.jsonl all of them
-  table.csv, categories.csv, transfer.csv, k_ablation.csv and transfer.png, k_ablation.png
+  table.csv, categories.csv, transfer.csv, k_ablation.csv and transfer.png, k_ablation.png (rewritten after
+                       every cell, so a stopped grid keeps its finished cells' tables); progress.json which
+                       cells they cover
   summary.json         timings (added up over invocations) and the machine-time estimate
 
 With `store_url` (a PostgreSQL database) the result store and each memory's store live in that database
@@ -389,6 +391,7 @@ class GridRun:
         with self.tracker.invocation(cfg.name, self._params()) as parent:
             self._log_programs()
             rows: list[dict[str, Any]] = []
+            done: list[Cell] = []
             for name, bench in plan.benchmarks.items():
                 cells = [c for c in plan.cells if c.benchmark == name]
                 for cell in cells:  # memories first: the build agents decode, then the classifier, then targets
@@ -399,16 +402,28 @@ class GridRun:
                 for target in dict.fromkeys(c.target for c in cells):
                     for cell in (c for c in cells if c.target == target):
                         rows += self.evaluate(cell, categories)
+                        done.append(cell)
+                        # Tables after every cell: a grid stopped after hours still leaves its finished cells' tables.
+                        self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
             result = self._report(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), estimate)
             result.parent_run_id = parent.run_id
             self._log(result)
         return result
 
     def _report(self, rows: pd.DataFrame, estimate: float | None) -> GridResult:
+        table, categories, transfer, ablation = self._write_tables(rows, self.plan.cells)
+        timings = self._write_summary(estimate)
+        return GridResult(self.run_dir, table, categories, transfer, ablation, estimate, timings)
+
+    def _write_tables(
+        self, rows: pd.DataFrame, cells: list[Cell]
+    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """The tables and figures of `cells` (all of them at the end; the finished ones while the grid runs), and
+        progress.json saying which cells they cover."""
         cfg, plan = self.cfg, self.plan
         _write_jsonl(self.run_dir / "tasks.jsonl", rows.to_dict("records"))
-        table = cell_table(rows, plan.cells, samples=cfg.bootstrap_samples, extra=self.extra)
-        categories = category_table(rows, plan.cells)
+        table = cell_table(rows, cells, samples=cfg.bootstrap_samples, extra=self.extra)
+        categories = category_table(rows, cells)
         ablation = k_ablation(table)
         transfer_ids = {}
         if cfg.transfer is not None:
@@ -426,8 +441,14 @@ class GridRun:
             frame.to_csv(self.run_dir / f"{name}.csv", index=False)
         plot_transfer(transfer, self.run_dir / "transfer.png")
         plot_k_ablation(ablation, self.run_dir / "k_ablation.png")
-        timings = self._write_summary(estimate)
-        return GridResult(self.run_dir, table, categories, transfer, ablation, estimate, timings)
+        finished = {c.id for c in cells}
+        progress = {
+            "cells_done": len(finished),
+            "cells": len(plan.cells),
+            "pending": [c.id for c in plan.cells if c.id not in finished],
+        }
+        (self.run_dir / "progress.json").write_text(json.dumps(progress, indent=2))
+        return table, categories, transfer, ablation
 
     def _write_plan(self, estimate: float | None) -> None:
         plan = self.plan

@@ -43,6 +43,8 @@ def transfer_table(
                     & rows["task_id"].isin(ids)
                 )
                 mine = rows[mask].drop_duplicates("task_id")
+                if mine.empty:
+                    continue  # its cell has not run yet (tables written while a grid runs)
                 stats = paired(mine, none_rows(rows, benchmark, target), samples)
                 lines.append(
                     {
