@@ -256,7 +256,9 @@ def test_shipped_grids_have_the_slices_the_issue_asks_for():
 
 
 @needs_data
-@pytest.mark.parametrize("full_name, main_name", [("grid.yaml", "grid_main.yaml"), ("code_grid.yaml", "code_grid_main.yaml")])
+@pytest.mark.parametrize(
+    "full_name, main_name", [("grid.yaml", "grid_main.yaml"), ("code_grid.yaml", "code_grid_main.yaml")]
+)
 def test_the_main_part_of_the_grid_is_the_full_grids_first_part(full_name, main_name):
     """The main part runs first in the same run dir: its memories and cells are the full grid's, results reused."""
     full, main = (
