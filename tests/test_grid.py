@@ -18,7 +18,7 @@ from dspy.utils.dummies import DummyLM
 
 from memcollab.benchmarks import get_benchmark, load_source
 from memcollab.errors import ConfigError
-from memcollab.experiments.grid import run_grid
+from memcollab.experiments.grid import evaluation_order, run_grid
 from memcollab.experiments.grid_config import GridConfig, expand_cells, is_grid_config, load_grid_config
 from memcollab.experiments.grid_estimate import estimate_grid_seconds
 from memcollab.experiments.grid_plan import plan_grid
@@ -432,30 +432,51 @@ def test_an_unanswered_task_is_missing_data_on_both_sides_not_a_wrong_answer(tmp
 
 
 @needs_data
+def test_cells_run_baselines_first_then_memory_by_memory():
+    """A grid of many hours builds each memory just before its cells, so a stopped grid has comparisons to show."""
+    plan = plan_grid(
+        load_grid_config(ROOT / "configs" / "experiments" / "grid_main.yaml"), injected={"weak", "strong", "other"}
+    )
+    order = [c.id.removeprefix("gsm8k.").removesuffix(".s0") for c in evaluation_order(plan.cells, plan.cell_memory)]
+    assert order == [
+        "weak.none.none",
+        "strong.none.none",
+        "weak.naive.strong",  # the strong agent's reflection memory
+        "strong.self.strong",
+        "weak.memcollab.weak_strong",
+        "strong.memcollab.weak_strong",
+        "weak.self.weak",  # the weak agent's reflection memory
+        "strong.naive.weak",
+    ]
+
+
+@needs_data
 def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeypatch, smoke):
     import memcollab.experiments.grid as grid_module
 
     solve = grid_module.solve_with
 
     def interrupted(pipeline, task, agent, guidance):
-        if agent.name == "strong" and task.id.startswith("gsm8k/test/"):
-            raise KeyboardInterrupt  # Ctrl-C (or the session's end) as the strong target starts
+        if agent.name == "strong" and task.id.startswith("gsm8k/test/") and guidance.text:
+            raise KeyboardInterrupt  # Ctrl-C (or the session's end) as the strong target's first memory cell starts
         return solve(pipeline, task, agent, guidance)
 
     monkeypatch.setattr(grid_module, "solve_with", interrupted)
     cfg = smoke_config(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
         run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    plan = plan_grid(cfg, injected={"weak", "strong", "other"})
+    order = [c.id for c in evaluation_order(plan.cells, plan.cell_memory) if c.benchmark == "gsm8k"]
+    finished = order[: next(i for i, c in enumerate(order) if c.startswith("gsm8k.strong.") and ".none." not in c)]
+    assert len(finished) > 2, "both baselines and the weak target's first memory cells"
     full = smoke[0].table.set_index("cell")
     table = pd.read_csv(tmp_path / "run" / "table.csv").set_index("cell")
-    weak_gsm8k = [c for c in full.index if c.startswith("gsm8k.weak.")]
-    assert list(table.index) == weak_gsm8k, "the finished cells, and only them"
+    assert set(table.index) == set(finished), "the finished cells, and only them"
     columns = ["n", "correct", "accuracy", "none_accuracy", "diff", "p_value"]
-    pd.testing.assert_frame_equal(table[columns], full.loc[weak_gsm8k, columns], check_dtype=False)
-    assert set(pd.read_csv(tmp_path / "run" / "transfer.csv")["target"]) == {"weak"}
+    pd.testing.assert_frame_equal(table[columns], full.loc[table.index, columns], check_dtype=False)
     progress = json.loads((tmp_path / "run" / "progress.json").read_text())
-    assert progress["cells_done"] == len(weak_gsm8k)
-    assert set(progress["pending"]) == set(full.index) - set(weak_gsm8k)
+    assert progress["cells_done"] == len(finished)
+    assert set(progress["pending"]) == set(full.index) - set(finished)
 
 
 @needs_data

@@ -1,8 +1,8 @@
 """Run a grid of paired comparisons: every memory built once, every cell solved behind one Solver.
 
-`plan_grid` (experiments.grid_plan) validates the config; `GridRun` then builds each memory the cells
-need (its LM results keyed in the run's result store), solves every cell's tasks with its method's
-guidance, compares each cell with the target's no-memory cell on the same tasks (report, transfer),
+`plan_grid` (experiments.grid_plan) validates the config; `GridRun` then runs the no-memory cells, and
+then memory by memory builds it (its LM results keyed in the run's result store) and solves its cells' tasks
+with the method's guidance (`evaluation_order`), compares each cell with the target's no-memory cell on the same tasks (report, transfer),
 writes the tables and figures into the run directory and logs a parent MLflow run with a nested run
 per cell. A rerun of the same config resumes: every LM result made before is read back, not redone.
 
@@ -118,6 +118,16 @@ def lm_error_row(cell: Cell, task: Task, exc: Exception, category: str) -> dict[
     failed = Trajectory(task_id=task.id, benchmark=task.benchmark, agent=cell.target, error=f"lm_error: {exc}"[:300])
     row = task_row(cell, task, failed, Guidance(), category)
     return {**row, "format_error": False, "error_type": "lm_error", "lm_error": True}
+
+
+def evaluation_order(cells: list[Cell], cell_memory: dict[str, str | None]) -> list[Cell]:
+    """The cells without memory first (every target's baseline), then the cells of each memory together, memories
+    in the order the config first names them: a grid of many hours builds each memory just before its cells, so
+    a grid stopped part way has finished comparisons to show instead of memories nobody has used yet."""
+    groups: dict[str | None, list[Cell]] = {None: []}
+    for cell in cells:
+        groups.setdefault(cell_memory[cell.id], []).append(cell)
+    return [cell for group in groups.values() for cell in group]
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -393,18 +403,12 @@ class GridRun:
             rows: list[dict[str, Any]] = []
             done: list[Cell] = []
             for name, bench in plan.benchmarks.items():
-                cells = [c for c in plan.cells if c.benchmark == name]
-                for cell in cells:  # memories first: the build agents decode, then the classifier, then targets
-                    memory_id = plan.cell_memory[cell.id]
-                    if memory_id is not None:
-                        self.build_memory(plan.memories[memory_id])
                 categories = self.categories(bench)
-                for target in dict.fromkeys(c.target for c in cells):
-                    for cell in (c for c in cells if c.target == target):
-                        rows += self.evaluate(cell, categories)
-                        done.append(cell)
-                        # Tables after every cell: a grid stopped after hours still leaves its finished cells' tables.
-                        self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
+                for cell in evaluation_order([c for c in plan.cells if c.benchmark == name], plan.cell_memory):
+                    rows += self.evaluate(cell, categories)  # builds the cell's memory the first time it is needed
+                    done.append(cell)
+                    # Tables after every cell: a grid stopped after hours still leaves its finished cells' tables.
+                    self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
             result = self._report(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), estimate)
             result.parent_run_id = parent.run_id
             self._log(result)
