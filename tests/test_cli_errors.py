@@ -359,6 +359,49 @@ def test_unreachable_lm_endpoint_is_one_line(tmp_path: Path, endpoint_that_close
     assert len(line) < 300, line
 
 
+def test_ctrl_c_stops_at_once_and_says_what_it_kept(tmp_path: Path) -> None:
+    """Ctrl-C in a run: exit 130 within seconds, one line saying the finished calls are kept, no traceback."""
+    import signal
+    import sys
+    import time
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from openai_stub import OpenAIStub
+
+    from memcollab.cli.app import INTERRUPTED
+
+    with OpenAIStub({}, default="The answer is \\boxed{3}.", latency_s=2.0) as stub:
+        agents = tmp_path / "agents.yaml"
+        agents.write_text(
+            "agents:\n  - name: remote\n    backend: litellm\n    model: openai/x\n"
+            f"    api_base: {stub.url}\n    api_key_env: MEMCOLLAB_TEST_LM_KEY\n"
+        )
+        exe = shutil.which("memcollab")
+        assert exe is not None, "console script `memcollab` not on PATH; run `pip install -e . --no-deps`"
+        args = ["evaluate", "--agent", "remote", "--agents-file", str(agents), "--limit", "40", "--workers", "2"]
+        args += ["--no-track", "--run-dir", str(tmp_path / "run"), "--data-dir", str(data_dir())]
+        proc = subprocess.Popen(
+            [exe, *args],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(MEMCOLLAB_TEST_LM_KEY="k"),
+        )
+        deadline = time.monotonic() + 60
+        while len(stub.requests()) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)  # until the first calls are answered and more are in flight
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - start
+    assert proc.returncode == 130, err
+    assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
+    assert "Traceback" not in err and "retry" not in err, err
+    assert err.strip().splitlines()[-1] == INTERRUPTED
+    assert len(stub.requests()) < 40, "the run stopped: it did not go on with the remaining tasks"
+
+
 def closed_port() -> int:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         return probe.getsockname()[1]  # closed when the block ends: nothing listens there

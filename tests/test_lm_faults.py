@@ -78,6 +78,23 @@ def test_a_failing_endpoint_is_tried_num_retries_plus_one_times_then_raises_a_re
     assert known is not None and "HTTP 500" in str(known)
 
 
+def test_once_a_signal_stopped_the_servers_a_failed_call_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C stops the run's llama-servers first; the calls still in flight then fail, and retrying a server
+    that was stopped on purpose would only hold the exit up (and fill the log) for half a minute."""
+    import threading
+
+    from memcollab.lm.server import supervise
+
+    stopped = threading.Event()
+    stopped.set()
+    monkeypatch.setattr(supervise, "_STOPPING", stopped)
+    with OpenAIStub({"Q": "so \\boxed{7}"}, {"Q": "500"}) as stub:
+        lm = build_lm(stub_agent(stub.url, backend="server"), cache=False)
+        with pytest.raises(LMError):
+            lm("Q: what is 3 + 4?")
+    assert len(stub.requests("Q")) == 1
+
+
 def test_a_hung_endpoint_costs_two_timeouts_not_num_retries_plus_one() -> None:
     with OpenAIStub({"Q": "so \\boxed{7}"}, {"Q": "hang"}, hang_s=30) as stub:
         lm = build_lm(stub_agent(stub.url, num_retries=4), cache=False)

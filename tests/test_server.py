@@ -368,6 +368,35 @@ def test_killing_the_harness_leaves_no_server(sig):
             os.kill(server_pid, signal.SIGKILL)
 
 
+def test_an_ignored_sigint_leaves_the_run_and_its_server_alone():
+    """A shell starts a background job (`nohup memcollab grid ... &`) with SIGINT ignored: a stray SIGINT must not
+    stop its servers and leave the run retrying a dead endpoint for hours, as it once did."""
+    _binary_or_skip()
+    model_path = _model_or_skip()
+    ignored = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ignored + HARNESS, str(model_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    fields = proc.stdout.readline().split(maxsplit=1)
+    try:
+        assert len(fields) == 2 and fields[0].isdigit(), f"harness did not start: {fields!r}"
+        server_pid = int(fields[0])
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(8)  # a handler that stops the server takes 3 s (its grace period) and SIGKILL
+        assert proc.poll() is None, "the run ignores SIGINT, as its shell asked"
+        assert _alive(server_pid), "and its server keeps serving it"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == -signal.SIGTERM
+        assert _gone_within(server_pid, 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_agent_config_through_build_lm():
     """An agent's n_parallel, n_ctx (per slot) and seed reach the server it starts; the factory picks the backend."""
     from memcollab.lm.factory import build_lm

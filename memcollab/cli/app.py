@@ -76,6 +76,20 @@ def print_error(message: str) -> None:
     Console(stderr=True).print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
 
 
+#: What Ctrl-C leaves: every LM result is stored the moment it exists (the result store of the run directory).
+INTERRUPTED = "interrupted: every finished LM call is kept in the run directory; the same command resumes from there"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Is this exit typer's answer to a KeyboardInterrupt (exit code 130 raised from it)?"""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return any(isinstance(e, KeyboardInterrupt) for e in chain)
+
+
 def main() -> None:
     """Console-script entry point: run the app, print user and environment errors as one line."""
     try:
@@ -86,9 +100,10 @@ def main() -> None:
         shown = lm_endpoint_error(exc) or exc
         print_error(str(shown))
         sys.exit(shown.exit_code)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted", highlight=False, markup=False)
-        sys.exit(130)
+    except SystemExit as exc:
+        if _interrupted(exc):  # typer turns Ctrl-C into a silent exit 130: say what it left behind
+            Console(stderr=True).print(INTERRUPTED, highlight=False, markup=False, soft_wrap=True)
+        raise
     except Exception as exc:
         lm_error = lm_endpoint_error(exc)
         if lm_error is None:

@@ -136,10 +136,12 @@ def _retry_after(exc: Exception) -> float | None:
 def _give_up_or_wait(exc: Exception, attempt: int, timeouts: int, policy: RetryPolicy, model: str) -> float:
     """Seconds to wait before the next try (`attempt` tries failed, `timeouts` of them by timing out before
     this one); raises the (possibly restated) error when there is none."""
+    from memcollab.lm.server.supervise import stopping
+
     transient = _transient(exc, model)
     if transient is None:
         raise exc
-    if attempt >= policy.retries or (_timed_out(transient) and timeouts >= MAX_TIMEOUT_RETRIES):
+    if stopping() or attempt >= policy.retries or (_timed_out(transient) and timeouts >= MAX_TIMEOUT_RETRIES):
         if transient is exc:
             raise exc
         raise transient from exc

@@ -2,7 +2,9 @@
 
 Every supervised child runs in its own process group and is stopped by its
 owner's `stop()`, by an atexit hook, by SIGTERM/SIGINT handlers that chain to
-the handlers installed before them, and, if this process is killed hard, by
+the handlers installed before them (a signal this process ignores, such as SIGINT
+in a job a shell started in the background, stays ignored: the run goes on with
+its servers), and, if this process is killed hard, by
 the kernel (PR_SET_PDEATHSIG). The death signal fires when the *thread* that
 forked the child exits, so children are forked from one long-lived daemon
 thread rather than from whatever worker thread first asked for one.
@@ -122,6 +124,14 @@ _LIVE: set[Stoppable] = set()
 _LIVE_LOCK = threading.RLock()  # re-entrant: a signal handler may run while this thread holds it
 _CLEANUP_LOCK = threading.Lock()
 _CLEANUP_INSTALLED = False
+_STOPPING = threading.Event()  # set by a signal that stops the servers: calls in flight must not retry them
+
+
+def stopping() -> bool:
+    """Has a signal stopped this process's servers? (Then an unanswered LM call is the stop, not a fault.)"""
+    return _STOPPING.is_set()
+
+
 _PREVIOUS_HANDLERS: dict[int, Any] = {}
 
 
@@ -152,6 +162,7 @@ def stop_all() -> None:
 
 def _on_signal(signum: int, frame: Any) -> None:
     """Stop every child, then behave as the handler that was installed before ours."""
+    _STOPPING.set()
     stop_all()
     previous = _PREVIOUS_HANDLERS.get(signum, signal.SIG_DFL)
     if callable(previous):
@@ -170,6 +181,9 @@ def install_cleanup() -> None:
         atexit.register(stop_all)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                _PREVIOUS_HANDLERS[sig] = signal.getsignal(sig)
+                previous = signal.getsignal(sig)
+                if previous == signal.SIG_IGN:
+                    continue  # ignored (nohup, a background job): stopping the servers would only break the run
+                _PREVIOUS_HANDLERS[sig] = previous
                 signal.signal(sig, _on_signal)
         _CLEANUP_INSTALLED = True
