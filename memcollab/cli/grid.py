@@ -102,7 +102,7 @@ def grid_command(
     parent run for the invocation and a nested run per cell.
     """
     from memcollab.experiments.executors import check_executor, make_executor
-    from memcollab.experiments.grid import run_grid
+    from memcollab.experiments.grid import run_grid, run_order
     from memcollab.experiments.grid_config import load_grid_config
     from memcollab.experiments.grid_estimate import estimate_grid_seconds
     from memcollab.experiments.grid_plan import plan_grid
@@ -118,7 +118,7 @@ def grid_command(
     )
     if dry_run:
         plan = plan_grid(cfg, announce=err.print)
-        for cell in plan.cells:
+        for cell in run_order(plan):  # the order they run in: baselines, then memory by memory
             tasks = len(plan.benchmarks[cell.benchmark].cell_tasks[cell.id])
             console.print(
                 f"{cell.id}: {tasks} tasks, memory {plan.cell_memory[cell.id] or '-'}", markup=False, soft_wrap=True

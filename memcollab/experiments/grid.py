@@ -130,6 +130,15 @@ def evaluation_order(cells: list[Cell], cell_memory: dict[str, str | None]) -> l
     return [cell for group in groups.values() for cell in group]
 
 
+def run_order(plan: GridPlan) -> list[Cell]:
+    """Every cell of the grid in the order `GridRun.run` evaluates them (benchmark by benchmark)."""
+    return [
+        cell
+        for name in plan.benchmarks
+        for cell in evaluation_order([c for c in plan.cells if c.benchmark == name], plan.cell_memory)
+    ]
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
@@ -402,13 +411,14 @@ class GridRun:
             self._log_programs()
             rows: list[dict[str, Any]] = []
             done: list[Cell] = []
-            for name, bench in plan.benchmarks.items():
-                categories = self.categories(bench)
-                for cell in evaluation_order([c for c in plan.cells if c.benchmark == name], plan.cell_memory):
-                    rows += self.evaluate(cell, categories)  # builds the cell's memory the first time it is needed
-                    done.append(cell)
-                    # Tables after every cell: a grid stopped after hours still leaves its finished cells' tables.
-                    self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
+            categories: dict[str, dict[str, str]] = {}
+            for cell in run_order(plan):
+                if cell.benchmark not in categories:
+                    categories[cell.benchmark] = self.categories(plan.benchmarks[cell.benchmark])
+                rows += self.evaluate(cell, categories[cell.benchmark])  # builds its memory the first time
+                done.append(cell)
+                # Tables after every cell: a grid stopped after hours still leaves its finished cells' tables.
+                self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
             result = self._report(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), estimate)
             result.parent_run_id = parent.run_id
             self._log(result)
