@@ -477,6 +477,17 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     progress = json.loads((tmp_path / "run" / "progress.json").read_text())
     assert progress["cells_done"] == len(finished)
     assert set(progress["pending"]) == set(full.index) - set(finished)
+    stopped = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert stopped["invocations"] == 1 and stopped["wall_s"] > 0, "the stopped invocation's time is kept"
+
+    monkeypatch.setattr(grid_module, "solve_with", solve)  # the rerun resumes and finishes
+    again = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    pd.testing.assert_frame_equal(
+        again.table.set_index("cell")[columns], full[columns], check_dtype=False, check_like=True
+    )
+    resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert resumed["invocations"] == 2 and resumed["wall_s"] > stopped["wall_s"]
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["pending"] == []
 
 
 @needs_data

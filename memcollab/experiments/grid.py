@@ -14,7 +14,8 @@ Run directory:
   table.csv, categories.csv, transfer.csv, k_ablation.csv and transfer.png, k_ablation.png (rewritten after
                        every cell, so a stopped grid keeps its finished cells' tables); progress.json which
                        cells they cover
-  summary.json         timings (added up over invocations) and the machine-time estimate
+  summary.json         timings and wall time (added up over invocations, kept when one stops part way) and
+                       the machine-time estimate
 
 With `store_url` (a PostgreSQL database) the result store and each memory's store live in that database
 instead of results.sqlite and memories/<id>/memory.sqlite, a schema each, named from the run directory's
@@ -167,6 +168,8 @@ class GridRun:
         self.contexts: dict[str, MethodContext] = {}
         self.collected: dict[tuple, list[Trajectory]] = {}
         self.timings: dict[str, float] = {}
+        self._started = time.perf_counter()
+        self._before: tuple[dict[str, float], int, float] | None = None
         self.extra: dict[str, dict[str, Any]] = {}
         self.results: ResultStore | None = None
         #: (store name, its file in the run dir) -> where it lives: that file, or a schema of the config's store_url.
@@ -412,13 +415,19 @@ class GridRun:
             rows: list[dict[str, Any]] = []
             done: list[Cell] = []
             categories: dict[str, dict[str, str]] = {}
-            for cell in run_order(plan):
-                if cell.benchmark not in categories:
-                    categories[cell.benchmark] = self.categories(plan.benchmarks[cell.benchmark])
-                rows += self.evaluate(cell, categories[cell.benchmark])  # builds its memory the first time
-                done.append(cell)
-                # Tables after every cell: a grid stopped after hours still leaves its finished cells' tables.
-                self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
+            self._summary_before()
+            try:
+                for cell in run_order(plan):
+                    if cell.benchmark not in categories:
+                        categories[cell.benchmark] = self.categories(plan.benchmarks[cell.benchmark])
+                    rows += self.evaluate(cell, categories[cell.benchmark])  # builds its memory the first time
+                    done.append(cell)
+                    # Tables after every cell: a grid stopped after hours still leaves its finished cells' tables.
+                    self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
+                    self._write_summary(estimate)
+            except BaseException:
+                self._write_summary(estimate)  # Ctrl-C or a failure: this invocation's time still counts
+                raise
             result = self._report(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), estimate)
             result.parent_run_id = parent.run_id
             self._log(result)
@@ -506,22 +515,32 @@ class GridRun:
         }
         (self.run_dir / "grid.json").write_text(json.dumps(payload, indent=2, default=str))
 
+    def _summary_before(self) -> tuple[dict[str, float], int, float]:
+        """(timings, invocations, wall seconds) of the invocations before this one, read once per invocation."""
+        if self._before is None:
+            try:
+                before = json.loads((self.run_dir / "summary.json").read_text())
+                self._before = (
+                    {k: float(v) for k, v in before.get("timings_s", {}).items()},
+                    int(before.get("invocations", 0)),
+                    float(before.get("wall_s", 0.0)),
+                )
+            except (OSError, ValueError, AttributeError, TypeError):
+                self._before = ({}, 0, 0.0)  # no summary yet, or one we cannot read: start from zero
+        return self._before
+
     def _write_summary(self, estimate: float | None) -> dict[str, float]:
-        """summary.json; phase timings add up over invocations (a resumed grid reports what its results took)."""
-        path = self.run_dir / "summary.json"
-        try:
-            before = json.loads(path.read_text())
-            previous = {k: float(v) for k, v in before.get("timings_s", {}).items()}
-            invocations = int(before.get("invocations", 0))
-        except (OSError, ValueError, AttributeError, TypeError):
-            previous, invocations = {}, 0  # no summary yet, or one we cannot read: start from zero
+        """summary.json: timings and wall time added up over invocations (a resumed grid reports what its results
+        took). Rewritten after every cell and when an invocation stops part way, so no invocation's time is lost."""
+        previous, invocations, wall = self._summary_before()
         timings = {k: round(previous.get(k, 0.0) + self.timings.get(k, 0.0), 1) for k in {*previous, *self.timings}}
-        path.write_text(
+        (self.run_dir / "summary.json").write_text(
             json.dumps(
                 {
                     "name": self.cfg.name,
                     "estimate_s": estimate,
                     "invocations": invocations + 1,
+                    "wall_s": round(wall + time.perf_counter() - self._started, 1),
                     "timings_s": dict(sorted(timings.items())),
                 },
                 indent=2,
