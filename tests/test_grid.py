@@ -432,7 +432,7 @@ def test_an_unanswered_task_is_missing_data_on_both_sides_not_a_wrong_answer(tmp
 
 
 @needs_data
-def test_cells_run_baselines_first_then_memory_by_memory():
+def test_cells_run_memory_by_memory_each_baseline_before_its_targets_first_memory_cell():
     """A grid of many hours builds each memory just before its cells, so a stopped grid has comparisons to show."""
     plan = plan_grid(
         load_grid_config(ROOT / "configs" / "experiments" / "grid_main.yaml"), injected={"weak", "strong", "other"}
@@ -440,8 +440,8 @@ def test_cells_run_baselines_first_then_memory_by_memory():
     order = [c.id.removeprefix("gsm8k.").removesuffix(".s0") for c in evaluation_order(plan.cells, plan.cell_memory)]
     assert order == [
         "weak.none.none",
-        "strong.none.none",
         "weak.naive.strong",  # the strong agent's reflection memory
+        "strong.none.none",
         "strong.self.strong",
         "weak.memcollab.weak_strong",
         "strong.memcollab.weak_strong",
@@ -468,7 +468,7 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     plan = plan_grid(cfg, injected={"weak", "strong", "other"})
     order = [c.id for c in evaluation_order(plan.cells, plan.cell_memory) if c.benchmark == "gsm8k"]
     finished = order[: next(i for i, c in enumerate(order) if c.startswith("gsm8k.strong.") and ".none." not in c)]
-    assert len(finished) > 2, "both baselines and the weak target's first memory cells"
+    assert len(finished) > 2, "the weak target's baseline and memory cells, and the strong target's baseline"
     full = smoke[0].table.set_index("cell")
     table = pd.read_csv(tmp_path / "run" / "table.csv").set_index("cell")
     assert set(table.index) == set(finished), "the finished cells, and only them"

@@ -118,7 +118,7 @@ def grid_command(
     )
     if dry_run:
         plan = plan_grid(cfg, announce=err.print)
-        for cell in run_order(plan):  # the order they run in: baselines, then memory by memory
+        for cell in run_order(plan):  # the order they run in: memory by memory, each baseline first
             tasks = len(plan.benchmarks[cell.benchmark].cell_tasks[cell.id])
             console.print(
                 f"{cell.id}: {tasks} tasks, memory {plan.cell_memory[cell.id] or '-'}", markup=False, soft_wrap=True

@@ -1,8 +1,8 @@
 """Run a grid of paired comparisons: every memory built once, every cell solved behind one Solver.
 
-`plan_grid` (experiments.grid_plan) validates the config; `GridRun` then runs the no-memory cells, and
-then memory by memory builds it (its LM results keyed in the run's result store) and solves its cells' tasks
-with the method's guidance (`evaluation_order`), compares each cell with the target's no-memory cell on the same tasks (report, transfer),
+`plan_grid` (experiments.grid_plan) validates the config; `GridRun` then, memory by memory, builds it (its
+LM results keyed in the run's result store) and solves its cells' tasks with the method's guidance, each
+target's no-memory cell just before its first memory cell (`evaluation_order`), compares each cell with the target's no-memory cell on the same tasks (report, transfer),
 writes the tables and figures into the run directory and logs a parent MLflow run with a nested run
 per cell. A rerun of the same config resumes: every LM result made before is read back, not redone.
 
@@ -122,13 +122,24 @@ def lm_error_row(cell: Cell, task: Task, exc: Exception, category: str) -> dict[
 
 
 def evaluation_order(cells: list[Cell], cell_memory: dict[str, str | None]) -> list[Cell]:
-    """The cells without memory first (every target's baseline), then the cells of each memory together, memories
-    in the order the config first names them: a grid of many hours builds each memory just before its cells, so
-    a grid stopped part way has finished comparisons to show instead of memories nobody has used yet."""
-    groups: dict[str | None, list[Cell]] = {None: []}
+    """Memory by memory (in the order the config first names them), each target's cells without memory (its
+    baseline) just before its first cell with memory: a grid of many hours builds each memory just before its
+    cells and pairs them at once, so a grid stopped part way has finished comparisons to show, not memories
+    nobody has used yet or baselines with nothing to compare."""
+    plain: dict[str, list[Cell]] = {}
+    groups: dict[str, list[Cell]] = {}
     for cell in cells:
-        groups.setdefault(cell_memory[cell.id], []).append(cell)
-    return [cell for group in groups.values() for cell in group]
+        memory = cell_memory[cell.id]
+        if memory is None:
+            plain.setdefault(cell.target, []).append(cell)
+        else:
+            groups.setdefault(memory, []).append(cell)
+    order: list[Cell] = []
+    for group in groups.values():
+        for cell in group:
+            order += plain.pop(cell.target, [])
+            order.append(cell)
+    return order + [cell for rest in plain.values() for cell in rest]
 
 
 def run_order(plan: GridPlan) -> list[Cell]:
