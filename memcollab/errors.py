@@ -116,7 +116,7 @@ def _root(module: str) -> str:
     return "lm15" if "lm15" in parts else parts[0]
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """`exc` and its causes/contexts, outermost first, each once; `raise ... from None` ends the chain."""
     seen: list[BaseException] = []
     current: BaseException | None = exc
@@ -206,7 +206,7 @@ def lm_endpoint_error(exc: BaseException) -> LMEndpointError | None:
     """
     if isinstance(exc, LMEndpointError):
         return exc
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     # The innermost recognised failure names the fault: outer wrappers may relabel it (litellm reports a
     # refused connection as an InternalServerError with a made-up status 500).
     found = [(e, f) for e in chain if (f := _fault(e))]

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from memcollab import __version__
-from memcollab.errors import MemCollabError, lm_endpoint_error
+from memcollab.errors import MemCollabError, exception_chain, lm_endpoint_error
 
 app = typer.Typer(
     name="memcollab",
@@ -82,12 +82,7 @@ INTERRUPTED = "interrupted: every finished LM call is kept in the run directory;
 
 def _interrupted(exc: BaseException) -> bool:
     """Is this exit typer's answer to a KeyboardInterrupt (exit code 130 raised from it)?"""
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    return any(isinstance(e, KeyboardInterrupt) for e in chain)
+    return any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc))
 
 
 def main() -> None:
