@@ -4,7 +4,8 @@
 LM results keyed in the run's result store) and solves its cells' tasks with the method's guidance, each
 target's no-memory cell just before its first memory cell (`evaluation_order`), compares each cell with the
 target's no-memory cell on the same tasks (report, transfer), writes the tables and figures into the run
-directory and logs a parent MLflow run with a nested run per cell. A rerun of the same config resumes: every LM result made before is read back, not redone.
+directory and logs a parent MLflow run with a nested run per cell. A rerun of the same config resumes: every
+LM result made before is read back, not redone.
 
 Run directory:
   grid.json            the config, the cells and the memories (what the notebook reads first)
