@@ -41,7 +41,7 @@ class LineProgress:
     """
 
     STEPS = 10
-    READ_BACK_S = 0.005  # an item done faster than this was read back from the store, not computed
+    READ_BACK_S = 0.02  # an item done faster than this was read back from the store, not computed
 
     def __init__(self, out: Console) -> None:
         self.out = out

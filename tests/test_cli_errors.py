@@ -359,8 +359,10 @@ def test_unreachable_lm_endpoint_is_one_line(tmp_path: Path, endpoint_that_close
     assert len(line) < 300, line
 
 
-def test_ctrl_c_stops_at_once_and_says_what_it_kept(tmp_path: Path) -> None:
-    """Ctrl-C in a run: exit 130 within seconds, one line saying the finished calls are kept, no traceback."""
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_stops_at_once_and_says_what_it_kept(tmp_path: Path, sig: str, code: int) -> None:
+    """Ctrl-C (or SIGTERM, how `pkill` stops a nohup'd run) in a run: its exit code within seconds, one line
+    saying the finished calls are kept, no traceback. SIGTERM unwinds rather than kills, so cleanup runs."""
     import signal
     import sys
     import time
@@ -391,11 +393,11 @@ def test_ctrl_c_stops_at_once_and_says_what_it_kept(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while len(stub.requests()) < 3 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)  # until the first calls are answered and more are in flight
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         start = time.monotonic()
         _, err = proc.communicate(timeout=60)
         stopped_in = time.monotonic() - start
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert stopped_in < 10, f"took {stopped_in:.1f} s to stop"
     assert "Traceback" not in err and "retry" not in err, err
     assert err.strip().splitlines()[-1] == INTERRUPTED

@@ -29,9 +29,9 @@ def test_empty_input_and_the_progress_bar() -> None:
 
 
 def _read_back_then_computed(x: int) -> int:
-    """The first five items come from the store at once; the rest take 30 ms each."""
+    """The first five items come from the store at once; the rest take 50 ms each."""
     if x >= 5:
-        time.sleep(0.03)
+        time.sleep(0.05)
     return x * x
 
 

@@ -8,7 +8,9 @@ exit, never a traceback. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
 
 import typer
 from rich.console import Console
@@ -80,13 +82,32 @@ def print_error(message: str) -> None:
 INTERRUPTED = "interrupted: every finished LM call is kept in the run directory; the same command resumes from there"
 
 
+class Terminated(SystemExit):
+    """SIGTERM as an exit that unwinds: `finally` blocks and a grid's summary run, as they do on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(128 + signum)  # the shell's convention for "ended by signal N"
+
+
+def _terminate_gracefully() -> None:
+    """SIGTERM (how `pkill` stops a `nohup`'d run) unwinds like Ctrl-C instead of killing the process.
+
+    Installed before any server starts, so the server supervisor's handler stops the servers first and
+    then chains to this one. A handler someone else installed, or an ignored SIGTERM, is left alone.
+    """
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def _interrupted(exc: BaseException) -> bool:
-    """Is this exit typer's answer to a KeyboardInterrupt (exit code 130 raised from it)?"""
-    return any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc))
+    """Is this exit a stop the user asked for: SIGTERM, or typer's answer to Ctrl-C (exit 130 from it)?"""
+    return isinstance(exc, Terminated) or any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc))
 
 
 def main() -> None:
     """Console-script entry point: run the app, print user and environment errors as one line."""
+    _terminate_gracefully()
     try:
         app()
     except MemCollabError as exc:
@@ -96,7 +117,7 @@ def main() -> None:
         print_error(str(shown))
         sys.exit(shown.exit_code)
     except SystemExit as exc:
-        if _interrupted(exc):  # typer turns Ctrl-C into a silent exit 130: say what it left behind
+        if _interrupted(exc):  # typer turns Ctrl-C into a silent exit 130, SIGTERM is 143: say what they left
             Console(stderr=True).print(INTERRUPTED, highlight=False, markup=False, soft_wrap=True)
         raise
     except Exception as exc:
