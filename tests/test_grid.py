@@ -20,7 +20,7 @@ from memcollab.benchmarks import get_benchmark, load_source
 from memcollab.errors import ConfigError
 from memcollab.experiments.grid import evaluation_order, run_grid
 from memcollab.experiments.grid_config import GridConfig, expand_cells, is_grid_config, load_grid_config
-from memcollab.experiments.grid_estimate import estimate_grid_seconds
+from memcollab.experiments.grid_estimate import estimate_grid_seconds, finished_work
 from memcollab.experiments.grid_plan import plan_grid
 from memcollab.paths import default_data_dir
 from memcollab.programs.pipeline import Agent
@@ -479,6 +479,12 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     assert set(progress["pending"]) == set(full.index) - set(finished)
     stopped = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert stopped["invocations"] == 1 and stopped["wall_s"] > 0, "the stopped invocation's time is kept"
+    agents = {name: agent.config for name, agent in scripted_agents(cfg).items()}
+    whole = estimate_grid_seconds(plan, agents)
+    done = finished_work(plan, tmp_path / "run")
+    assert done.cells == set(finished) and done.memories, "the finished cells, and the memories they read"
+    left = estimate_grid_seconds(plan, agents, finished=done)
+    assert whole is not None and left is not None and 0 < left < whole, "the time left: what is not finished"
 
     monkeypatch.setattr(grid_module, "solve_with", solve)  # the rerun resumes and finishes
     again = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
@@ -488,6 +494,7 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert resumed["invocations"] == 2 and resumed["wall_s"] > stopped["wall_s"]
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["pending"] == []
+    assert estimate_grid_seconds(plan, agents, finished=finished_work(plan, tmp_path / "run")) == 0, "nothing left"
 
 
 @needs_data
@@ -523,7 +530,9 @@ def test_cli_dry_run_validates_and_lists_cells_without_running(tmp_path):
     result = CliRunner().invoke(app, ["grid", str(config), "--dry-run", "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "gsm8k.weak.memcollab.weak_strong.s0: 4 tasks" in result.output
-    assert "28 cells, 12 memories" in result.output and "unknown" in result.output
+    assert "28 cells, 12 memories; in " in result.output
+    assert "0 of 28 cells finished and 0 of 12 memories built" in result.output
+    assert "unknown" in result.output
     assert not (tmp_path / "run").exists(), "a dry run writes nothing"
     bad = tmp_path / "bad.yaml"
     bad.write_text(SMOKE_CONFIG.read_text().replace("memcollab-nogate", "memcollab-nogat"))

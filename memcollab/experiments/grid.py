@@ -40,7 +40,7 @@ from memcollab.benchmarks import parse_ids
 from memcollab.errors import ConfigError, lm_endpoint_error, output_error
 from memcollab.experiments.executors import Executor, LocalExecutor, Solves
 from memcollab.experiments.grid_config import Cell, GridConfig
-from memcollab.experiments.grid_estimate import estimate_grid_seconds
+from memcollab.experiments.grid_estimate import estimate_grid_seconds, finished_work
 from memcollab.experiments.grid_plan import BenchmarkPlan, GridPlan, MemoryPlan, plan_grid
 from memcollab.experiments.grid_tracking import GridTracker
 from memcollab.experiments.report import ROW_COLUMNS, category_table, cell_table, k_ablation, plot_k_ablation
@@ -226,8 +226,11 @@ class GridRun:
             server.shutdown_all()
 
     # ----- pieces ---------------------------------------------------------------------------
-    def estimate(self) -> float | None:
-        return estimate_grid_seconds(self.plan, {name: agent.config for name, agent in self.agents.items()})
+    def estimate(self, left: bool = False) -> float | None:
+        """Machine time of the whole grid, or (`left`) of what earlier invocations did not finish."""
+        finished = finished_work(self.plan, self.run_dir) if left else None
+        agents = {name: agent.config for name, agent in self.agents.items()}
+        return estimate_grid_seconds(self.plan, agents, finished=finished)
 
     def context(self, taxonomy: str) -> MethodContext:
         if self.results is None:
@@ -414,11 +417,12 @@ class GridRun:
         if self.results is None:
             raise RuntimeError("open the GridRun first: `with GridRun(plan) as run: run.run()`")
         cfg, plan = self.cfg, self.plan
-        estimate = self.estimate()
-        if estimate is not None:
+        estimate, left = self.estimate(), self.estimate(left=True)
+        if estimate is not None and left is not None:
             self.announce(
                 f"estimated machine time: about {estimate / 60:.0f} min for {len(plan.cells)} cells and "
-                f"{len(plan.memories)} memories (measured tokens/s; calls made before are free)"
+                f"{len(plan.memories)} memories, about {left / 60:.0f} min of it left "
+                "(measured tokens/s; finished cells and built memories are read back)"
             )
         self._write_plan(estimate)
         assert self.tracker is not None
@@ -480,6 +484,7 @@ class GridRun:
         progress = {
             "cells_done": len(finished),
             "cells": len(plan.cells),
+            "done": [c.id for c in plan.cells if c.id in finished],
             "pending": [c.id for c in plan.cells if c.id not in finished],
         }
         (self.run_dir / "progress.json").write_text(json.dumps(progress, indent=2))

@@ -1,14 +1,19 @@
 """How long a grid will take, before it starts: its LM calls times the measured seconds per call.
 
 The figures are `configs/throughput.yaml`'s (`experiments.estimate.Throughput`), nothing measured lives
-here. The count is an upper bound: cells that show the solver the same prompt share one result, and
-every call a previous invocation made is free (the grid resumes from its result store).
+here. The count is an upper bound: cells that show the solver the same prompt share one result. A grid
+that spans sessions also wants the time *left*: the run directory says which cells finished
+(`progress.json`) and which memories were built (`memories/<id>/build.json`), and their calls are free
+(the grid resumes from its result store).
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from memcollab.benchmarks import get_benchmark
@@ -20,14 +25,51 @@ def _turns(benchmark: str, max_turns: int) -> int:
     return max_turns if get_benchmark(benchmark).kind == "code" else 1
 
 
-def grid_calls(plan: GridPlan, pair_rate: float) -> dict[tuple[str, CallKind], float]:
-    """Expected LM calls per (agent, kind) for the whole grid (`pair_rate`: share of build tasks with a contrast)."""
+@dataclass(frozen=True)
+class Finished:
+    """What earlier invocations of a grid finished: cell ids and memory ids whose LM calls are in the store."""
+
+    cells: frozenset[str] = frozenset()
+    memories: frozenset[str] = frozenset()
+
+
+def finished_work(plan: GridPlan, run_dir: Path) -> Finished:
+    """The finished cells (`progress.json`) and built memories (`build.json`) of `run_dir`, for `plan`'s ids.
+
+    A progress file from before it named its finished cells counts as such only if it describes this many cells.
+    """
+    try:
+        progress = json.loads((run_dir / "progress.json").read_text())
+    except (OSError, ValueError):
+        progress = {}
+    ids = {c.id for c in plan.cells}
+    if isinstance(progress.get("done"), list):
+        cells = ids & set(progress["done"])
+    elif progress.get("cells") == len(ids) and isinstance(progress.get("pending"), list):
+        cells = ids - set(progress["pending"])
+    else:
+        cells = set()
+    memories = {m for m in plan.memories if (run_dir / "memories" / m / "build.json").is_file()}
+    return Finished(frozenset(cells), frozenset(memories))
+
+
+def grid_calls(plan: GridPlan, pair_rate: float, finished: Finished | None = None) -> dict[tuple[str, CallKind], float]:
+    """Expected LM calls per (agent, kind) for the grid (`pair_rate`: share of build tasks with a contrast),
+    leaving out what `finished` names: those cells, and the build of those memories (and what others share
+    with them, such as an agent's solves of the build tasks). A memory no pending cell reads is not built."""
     cfg = plan.cfg
+    done = finished or Finished()
+    pending = [c for c in plan.cells if c.id not in done.cells]
+    needed = {plan.cell_memory[c.id] for c in pending} | done.memories
     calls: dict[tuple[str, CallKind], float] = defaultdict(float)
     greedy: set[tuple[str, str, int, str]] = set()  # (build slice, taxonomy, seed, agent): solved once
     classified: set[tuple[str, str]] = set()  # (build slice, taxonomy): the same prompts, answered once (cached)
     distilled: set[tuple[str, str, str, str]] = set()  # (build slice, taxonomy, seed, sources) of MemCollab pairs
-    for memory in plan.memories.values():
+    # Built memories first: what they made (solves, categories, distillations) is free for the rest.
+    for memory in sorted(
+        (m for m in plan.memories.values() if m.id in needed), key=lambda m: m.id not in done.memories
+    ):
+        scale = 0.0 if memory.id in done.memories else 1.0
         bench = next(
             b
             for b in plan.benchmarks.values()
@@ -39,44 +81,49 @@ def grid_calls(plan: GridPlan, pair_rate: float) -> dict[tuple[str, CallKind], f
             key = (memory.build_source, memory.taxonomy, memory.seed, agent)
             if key not in greedy:
                 greedy.add(key)
-                calls[(agent, "solve")] += n * turns
+                calls[(agent, "solve")] += scale * n * turns
         pairs = pair_rate * n
         if len(memory.source) > 1:
             for agent in memory.source:  # extra samples on tasks without a contrast
-                calls[(agent, "solve")] += cfg.samples * n * (1 - pair_rate) * turns
+                calls[(agent, "solve")] += scale * cfg.samples * n * (1 - pair_rate) * turns
         kind, spec = memory.spec.kind, memory.spec
         if kind in ("memcollab", "category", "reflect") and (memory.build_source, memory.taxonomy) not in classified:
             classified.add((memory.build_source, memory.taxonomy))
-            calls[(cfg.classifier_name, "classify")] += n
+            calls[(cfg.classifier_name, "classify")] += scale * n
         if kind == "memcollab":
             key = (memory.build_source, memory.taxonomy, str(memory.seed), "+".join(memory.source))
             if key not in distilled:  # variants of one pair (verified, no gate, k, merged) share its distillations
                 distilled.add(key)
-                calls[(cfg.distiller_name, "distill")] += pairs
+                calls[(cfg.distiller_name, "distill")] += scale * pairs
             if spec.verify:
                 for agent in memory.source:
-                    calls[(agent, "solve")] += pairs * (1 + spec.verify_tasks) * turns / len(memory.source)
+                    calls[(agent, "solve")] += scale * pairs * (1 + spec.verify_tasks) * turns / len(memory.source)
         elif kind == "category":
-            calls[(cfg.distiller_name, "distill")] += pairs / spec.group_size
+            calls[(cfg.distiller_name, "distill")] += scale * pairs / spec.group_size
         elif kind == "reflect":
             reflectors = memory.source if spec.reflector == "source" else (cfg.distiller_name,)
             for agent in reflectors:
-                calls[(agent, "distill")] += n * len(memory.source) / len(reflectors)
+                calls[(agent, "distill")] += scale * n * len(memory.source) / len(reflectors)
         elif kind == "cheatsheet":
-            calls[(cfg.distiller_name, "distill")] += n
+            calls[(cfg.distiller_name, "distill")] += scale * n
     for bench in plan.benchmarks.values():
-        calls[(cfg.classifier_name, "classify")] += len(bench.eval_tasks)
+        if not any(c.benchmark == bench.name for c in plan.cells if c.id in done.cells):
+            calls[(cfg.classifier_name, "classify")] += len(bench.eval_tasks)  # before its first cell
         turns = _turns(bench.name, cfg.max_turns)
-        for cell in plan.cells:
+        for cell in pending:
             if cell.benchmark == bench.name:
                 calls[(cell.target, "solve")] += len(bench.cell_tasks[cell.id]) * turns
     return dict(calls)
 
 
 def estimate_grid_seconds(
-    plan: GridPlan, agents: Mapping[str, Any], throughput: Throughput | None = None
+    plan: GridPlan,
+    agents: Mapping[str, Any],
+    throughput: Throughput | None = None,
+    finished: Finished | None = None,
 ) -> float | None:
-    """Upper-bound machine time in seconds; None if the throughput file or an agent's rate is missing.
+    """Upper-bound machine time in seconds (of what `finished` leaves); None if the throughput file or an
+    agent's rate is missing.
 
     `agents`: name -> agent config (a mapping with `model` and `backend`, e.g. `Agent.config`).
     """
@@ -84,7 +131,7 @@ def estimate_grid_seconds(
     if figures is None:
         return None
     total = 0.0
-    for (name, kind), count in grid_calls(plan, figures.contrast_pair_rate).items():
+    for (name, kind), count in grid_calls(plan, figures.contrast_pair_rate, finished).items():
         config = agents.get(name)
         if config is None or not count:
             continue
