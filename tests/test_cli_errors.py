@@ -389,6 +389,8 @@ def test_ctrl_c_stops_at_once_and_says_what_it_kept(tmp_path: Path, sig: str, co
             stderr=subprocess.PIPE,
             text=True,
             env=cli_env(MEMCOLLAB_TEST_LM_KEY="k"),
+            # As from a terminal: a suite started in the background (`nohup ... &`) passes SIGINT on ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
         while len(stub.requests()) < 3 and time.monotonic() < deadline and proc.poll() is None:
