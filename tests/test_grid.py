@@ -20,7 +20,7 @@ from memcollab.benchmarks import get_benchmark, load_source
 from memcollab.errors import ConfigError
 from memcollab.experiments.grid import evaluation_order, run_grid
 from memcollab.experiments.grid_config import GridConfig, expand_cells, is_grid_config, load_grid_config
-from memcollab.experiments.grid_estimate import estimate_grid_seconds, finished_work
+from memcollab.experiments.grid_estimate import estimate_grid, estimate_grid_seconds
 from memcollab.experiments.grid_plan import plan_grid
 from memcollab.paths import default_data_dir
 from memcollab.programs.pipeline import Agent
@@ -480,21 +480,32 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     stopped = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert stopped["invocations"] == 1 and stopped["wall_s"] > 0, "the stopped invocation's time is kept"
     agents = {name: agent.config for name, agent in scripted_agents(cfg).items()}
-    whole = estimate_grid_seconds(plan, agents)
-    done = finished_work(plan, tmp_path / "run")
+    times = estimate_grid(plan, agents, tmp_path / "run")
+    done = times.finished
     assert done.cells == set(finished) and done.memories, "the finished cells, and the memories they read"
-    left = estimate_grid_seconds(plan, agents, finished=done)
-    assert whole is not None and left is not None and 0 < left < whole, "the time left: what is not finished"
+    assert times.whole == estimate_grid_seconds(plan, agents), "the whole grid, whatever is finished"
+    assert times.whole is not None and times.left is not None, "every scripted agent has a rate"
+    assert 0 < times.left < times.whole, "the time left: what is not finished"
+
+    interrupted_cell = next(c for c in order if c not in finished)
+    assert f"eval.{interrupted_cell}_s" in stopped["timings_s"], "the interrupted cell's time so far is kept"
+    first, memory = finished[0], sorted(done.memories)[0]
+    took = {f"eval.{first}_s": 1000.0, f"build.{memory}_s": 2000.0}  # as if the first invocation took that long
+    stopped["timings_s"].update(took)
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(stopped))
 
     monkeypatch.setattr(grid_module, "solve_with", solve)  # the rerun resumes and finishes
     again = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    assert again.table.set_index("cell").loc[first, "wall_s"] >= 1000, "a read-back cell reports what it took"
+    built = json.loads((tmp_path / "run" / "memories" / memory / "build.json").read_text())
+    assert built["seconds"] >= 2000, "a read-back memory reports what its build took"
     pd.testing.assert_frame_equal(
         again.table.set_index("cell")[columns], full[columns], check_dtype=False, check_like=True
     )
     resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert resumed["invocations"] == 2 and resumed["wall_s"] > stopped["wall_s"]
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["pending"] == []
-    assert estimate_grid_seconds(plan, agents, finished=finished_work(plan, tmp_path / "run")) == 0, "nothing left"
+    assert estimate_grid(plan, agents, tmp_path / "run").left == 0, "nothing left"
 
 
 @needs_data

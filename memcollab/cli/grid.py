@@ -104,7 +104,7 @@ def grid_command(
     from memcollab.experiments.executors import check_executor, make_executor
     from memcollab.experiments.grid import run_grid, run_order
     from memcollab.experiments.grid_config import load_grid_config
-    from memcollab.experiments.grid_estimate import estimate_grid_seconds, finished_work
+    from memcollab.experiments.grid_estimate import estimate_grid
     from memcollab.experiments.grid_plan import plan_grid
 
     check_executor(executor, ray_address)  # a wrong name or no Ray: one line, before anything is loaded
@@ -124,13 +124,12 @@ def grid_command(
                 f"{cell.id}: {tasks} tasks, memory {plan.cell_memory[cell.id] or '-'}", markup=False, soft_wrap=True
             )
         agents = {n: a.model_dump(mode="json") for n, a in plan.agents.items()}
-        estimate = estimate_grid_seconds(plan, agents)
-        finished = finished_work(plan, cfg.run_dir)
-        left = estimate_grid_seconds(plan, agents, finished=finished)
-        if estimate is None or left is None:
+        times = estimate_grid(plan, agents, cfg.run_dir)
+        finished = times.finished
+        if times.whole is None or times.left is None:
             told = "unknown (an agent has no measured rate)"
         else:
-            told = f"about {estimate / 3600:.1f} h, {left / 3600:.1f} h of it left"
+            told = f"about {times.whole / 3600:.1f} h, {times.left / 3600:.1f} h of it left"
         console.print(
             f"{len(plan.cells)} cells, {len(plan.memories)} memories; in {cfg.run_dir}, {len(finished.cells)} of "
             f"{len(plan.cells)} cells finished and {len(finished.memories)} of {len(plan.memories)} memories built; "

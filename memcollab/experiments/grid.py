@@ -25,11 +25,12 @@ name and the store's (`memory.backends.store_target`); everything else stays in 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from memcollab.benchmarks import parse_ids
 from memcollab.errors import ConfigError, lm_endpoint_error, output_error
 from memcollab.experiments.executors import Executor, LocalExecutor, Solves
 from memcollab.experiments.grid_config import Cell, GridConfig
-from memcollab.experiments.grid_estimate import estimate_grid_seconds, finished_work
+from memcollab.experiments.grid_estimate import GridEstimate, estimate_grid
 from memcollab.experiments.grid_plan import BenchmarkPlan, GridPlan, MemoryPlan, plan_grid
 from memcollab.experiments.grid_tracking import GridTracker
 from memcollab.experiments.report import ROW_COLUMNS, category_table, cell_table, k_ablation, plot_k_ablation
@@ -226,11 +227,10 @@ class GridRun:
             server.shutdown_all()
 
     # ----- pieces ---------------------------------------------------------------------------
-    def estimate(self, left: bool = False) -> float | None:
-        """Machine time of the whole grid, or (`left`) of what earlier invocations did not finish."""
-        finished = finished_work(self.plan, self.run_dir) if left else None
+    def estimate(self) -> GridEstimate:
+        """Machine time of the whole grid and of what earlier invocations did not finish."""
         agents = {name: agent.config for name, agent in self.agents.items()}
-        return estimate_grid_seconds(self.plan, agents, finished=finished)
+        return estimate_grid(self.plan, agents, self.run_dir)
 
     def context(self, taxonomy: str) -> MethodContext:
         if self.results is None:
@@ -304,20 +304,18 @@ class GridRun:
             f"memory {memory.id}: {memory.spec.kind} from {'+'.join(memory.source)} "
             f"on {len(bench.build_tasks)} {memory.build_source} tasks"
         )
-        start = time.perf_counter()
-        trajectories = self.trajectories(memory, bench, agents)
-        method = make_method(memory.spec, self.context(memory.taxonomy), workdir)
-        report = method.build(
-            BuildInputs(
-                bench.build_tasks,
-                agents,
-                trajectories,
-                samples=self.cfg.samples,
-                temperature=self.cfg.sample_temperature,
+        with self._timed(f"build.{memory.id}_s") as seconds:
+            trajectories = self.trajectories(memory, bench, agents)
+            method = make_method(memory.spec, self.context(memory.taxonomy), workdir)
+            report = method.build(
+                BuildInputs(
+                    bench.build_tasks,
+                    agents,
+                    trajectories,
+                    samples=self.cfg.samples,
+                    temperature=self.cfg.sample_temperature,
+                )
             )
-        )
-        seconds = time.perf_counter() - start
-        self.timings[f"build.{memory.id}_s"] = seconds
         method.export(workdir / "memory.jsonl")
         entries = method.entries()
         if entries:
@@ -335,7 +333,7 @@ class GridRun:
             # where `memcollab memory list --store` finds it (a file here, or a schema of the store_url)
             "store": method.store.path if isinstance(method, StoreMethod) else None,
             "report": report,
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds(), 1),
         }
         (workdir / "build.json").write_text(json.dumps(info, indent=2, default=str))
         self.methods[memory.id] = method
@@ -378,7 +376,6 @@ class GridRun:
         tasks = bench.tasks_of(cell)
         agent = self.agents[cell.target]
         method.prepare(tasks)
-        start = time.perf_counter()
 
         def row(task: Task, guidance: Guidance, trajectory: Trajectory) -> dict[str, Any]:
             return task_row(cell, task, trajectory, guidance, categories.get(task.id, ""))
@@ -388,23 +385,22 @@ class GridRun:
                 raise exc  # a bug, not an unreachable endpoint: keep its traceback
             return lm_error_row(cell, task, exc, categories.get(task.id, ""))
 
-        rows = self.executor.run(
-            self.solves(
-                bench.taxonomy,
-                agent,
-                tasks,
-                method.guidance,
-                row,
-                failed,
-                max_errors=self.cfg.max_errors,
-                description=f"{cell.target} {cell.method.name} ({cell.source_label}) on {cell.benchmark}",
+        with self._timed(f"eval.{cell.id}_s") as wall:
+            rows = self.executor.run(
+                self.solves(
+                    bench.taxonomy,
+                    agent,
+                    tasks,
+                    method.guidance,
+                    row,
+                    failed,
+                    max_errors=self.cfg.max_errors,
+                    description=f"{cell.target} {cell.method.name} ({cell.source_label}) on {cell.benchmark}",
+                )
             )
-        )
-        wall = time.perf_counter() - start
-        self.timings[f"eval.{cell.id}_s"] = wall
         memory_id = self.plan.cell_memory[cell.id]
         self.extra[cell.id] = {
-            "wall_s": round(wall, 2),
+            "wall_s": round(wall(), 2),
             "memory_id": memory_id or "",
             "memory_hash": method.content_hash() if memory_id else "",
             "memory_size": len(method.records()) if memory_id else 0,
@@ -417,7 +413,8 @@ class GridRun:
         if self.results is None:
             raise RuntimeError("open the GridRun first: `with GridRun(plan) as run: run.run()`")
         cfg, plan = self.cfg, self.plan
-        estimate, left = self.estimate(), self.estimate(left=True)
+        times = self.estimate()
+        estimate, left = times.whole, times.left
         if estimate is not None and left is not None:
             self.announce(
                 f"estimated machine time: about {estimate / 60:.0f} min for {len(plan.cells)} cells and "
@@ -531,6 +528,16 @@ class GridRun:
             },
         }
         (self.run_dir / "grid.json").write_text(json.dumps(payload, indent=2, default=str))
+
+    @contextlib.contextmanager
+    def _timed(self, key: str) -> Iterator[Callable[[], float]]:
+        """Time a step into `timings[key]`, also when it stops part way; yields the step's seconds over every
+        invocation (a resumed step that reads its results back took what its first invocations took)."""
+        start = time.perf_counter()
+        try:
+            yield lambda: self._summary_before()[0].get(key, 0.0) + self.timings.get(key, 0.0)
+        finally:
+            self.timings[key] = time.perf_counter() - start
 
     def _summary_before(self) -> tuple[dict[str, float], int, float]:
         """(timings, invocations, wall seconds) of the invocations before this one, read once per invocation."""

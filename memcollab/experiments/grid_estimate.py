@@ -140,3 +140,23 @@ def estimate_grid_seconds(
             return None
         total += count * seconds
     return total
+
+
+@dataclass(frozen=True)
+class GridEstimate:
+    """The whole grid's machine time, the part earlier invocations left, and what they finished."""
+
+    whole: float | None
+    left: float | None
+    finished: Finished
+
+
+def estimate_grid(plan: GridPlan, agents: Mapping[str, Any], run_dir: Path) -> GridEstimate:
+    """Whole and left estimates of `plan` from the state of `run_dir` (one throughput read for both)."""
+    figures = load_throughput()
+    finished = finished_work(plan, run_dir)
+    return GridEstimate(
+        whole=estimate_grid_seconds(plan, agents, figures),
+        left=estimate_grid_seconds(plan, agents, figures, finished=finished),
+        finished=finished,
+    )
