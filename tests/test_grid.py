@@ -7,6 +7,7 @@ resume, the time estimate, and the notebook on the committed smoke run (data flo
 from __future__ import annotations
 
 import json
+import sqlite3
 import os
 import shutil
 import sys
@@ -350,9 +351,19 @@ def test_transfer_matrix_k_ablation_and_categories(smoke):
 def test_a_rerun_resumes_without_any_lm_call(tmp_path):
     first, agents = make_smoke_run(tmp_path / "run")
     calls = lm_calls(agents)
+    made = "2000-01-01T00:00:00+00:00"  # as if the distillations had been made long before this rerun
+    with sqlite3.connect(tmp_path / "run" / "results.sqlite") as db:
+        dated = db.execute(
+            "UPDATE records SET created_at = ? WHERE kind IN ('distill', 'category-distill')", (made,)
+        ).rowcount
+    assert dated > 0, "the smoke grid distils contrast pairs, one at a time and by category"
     cfg = smoke_config(tmp_path / "run")
     again = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False)
     assert lm_calls(agents) == calls, "every LM result of the first invocation is read back"
+    for kind in ("memcollab.weak_strong.", "category."):
+        exported = next((tmp_path / "run" / "memories").glob(f"gsm8k.{kind}*/memory.jsonl")).read_text()
+        entries = [json.loads(line) for line in exported.splitlines()]
+        assert entries and {e["created_at"] for e in entries} == {made}, f"{kind} entries keep their first date"
     columns = ["cell", "n", "correct", "accuracy", "diff", "p_value"]
     pd.testing.assert_frame_equal(first.table[columns], again.table[columns])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -104,6 +104,12 @@ class ResultStore:
                 f"results file {self._where} is damaged: the result under key {key} is not JSON; {_HINT}"
             ) from None
 
+    def made_at(self, key: str) -> str | None:
+        """When the result under `key` was stored (UTC, ISO 8601): what a resumed build dates its output by."""
+        with self._db("read a result"):
+            rows = self._rows("SELECT created_at FROM records WHERE key = :key", {"key": key})
+        return str(rows[0][0]) if rows else None
+
     def put(self, key: str, kind: str, task_id: str, agent: str, payload: dict) -> None:
         row = {"key": key, "kind": kind, "task_id": task_id, "agent": agent}
         row.update(payload=json.dumps(payload, default=str), created_at=utc_now())

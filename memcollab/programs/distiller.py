@@ -110,7 +110,10 @@ def to_entries(
     taxonomy: Taxonomy,
     provenance: Provenance,
     agent_names: list[str],
+    made_at: str | None = None,
 ) -> list[MemoryEntry]:
+    """The transferable constraints as entries, dated `made_at` (when their LM call was made) if given."""
+    dated = {"created_at": made_at} if made_at else {}
     entries = []
     for constraint in constraints:
         if not is_transferable(constraint, task, agent_names):
@@ -123,6 +126,7 @@ def to_entries(
             error_type=taxonomy.normalize_error_type(constraint.error_type),
             domain=taxonomy.domain,
             provenance=provenance,
+            **dated,
         )
         entries.append(entry.model_copy(update={"id": entry.content_key()}))
     return entries
@@ -189,7 +193,12 @@ class Distiller(dspy.Module):
         )
 
     def entries_for(
-        self, constraints: list[Constraint], pair: ContrastPair, task: Task, category: str
+        self,
+        constraints: list[Constraint],
+        pair: ContrastPair,
+        task: Task,
+        category: str,
+        made_at: str | None = None,
     ) -> list[MemoryEntry]:
         """The transferable constraints as memory entries; kept apart from the LM call so that a cached
         distillation is filtered by the current rules, not the ones in force when it was made."""
@@ -197,7 +206,7 @@ class Distiller(dspy.Module):
             task_ids=[task.id], positive_agents=[pair.positive.agent], negative_agents=[pair.negative.agent]
         )
         agents = [pair.positive.agent, pair.negative.agent]
-        return to_entries(constraints, task, category, self.taxonomy, provenance, agents)
+        return to_entries(constraints, task, category, self.taxonomy, provenance, agents, made_at)
 
 
 class Reflector(dspy.Module):

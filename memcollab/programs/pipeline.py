@@ -224,7 +224,8 @@ class MemCollab:
         cached = self.results.get(key)
         if cached is not None and "constraints" in cached:  # the distiller's raw output, re-filtered below
             constraints = [Constraint(**c) for c in cached["constraints"]]
-            return self.distiller.entries_for(constraints, pair, task, category), len(constraints)
+            made_at = self.results.made_at(key)  # a resumed build dates its entries as the first one did
+            return self.distiller.entries_for(constraints, pair, task, category, made_at), len(constraints)
         with self.distiller_agent.context():
             prediction = self.distiller(pair=pair, task=task, category=category)
         self.results.put(

@@ -77,7 +77,12 @@ class CategoryDistiller(dspy.Module):
         return dspy.Prediction(constraints=constraints)
 
     def entries_for(
-        self, constraints: list[Constraint], pairs: list[ContrastPair], tasks: dict[str, Task], category: str
+        self,
+        constraints: list[Constraint],
+        pairs: list[ContrastPair],
+        tasks: dict[str, Task],
+        category: str,
+        made_at: str | None = None,
     ) -> list[MemoryEntry]:
         """The constraints that transfer from every task of the group, as entries with the group's provenance."""
         agents = sorted({p.positive.agent for p in pairs} | {p.negative.agent for p in pairs})
@@ -88,7 +93,7 @@ class CategoryDistiller(dspy.Module):
             positive_agents=list(dict.fromkeys(p.positive.agent for p in pairs)),
             negative_agents=list(dict.fromkeys(p.negative.agent for p in pairs)),
         )
-        return to_entries(kept, group[0], category, self.taxonomy, provenance, agents)
+        return to_entries(kept, group[0], category, self.taxonomy, provenance, agents, made_at)
 
 
 class CategoryMemory(StoreMethod):
@@ -149,4 +154,5 @@ class CategoryMemory(StoreMethod):
             cached = {"constraints": [c.model_dump() for c in prediction.constraints]}
             self.ctx.results.put(key, "category-distill", ids, distiller.name, cached)
         constraints = [Constraint(**c) for c in cached["constraints"]]
-        return program.entries_for(constraints, pairs, tasks, category), len(constraints)
+        made_at = self.ctx.results.made_at(key)  # a resumed build dates its entries as the first one did
+        return program.entries_for(constraints, pairs, tasks, category, made_at), len(constraints)
