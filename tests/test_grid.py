@@ -7,9 +7,9 @@ resume, the time estimate, and the notebook on the committed smoke run (data flo
 from __future__ import annotations
 
 import json
-import sqlite3
 import os
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
