@@ -535,7 +535,7 @@ class GridRun:
         invocation (a resumed step that reads its results back took what its first invocations took)."""
         start = time.perf_counter()
         try:
-            yield lambda: self._summary_before()[0].get(key, 0.0) + self.timings.get(key, 0.0)
+            yield lambda: self._timing_total(key)
         finally:
             self.timings[key] = time.perf_counter() - start
 
@@ -553,11 +553,15 @@ class GridRun:
                 self._before = ({}, 0, 0.0)  # no summary yet, or one we cannot read: start from zero
         return self._before
 
+    def _timing_total(self, key: str) -> float:
+        """Seconds of step `key` over every invocation: the earlier ones' (summary.json) and this one's."""
+        return self._summary_before()[0].get(key, 0.0) + self.timings.get(key, 0.0)
+
     def _write_summary(self, estimate: float | None) -> dict[str, float]:
         """summary.json: timings and wall time added up over invocations (a resumed grid reports what its results
         took). Rewritten after every cell and when an invocation stops part way, so no invocation's time is lost."""
         previous, invocations, wall = self._summary_before()
-        timings = {k: round(previous.get(k, 0.0) + self.timings.get(k, 0.0), 1) for k in {*previous, *self.timings}}
+        timings = {k: round(self._timing_total(k), 1) for k in {*previous, *self.timings}}
         (self.run_dir / "summary.json").write_text(
             json.dumps(
                 {
