@@ -370,6 +370,83 @@ def test_a_rerun_resumes_without_any_lm_call(tmp_path):
     assert summary["invocations"] == 2
 
 
+#: Rules of another domain (code) for the placebo control on math tasks.
+OFF_DOMAIN = [
+    {
+        "when": f"a function receives a list argument {i}",
+        "enforce": "return a new list",
+        "avoid": "mutating the argument in place",
+        "category": "list_processing",
+        "error_type": "wrong_logic",
+        "id": f"m-code{i}",
+    }
+    for i in range(6)
+]
+
+
+def placebo_grid(run_dir: Path, rules: Path) -> GridConfig:
+    return GridConfig(
+        name="placebo",
+        benchmarks=["gsm8k"],
+        build_ids="1-6",
+        cells=[{"target": "weak", "eval_ids": "1-3", "methods": ["none", "code-rules"]}],
+        methods={"code-rules": {"method": "placebo", "rules_from": str(rules), "k": 2}},
+        run_dir=run_dir,
+        track=False,
+        workers=1,
+        bootstrap_samples=1000,
+    )
+
+
+@needs_data
+def test_a_placebo_shows_each_task_its_own_fixed_draw_of_off_domain_rules(tmp_path):
+    rules = tmp_path / "code_memory.jsonl"
+    rules.write_text("\n".join(json.dumps(r) for r in reversed(OFF_DOMAIN)) + "\n")
+    cfg = placebo_grid(tmp_path / "run", rules)
+    agents = scripted_agents(cfg)
+    result = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False)
+    cell = result.table.set_index("cell").loc["gsm8k.weak.code-rules.none.s0"]
+    assert (cell["n"], cell["memories"], cell["memory_size"]) == (3, 2, 6)
+    rows = pd.read_json(tmp_path / "run" / "tasks.jsonl", lines=True)
+    shown = {r.task_id: tuple(r.memory_ids.split(",")) for r in rows[rows["cell"] == cell.name].itertuples()}
+    assert all(len(ids) == 2 and set(ids) <= {r["id"] for r in OFF_DOMAIN} for ids in shown.values())
+    assert len(set(shown.values())) > 1, "each task draws its own rules"
+    prompts = [json.dumps(h["messages"]) for h in agents["weak"].lm.history]
+    assert sum("mutating the argument in place" in p for p in prompts) == 3, "the rules are in the solver's prompt"
+    assert not any("list_processing" in p for p in prompts), "only the rule text, as for every memory"
+    assert not any("[[ ## verdict ## ]]" in json.dumps(h["messages"]) for h in agents["strong"].lm.history)
+
+    # The file's order does not matter; its content does: the same rules are the same memory and the same draws.
+    rules.write_text("\n".join(json.dumps(r) for r in OFF_DOMAIN) + "\n")
+    again = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False)
+    rows = pd.read_json(tmp_path / "run" / "tasks.jsonl", lines=True)
+    assert {r.task_id: tuple(r.memory_ids.split(",")) for r in rows[rows["cell"] == cell.name].itertuples()} == shown
+    columns = ["cell", "n", "correct", "memories", "memory_id", "memory_hash"]
+    pd.testing.assert_frame_equal(again.table[columns], result.table[columns])
+    (memory,) = (tmp_path / "run" / "memories").glob("gsm8k.placebo*")
+    rules.write_text(json.dumps({**OFF_DOMAIN[0], "avoid": "returning None"}) + "\n")
+    (other,) = [m for m in plan_grid(cfg, injected=set(agents)).memories if m.startswith("gsm8k.placebo")]
+    assert other != memory.name, "rewritten rules are another memory"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "cannot read"), ("", "holds no memory entries"), ('{"when": "x"}', "line 1 is not a memory entry")],
+)
+def test_a_placebo_without_readable_rules_fails_before_the_grid_starts(tmp_path, content, message):
+    rules = tmp_path / "rules.jsonl"
+    if content is not None:
+        rules.write_text(content)
+    cfg = placebo_grid(tmp_path / "run", rules)
+    with pytest.raises(ConfigError) as error:
+        plan_grid(cfg, injected={"weak", "strong"})
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+    without = cfg.model_copy(update={"methods": {"code-rules": {"method": "placebo"}}})
+    with pytest.raises(ConfigError, match="a placebo needs rules_from"):
+        plan_grid(without, injected={"weak", "strong"})
+
+
 @needs_data
 def test_a_seed_rebuilds_memory_with_reseeded_agents_and_shares_the_rest(tmp_path):
     from memcollab.memory.results import ResultStore

@@ -264,6 +264,8 @@ class GridRun:
     def trajectories(self, memory: MemoryPlan, bench: BenchmarkPlan, agents: list[Agent]) -> list[Trajectory]:
         """What the source agents did on the build tasks (the pipeline's collect: cached per agent and task)."""
         key = (memory.taxonomy, memory.build_source, memory.seed, memory.source)
+        if not agents:  # a memory without source agents (a placebo) is built from no trajectories
+            return []
         if key not in self.collected:
             if self.executor.distributed:  # the first attempts run where the executor runs solves; collect reads them
                 for agent in agents:
@@ -301,7 +303,7 @@ class GridRun:
         agents = [self.seeded(name, memory.seed) for name in memory.source]
         workdir = self.run_dir / "memories" / memory.id
         self.announce(
-            f"memory {memory.id}: {memory.spec.kind} from {'+'.join(memory.source)} "
+            f"memory {memory.id}: {memory.spec.kind} from {'+'.join(memory.source) or 'no agent'} "
             f"on {len(bench.build_tasks)} {memory.build_source} tasks"
         )
         with self._timed(f"build.{memory.id}_s") as seconds:

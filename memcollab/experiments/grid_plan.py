@@ -17,6 +17,7 @@ from memcollab.experiments.config import RunConfig, make_config
 from memcollab.experiments.grid_config import Cell, GridConfig, agent_names, expand_cells
 from memcollab.experiments.preflight import check_agents, check_overlap, check_run_dir
 from memcollab.programs.methods import MethodSpec
+from memcollab.programs.methods.placebo import placebo_rules, rules_hash
 from memcollab.records import Task, stable_hash
 
 
@@ -106,11 +107,12 @@ def memory_plan(cfg: GridConfig, bench: BenchmarkPlan, cell: Cell) -> MemoryPlan
         cfg.distiller_name,
         cfg.classifier_name,
     ]
+    if cell.method.kind == "placebo":  # the rules, not only their file's name: a rewritten file is another memory
+        identity.append(rules_hash(placebo_rules(cell.method)))
     defaults = MethodSpec(name="-", kind=cell.method.kind)
     changed = "".join(f"-{key}" for key, value in settings.items() if key != "kind" and value != getattr(defaults, key))
-    memory_id = (
-        f"{bench.taxonomy}.{settings['kind']}{changed}.{'_'.join(cell.source)}.s{cell.seed}.{stable_hash(identity, 8)}"
-    )
+    source = "_".join(cell.source) or "none"
+    memory_id = f"{bench.taxonomy}.{settings['kind']}{changed}.{source}.s{cell.seed}.{stable_hash(identity, 8)}"
     return MemoryPlan(memory_id, bench.taxonomy, bench.build_source, cell.method, cell.source, cell.seed)
 
 

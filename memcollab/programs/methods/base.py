@@ -41,7 +41,7 @@ METHODS_VERSION = "methods-v1"
 #: with a method's k (k only changes which memories are shown, never how build trajectories are made).
 PIPELINE_K = 3
 
-Kind = Literal["none", "reflect", "memcollab", "category", "examples", "cheatsheet"]
+Kind = Literal["none", "reflect", "memcollab", "category", "examples", "cheatsheet", "placebo"]
 Gate = Literal["category", "none", "merged"]
 
 
@@ -68,6 +68,7 @@ class MethodSpec(BaseModel):
     min_group: int = Field(default=2, ge=1, le=8)
     max_items: int = Field(default=8, ge=1, le=30)
     curate_on: Literal["all", "solved"] = "solved"
+    rules_from: str | None = None  # placebo: the memory JSONL its off-domain rules come from
 
     def memory_settings(self) -> dict[str, Any]:
         """The settings that change what is built (from the kind's class): the memory's identity, with the kind."""

@@ -15,6 +15,7 @@ def method_class(kind: str) -> type[MemoryMethod]:
     from memcollab.programs.methods.contrastive import ContrastiveMemory
     from memcollab.programs.methods.examples import ExamplesMemory
     from memcollab.programs.methods.none import NoMemory
+    from memcollab.programs.methods.placebo import PlaceboMemory
     from memcollab.programs.methods.reflection import ReflectionMemory
 
     classes: dict[str, type[MemoryMethod]] = {
@@ -24,6 +25,7 @@ def method_class(kind: str) -> type[MemoryMethod]:
         "category": CategoryMemory,
         "examples": ExamplesMemory,
         "cheatsheet": CheatsheetMemory,
+        "placebo": PlaceboMemory,
     }
     if kind not in classes:
         raise ConfigError(f"unknown method kind '{kind}'; choose one of: {', '.join(classes)}")
@@ -45,6 +47,7 @@ PRESETS: dict[str, MethodSpec] = {
         MethodSpec(name="memcollab-merged", kind="memcollab", source="pair", gate="merged"),
         MethodSpec(name="examples", kind="examples", source="pair"),
         MethodSpec(name="cheatsheet", kind="cheatsheet", source="pair"),
+        MethodSpec(name="placebo", kind="placebo", source="none"),  # needs rules_from (a control)
     )
 }
 
