@@ -20,12 +20,12 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from memcollab.errors import ConfigError
+from memcollab.errors import ConfigError, exception_chain
 from memcollab.lm.config import AgentConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,20 +90,10 @@ def endpoint_settings(agent: AgentConfig) -> tuple[RetryPolicy, float, dict[str,
     return RetryPolicy(retries=retries, backoff_s=float(backoff)), float(timeout), extra
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """`exc` and what caused it, outermost first, each once."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        yield current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-
-
 def _malformed_body(exc: BaseException) -> bool:
     """A provider error caused by a response body that is not JSON: the endpoint answered 200 but the body
     was cut off or mangled on the way. DSPy reports it as a non-retryable provider error; it is transient."""
-    return any(isinstance(e, json.JSONDecodeError) for e in _chain(exc))
+    return any(isinstance(e, json.JSONDecodeError) for e in exception_chain(exc))
 
 
 def _transient(exc: Exception, model: str) -> Exception | None:
@@ -123,7 +113,7 @@ def _timed_out(exc: BaseException) -> bool:
     """Did the request time out (DSPy's LMTimeoutError, or a transport error over a socket timeout)?"""
     from dspy.utils.exceptions import LMTimeoutError
 
-    return any(isinstance(e, (LMTimeoutError, TimeoutError)) for e in _chain(exc))
+    return any(isinstance(e, (LMTimeoutError, TimeoutError)) for e in exception_chain(exc))
 
 
 def _retry_after(exc: Exception) -> float | None:
