@@ -263,9 +263,9 @@ class GridRun:
 
     def trajectories(self, memory: MemoryPlan, bench: BenchmarkPlan, agents: list[Agent]) -> list[Trajectory]:
         """What the source agents did on the build tasks (the pipeline's collect: cached per agent and task)."""
-        key = (memory.taxonomy, memory.build_source, memory.seed, memory.source)
         if not agents:  # a memory without source agents (a placebo) is built from no trajectories
             return []
+        key = (memory.taxonomy, memory.build_source, memory.seed, memory.source)
         if key not in self.collected:
             if self.executor.distributed:  # the first attempts run where the executor runs solves; collect reads them
                 for agent in agents:
