@@ -435,11 +435,18 @@ def test_a_placebo_shows_each_task_its_own_fixed_draw_of_off_domain_rules(tmp_pa
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "cannot read"), ("", "holds no memory entries"), ('{"when": "x"}', "line 1 is not a memory entry")],
+    [
+        (None, "cannot read"),
+        ("", "holds no memory entries"),
+        ('{"when": "x"}', "line 1 is not a memory entry"),
+        (b"\xff\xfe\x00", "is not UTF-8 text"),
+    ],
 )
 def test_a_placebo_without_readable_rules_fails_before_the_grid_starts(tmp_path, content, message):
     rules = tmp_path / "rules.jsonl"
-    if content is not None:
+    if isinstance(content, bytes):
+        rules.write_bytes(content)
+    elif content is not None:
         rules.write_text(content)
     cfg = placebo_grid(tmp_path / "run", rules)
     with pytest.raises(ConfigError) as error:

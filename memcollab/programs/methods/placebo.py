@@ -32,6 +32,8 @@ def read_rules(path: Path) -> list[MemoryEntry]:
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise ConfigError(f"placebo rules_from: cannot read {path} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"placebo rules_from: {path} is not UTF-8 text; is it a memory JSONL?") from None
     entries = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
