@@ -436,10 +436,10 @@ def test_a_placebo_shows_each_task_its_own_fixed_draw_of_off_domain_rules(tmp_pa
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "cannot read"),
+        (None, "memory file not found"),
         ("", "holds no memory entries"),
-        ('{"when": "x"}', "line 1 is not a memory entry"),
-        (b"\xff\xfe\x00", "is not UTF-8 text"),
+        ('{"when": "x"}', "rules.jsonl:1: not a memory entry (enforce: Field required)"),
+        (b"\xff\xfe\x00", "rules.jsonl: not UTF-8 text"),
     ],
 )
 def test_a_placebo_without_readable_rules_fails_before_the_grid_starts(tmp_path, content, message):

@@ -344,27 +344,7 @@ class MemoryStore:
         validated first and applied in one transaction (all or nothing).
         """
         file = Path(path)
-        if not file.is_file():
-            raise MemoryStoreError(f"import file not found: {file}")
-        entries: list[MemoryEntry] = []
-        try:
-            with file.open(encoding="utf-8") as handle:
-                for lineno, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        entry = MemoryEntry.model_validate_json(line)
-                    except ValidationError as exc:
-                        first = exc.errors()[0]
-                        where = ".".join(str(p) for p in first.get("loc", ())) or "line"
-                        raise MemoryStoreError(
-                            f"{file}:{lineno}: not a memory entry ({where}: {first.get('msg', 'invalid')})"
-                        ) from None
-                    entries.append(entry.model_copy(update={"id": entry.id or entry.content_key()}))
-        except UnicodeDecodeError:
-            raise MemoryStoreError(f"{file}: not UTF-8 text; is it a `memcollab memory export` file?") from None
-        except OSError as exc:
-            raise MemoryStoreError(f"cannot read import file {file}: {exc.strerror or exc}") from None
+        entries = read_memory_jsonl(file)
         added = merged = 0
         with self._db(f"import {file}", write=True):
             for category in sorted({e.category for e in entries}):  # one order for every writer: no deadlock
@@ -633,3 +613,32 @@ class SQLiteMemoryStore(OnSQLite, MemoryStore):
 
 
 __all__ = ["SCHEMA_VERSION", "MemoryStore", "SQLiteMemoryStore", "StoreNotFound", "merge_provenance"]
+
+
+def read_memory_jsonl(path: str | Path) -> list[MemoryEntry]:
+    """The entries of a memory JSONL (`export_jsonl`'s format), each with an id (its content key when the line
+    has none). One reader for every consumer, so a malformed file fails with the same one-line message (the
+    file, the line and the first invalid field) wherever it is read."""
+    file = Path(path)
+    if not file.is_file():
+        raise MemoryStoreError(f"memory file not found: {file}")
+    entries: list[MemoryEntry] = []
+    try:
+        with file.open(encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = MemoryEntry.model_validate_json(line)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first.get("loc", ())) or "line"
+                    raise MemoryStoreError(
+                        f"{file}:{lineno}: not a memory entry ({where}: {first.get('msg', 'invalid')})"
+                    ) from None
+                entries.append(entry.model_copy(update={"id": entry.id or entry.content_key()}))
+    except UnicodeDecodeError:
+        raise MemoryStoreError(f"{file}: not UTF-8 text; is it a `memcollab memory export` file?") from None
+    except OSError as exc:
+        raise MemoryStoreError(f"cannot read {file}: {exc.strerror or exc}") from None
+    return entries

@@ -14,13 +14,11 @@ LM is called.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from memcollab.errors import ConfigError
+from memcollab.errors import ConfigError, MemoryStoreError
+from memcollab.memory.store import read_memory_jsonl
 from memcollab.programs.methods.base import BuildInputs, Guidance, MemoryMethod, MethodContext, MethodSpec
 from memcollab.programs.solver import render_guidance
 from memcollab.records import MemoryEntry, Task, stable_hash
@@ -29,19 +27,9 @@ from memcollab.records import MemoryEntry, Task, stable_hash
 def read_rules(path: Path) -> list[MemoryEntry]:
     """The entries of a memory JSONL, sorted by id (the draw must not depend on the file's order)."""
     try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"placebo rules_from: cannot read {path} ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"placebo rules_from: {path} is not UTF-8 text; is it a memory JSONL?") from None
-    entries = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(MemoryEntry(**json.loads(line)))
-        except (ValueError, TypeError, ValidationError):
-            raise ConfigError(f"placebo rules_from: {path} line {number} is not a memory entry") from None
+        entries = read_memory_jsonl(path)
+    except MemoryStoreError as exc:
+        raise ConfigError(f"placebo rules_from: {exc}") from None
     if not entries:
         raise ConfigError(f"placebo rules_from: {path} holds no memory entries")
     return sorted(entries, key=lambda e: e.id or e.content_key())
