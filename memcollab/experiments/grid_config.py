@@ -41,14 +41,12 @@ def _check_ids(value: Ids) -> Ids:
     return value
 
 
-class CellGroup(BaseModel):
-    """A target agent, the evaluation ids it runs on (one string, or per benchmark) and its methods."""
+class _Slice(BaseModel):
+    """Evaluation ids: one string for every benchmark, or one per benchmark (a benchmark it omits is skipped)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    target: str
     eval_ids: Ids
-    methods: list[str | dict[str, Any]] = Field(min_length=1)
 
     @field_validator("eval_ids")
     @classmethod
@@ -56,29 +54,25 @@ class CellGroup(BaseModel):
         return _check_ids(value)
 
     def ids_for(self, benchmark: str) -> str | None:
-        """This group's ids on `benchmark` (None: the group skips it)."""
+        """These ids on `benchmark` (None: skip it)."""
         return self.eval_ids if isinstance(self.eval_ids, str) else self.eval_ids.get(benchmark)
 
 
-class TransferSpec(BaseModel):
+class CellGroup(_Slice):
+    """A target agent, the evaluation ids it runs on (one string, or per benchmark) and its methods."""
+
+    target: str
+    methods: list[str | dict[str, Any]] = Field(min_length=1)
+
+
+class TransferSpec(_Slice):
     """The paper's transfer matrix: rows are memory sources (one agent: reflection memory; several: MemCollab
     of those agents), columns are target agents, each cell accuracy and change vs no memory."""
 
-    model_config = ConfigDict(extra="forbid")
-
     sources: list[str] = Field(min_length=1)  # agent names, several joined by '+' (never aliases)
     targets: list[str] = Field(min_length=1)
-    eval_ids: Ids
     single: str = "self"  # the method a one-agent source uses (its kind; named self/naive by the target)
     multi: str = "memcollab"  # the method a several-agent source uses
-
-    @field_validator("eval_ids")
-    @classmethod
-    def _ids(cls, value: Ids) -> Ids:
-        return _check_ids(value)
-
-    def ids_for(self, benchmark: str) -> str | None:
-        return self.eval_ids if isinstance(self.eval_ids, str) else self.eval_ids.get(benchmark)
 
 
 class GridConfig(BaseModel):
