@@ -100,6 +100,11 @@ class Trajectory(BaseModel):
     def n_turns(self) -> int:
         return len(self.turns)
 
+    @property
+    def text(self) -> str:
+        """Everything the agent wrote, turn by turn: its reasoning and its output."""
+        return "\n".join(f"{turn.reasoning}\n{turn.output}" for turn in self.turns)
+
 
 class ContrastPair(BaseModel):
     """A success (tau+) and a failure (tau-) of two different agents on the same task."""

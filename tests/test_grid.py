@@ -103,7 +103,7 @@ def scripted_agents(cfg: GridConfig) -> dict[str, Agent]:
         if task.kind == "math":
             if task.id == HELPED_TASK:
                 weak[f"{task.prompt}\n\n[[ ## guidance ## ]]\n1. "] = {
-                    "reasoning": "with the rule",
+                    "reasoning": "as the rule says, avoid dropping a group from the sum",  # echoes every rule
                     "answer": task.answer,
                 }
             weak[task.prompt] = {"reasoning": "guess", "answer": "0"}
@@ -311,6 +311,9 @@ def test_rules_reach_the_solver_and_the_table_shows_what_they_did(smoke):
     assert memcollab["only_method"] == 1 and memcollab["p_value"] == 1.0 and not memcollab["helps"]
     examples = table.loc["gsm8k.weak.examples.weak_strong.s0"]
     assert examples["correct"] == 0 and examples["memories"] > 0, "worked examples are demos, not rules"
+    # the one guided answer quotes its rules: 1 of 4 answers echoes the memory; nothing to echo without rules
+    assert memcollab["memory_echo"] == 0.25
+    assert table.loc["gsm8k.weak.none.none.s0", "memory_echo"] == examples["memory_echo"] == 0.0
     guided = [
         json.dumps(h["messages"])
         for h in agents["weak"].lm.history

@@ -34,8 +34,10 @@ def print_grid(table, title: str) -> None:
         "vs no memory (paired)",
         "turns",
         "tokens/task",
+        "echo",
     ):
-        out.add_column(column, justify="right" if column in ("n", "turns", "tokens/task") else "left")
+        out.add_column(column, justify="right" if column in ("n", "turns", "tokens/task", "echo") else "left")
+    out.caption = "echo: answers that repeat a phrase of the memory they were shown that the task does not contain"
     for line in table.to_dict("records"):
         accuracy, difference = format_cell(line)
         out.add_row(
@@ -48,6 +50,7 @@ def print_grid(table, title: str) -> None:
             difference,
             f"{line['turns']:.2f}",
             f"{line['tokens']:.0f}",
+            f"{line['memory_echo']:.0%}",
         )
     console.print(out)
 

@@ -46,6 +46,7 @@ from memcollab.experiments.grid_plan import BenchmarkPlan, GridPlan, MemoryPlan,
 from memcollab.experiments.grid_tracking import GridTracker
 from memcollab.experiments.report import ROW_COLUMNS, category_table, cell_table, k_ablation, plot_k_ablation
 from memcollab.experiments.transfer import plot_transfer, tracker_matrix, transfer_table
+from memcollab.grading.echo import echoes_memory
 from memcollab.memory.backends import store_target
 from memcollab.memory.clustering import error_type_matrix, plot_heatmap
 from memcollab.memory.results import ResultStore
@@ -111,6 +112,7 @@ def task_row(cell: Cell, task: Task, trajectory: Trajectory, guidance: Guidance,
         "memories": len(guidance.memory_ids),
         "memory_ids": ",".join(guidance.memory_ids),
         "guidance_key": guidance.key,
+        "memory_echo": echoes_memory(guidance.text, task.prompt, trajectory.text),
     }
     assert tuple(row) == ROW_COLUMNS
     return row

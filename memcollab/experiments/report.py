@@ -44,6 +44,7 @@ ROW_COLUMNS = (
     "memories",
     "memory_ids",
     "guidance_key",
+    "memory_echo",
 )
 
 #: What a paired comparison with the no-memory cell adds to a summary line (`paired`).
@@ -105,6 +106,7 @@ def _effort(rows: pd.DataFrame) -> dict[str, float]:
         "latency_s": float(rows["latency_s"].mean()) if len(rows) else 0.0,
         "format_errors": int(rows["format_error"].sum()),
         "memories": float(rows["memories"].mean()) if len(rows) else 0.0,
+        "memory_echo": float(rows["memory_echo"].mean()) if len(rows) else 0.0,  # grading.echo
     }
 
 
