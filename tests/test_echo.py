@@ -53,3 +53,45 @@ def test_every_turn_of_a_trajectory_is_read():
         ],
     )
     assert echoes_memory(RULES, PIZZA, trajectory.text)
+
+
+def test_echo_table_splits_the_tasks_solved_without_memory_by_echo():
+    import pandas as pd
+
+    from memcollab.experiments.grid_config import GridConfig, expand_cells
+    from memcollab.experiments.report import echo_table
+
+    cfg = GridConfig(
+        name="t",
+        benchmarks=["gsm8k"],
+        build_ids="1-2",
+        cells=[{"target": "weak", "eval_ids": "1-5", "methods": ["self"]}],
+    )
+    none, self_ = expand_cells(cfg)
+    plain = {"benchmark": "gsm8k", "target": "weak", "lm_error": False}
+    solved_without = [True, True, True, False, True]
+    with_memory = [False, True, False, True, True]
+    echoed = [True, True, False, True, False]
+    unanswered = [False, False, False, False, True]  # task 5: no answer with memory -> out of the table
+    rows = pd.DataFrame(
+        [
+            {**plain, "cell": none.id, "kind": "none", "task_id": f"t{i}", "correct": c, "memory_echo": False}
+            for i, c in enumerate(solved_without)
+        ]
+        + [
+            {
+                **plain,
+                "cell": self_.id,
+                "kind": "self",
+                "task_id": f"t{i}",
+                "correct": c,
+                "memory_echo": e,
+                "lm_error": u,
+            }
+            for i, (c, e, u) in enumerate(zip(with_memory, echoed, unanswered))
+        ]
+    )
+    (line,) = echo_table(rows, [none, self_]).to_dict("records")
+    assert (line["cell"], line["n"], line["echo"]) == (self_.id, 4, 0.75)
+    # solved without memory and answered with it: t0 (echo, lost), t1 (echo, kept), t2 (plain, lost)
+    assert (line["solved_echoing"], line["lost_echoing"], line["solved_plain"], line["lost_plain"]) == (2, 1, 1, 1)

@@ -682,6 +682,7 @@ def test_notebook_runs_on_the_committed_smoke_run(tmp_path):
     )
     assert "DATA-FLOW SMOKE RUN" in outputs
     assert "gsm8k.weak.memcollab.weak_strong.s0" in outputs
+    assert "lost_when_echoing" in outputs, "the memory echo section ran"
     for figure in (
         "transfer_heatmap.png",
         "k_ablation_plot.png",

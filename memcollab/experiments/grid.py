@@ -12,7 +12,7 @@ Run directory:
   results.sqlite       every LM result by key (resume); dspy_cache/ the LM response cache
   memories/<id>/       memory.jsonl (+ memory.sqlite, build.json naming the store, cheatsheet history)
   cells/<cell>.jsonl   per-task rows of each cell; tasks.jsonl all of them
-  table.csv, categories.csv, transfer.csv, k_ablation.csv and transfer.png, k_ablation.png (rewritten after
+  table.csv, categories.csv, transfer.csv, k_ablation.csv, echo.csv and transfer.png, k_ablation.png (rewritten after
                        every cell, so a stopped grid keeps its finished cells' tables); progress.json which
                        cells they cover
   summary.json         timings and wall time (added up over invocations, kept when one stops part way) and
@@ -44,7 +44,14 @@ from memcollab.experiments.grid_config import Cell, GridConfig
 from memcollab.experiments.grid_estimate import GridEstimate, estimate_grid
 from memcollab.experiments.grid_plan import BenchmarkPlan, GridPlan, MemoryPlan, plan_grid
 from memcollab.experiments.grid_tracking import GridTracker
-from memcollab.experiments.report import ROW_COLUMNS, category_table, cell_table, k_ablation, plot_k_ablation
+from memcollab.experiments.report import (
+    ROW_COLUMNS,
+    category_table,
+    cell_table,
+    echo_table,
+    k_ablation,
+    plot_k_ablation,
+)
 from memcollab.experiments.transfer import plot_transfer, tracker_matrix, transfer_table
 from memcollab.grading.echo import echoes_memory
 from memcollab.memory.backends import store_target
@@ -477,6 +484,7 @@ class GridRun:
             (categories, "categories"),
             (ablation, "k_ablation"),
             (transfer, "transfer"),
+            (echo_table(rows, cells), "echo"),
         ):
             frame.to_csv(self.run_dir / f"{name}.csv", index=False)
         plot_transfer(transfer, self.run_dir / "transfer.png")

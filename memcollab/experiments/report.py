@@ -168,6 +168,56 @@ def category_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 2_000) 
     )
 
 
+#: Columns of `echo_table`.
+ECHO_COLUMNS = (
+    "cell",
+    "benchmark",
+    "target",
+    "method",
+    "source",
+    "seed",
+    "n",
+    "echo",
+    "solved_echoing",
+    "lost_echoing",
+    "solved_plain",
+    "lost_plain",
+)
+
+
+def echo_table(rows: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
+    """Per memory cell: the share of answers that echo the memory (`grading.echo`) and, among the tasks the
+    target solves without memory, how many it loses when its answer echoes the memory and when it does not.
+
+    An association, not a cause: a task may both confuse the solver and draw it to the rules. The placebo
+    cells are the controlled comparison."""
+    lines = []
+    for cell in cells:
+        if cell.method.kind == "none":
+            continue
+        mine = rows[(rows["cell"] == cell.id) & ~rows["lm_error"].astype(bool)].drop_duplicates("task_id")
+        baseline = none_rows(rows, cell.benchmark, cell.target)
+        solved = mine[mine["task_id"].map(baseline["correct"]).fillna(False).astype(bool)]
+        echoing = solved["memory_echo"].astype(bool)
+        lines.append(
+            {
+                "cell": cell.id,
+                "benchmark": cell.benchmark,
+                "target": cell.target,
+                "method": cell.method.name,
+                "source": cell.source_label,
+                "seed": cell.seed,
+                "n": len(mine),
+                "echo": float(mine["memory_echo"].mean()) if len(mine) else 0.0,
+                "solved_echoing": int(echoing.sum()),
+                "lost_echoing": int((~solved.loc[echoing, "correct"].astype(bool)).sum()),
+                "solved_plain": int((~echoing).sum()),
+                "lost_plain": int((~solved.loc[~echoing, "correct"].astype(bool)).sum()),
+            }
+        )
+    return pd.DataFrame(lines, columns=list(ECHO_COLUMNS))
+
+
 def k_ablation(table: pd.DataFrame) -> pd.DataFrame:
     """The cells of every method family run with more than one k (same target, source, seed), by k."""
     memory = table[table["kind"] != "none"]
