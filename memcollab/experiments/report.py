@@ -134,6 +134,18 @@ def cell_table(
     return table
 
 
+def _identity(cell: Cell) -> dict[str, Any]:
+    """The columns that name a cell in the per-cell tables other than `table.csv`."""
+    return {
+        "cell": cell.id,
+        "benchmark": cell.benchmark,
+        "target": cell.target,
+        "method": cell.method.name,
+        "source": cell.source_label,
+        "seed": cell.seed,
+    }
+
+
 def category_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 2_000) -> pd.DataFrame:
     """Per cell and category (the classifier's, the same for every cell): accuracy and difference to none."""
     lines = []
@@ -146,12 +158,7 @@ def category_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 2_000) 
             stats = paired(group, baseline, samples)
             lines.append(
                 {
-                    "cell": cell.id,
-                    "benchmark": cell.benchmark,
-                    "target": cell.target,
-                    "method": cell.method.name,
-                    "source": cell.source_label,
-                    "seed": cell.seed,
+                    **_identity(cell),
                     "category": category or "-",
                     "n": stats["n"],
                     "accuracy": stats["accuracy"],
@@ -201,12 +208,7 @@ def echo_table(rows: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
         echoing = solved["memory_echo"].astype(bool)
         lines.append(
             {
-                "cell": cell.id,
-                "benchmark": cell.benchmark,
-                "target": cell.target,
-                "method": cell.method.name,
-                "source": cell.source_label,
-                "seed": cell.seed,
+                **_identity(cell),
                 "n": len(mine),
                 "echo": float(mine["memory_echo"].mean()) if len(mine) else 0.0,
                 "solved_echoing": int(echoing.sum()),
