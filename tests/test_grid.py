@@ -258,6 +258,7 @@ def test_shipped_grids_have_the_slices_the_issue_asks_for():
     for benchmark, full in (("humaneval", 164), ("mbpp", 200)):
         assert all(sizes[(benchmark, m)] == full for m in ("none", "self", "naive", "memcollab")), "main: never shrunk"
         assert all(sizes[(benchmark, m)] == 100 for m in ("memcollab-verified", "examples", "cheatsheet"))
+        assert sizes[(benchmark, "placebo-math")] == 100, "the placebo control beside the secondary methods"
 
 
 @needs_data
