@@ -245,7 +245,9 @@ def test_shipped_grids_have_the_slices_the_issue_asks_for():
         assert cells[("weak", method, source)] == 400
     assert cells[("weak", "self", "weak")] == 200 and cells[("weak", "cheatsheet", "weak+strong")] == 100
     assert cells[("weak", "naive", "other")] == 50, "the transfer row of SmolLM2's memory"
-    assert cells[("weak", "placebo-code", "-")] == 200, "the placebo control on the tasks of the weak target's self cell"
+    assert cells[("weak", "placebo-code", "-")] == 200, (
+        "the placebo control on the tasks of the weak target's self cell"
+    )
     assert {m for t, m, _ in cells if t == "strong"} >= {"none", "self", "naive", "memcollab"}
     code = plan_grid(
         load_grid_config(ROOT / "configs" / "experiments" / "code_grid.yaml"), injected={"weak", "strong", "other"}
@@ -552,6 +554,7 @@ def test_cells_run_memory_by_memory_each_baseline_before_its_targets_first_memor
         "strong.memcollab.weak_strong",
         "weak.self.weak",  # the weak agent's reflection memory
         "strong.naive.weak",
+        "weak.placebo-code.none",  # the control, built from a file: its memory comes last
     ]
 
 
@@ -685,7 +688,7 @@ def test_notebook_runs_on_the_committed_smoke_run(tmp_path):
     )
     assert "DATA-FLOW SMOKE RUN" in outputs
     assert "gsm8k.weak.memcollab.weak_strong.s0" in outputs
-    assert "lost_when_echoing" in outputs, "the memory echo section ran"
+    assert "lost_when_echoing" in outputs and "no placebo cell in this grid" in outputs, "section 7 ran"
     for figure in (
         "transfer_heatmap.png",
         "k_ablation_plot.png",

@@ -12,7 +12,8 @@ Run directory:
   results.sqlite       every LM result by key (resume); dspy_cache/ the LM response cache
   memories/<id>/       memory.jsonl (+ memory.sqlite, build.json naming the store, cheatsheet history)
   cells/<cell>.jsonl   per-task rows of each cell; tasks.jsonl all of them
-  table.csv, categories.csv, transfer.csv, k_ablation.csv, echo.csv and transfer.png, k_ablation.png (rewritten after
+  table.csv, categories.csv, transfer.csv, k_ablation.csv, echo.csv,
+                       placebo.csv and transfer.png, k_ablation.png (rewritten after
                        every cell, so a stopped grid keeps its finished cells' tables); progress.json which
                        cells they cover
   summary.json         timings and wall time (added up over invocations, kept when one stops part way) and
@@ -50,6 +51,7 @@ from memcollab.experiments.report import (
     cell_table,
     echo_table,
     k_ablation,
+    placebo_table,
     plot_k_ablation,
 )
 from memcollab.experiments.transfer import plot_transfer, tracker_matrix, transfer_table
@@ -485,6 +487,7 @@ class GridRun:
             (ablation, "k_ablation"),
             (transfer, "transfer"),
             (echo_table(rows, cells), "echo"),
+            (placebo_table(rows, cells, samples=cfg.bootstrap_samples), "placebo"),
         ):
             frame.to_csv(self.run_dir / f"{name}.csv", index=False)
         plot_transfer(transfer, self.run_dir / "transfer.png")

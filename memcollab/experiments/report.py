@@ -220,6 +220,53 @@ def echo_table(rows: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=list(ECHO_COLUMNS))
 
 
+#: Columns of `placebo_table`.
+PLACEBO_COLUMNS = (
+    "cell",
+    "benchmark",
+    "target",
+    "method",
+    "source",
+    "seed",
+    "placebo",
+    "n",
+    "accuracy",
+    "placebo_accuracy",
+    "diff",
+    "diff_low",
+    "diff_high",
+    "p_value",
+    "only_placebo",
+    "only_method",
+)
+
+
+def placebo_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 10_000) -> pd.DataFrame:
+    """Each memory cell against its target's placebo cell (same benchmark and seed) on the tasks both ran, paired:
+    what the memory's content adds or takes away beyond a rule block of the same size in the same place."""
+    placebos = {(c.benchmark, c.target, c.seed): c for c in cells if c.method.kind == "placebo"}
+    lines = []
+    for cell in cells:
+        placebo = placebos.get((cell.benchmark, cell.target, cell.seed))
+        if placebo is None or cell.method.kind in ("none", "placebo"):
+            continue
+        control = rows[rows["cell"] == placebo.id].drop_duplicates("task_id").set_index("task_id")
+        mine = rows[(rows["cell"] == cell.id) & rows["task_id"].isin(control.index)]
+        if mine.empty:
+            continue
+        stats = paired(mine, control, samples)
+        lines.append(
+            {
+                **_identity(cell),
+                "placebo": placebo.id,
+                **{k: stats[k] for k in ("n", "accuracy", "diff", "diff_low", "diff_high", "p_value", "only_method")},
+                "placebo_accuracy": stats["none_accuracy"],
+                "only_placebo": stats["only_none"],
+            }
+        )
+    return pd.DataFrame(lines, columns=list(PLACEBO_COLUMNS))
+
+
 def k_ablation(table: pd.DataFrame) -> pd.DataFrame:
     """The cells of every method family run with more than one k (same target, source, seed), by k."""
     memory = table[table["kind"] != "none"]

@@ -1,4 +1,4 @@
-"""Memory echo (grading.echo): an answer that repeats a phrase of its memory, not of its task."""
+"""Diagnostics of what a memory does to a solver: memory echo (grading.echo) and the placebo comparison (report)."""
 
 from __future__ import annotations
 
@@ -95,3 +95,42 @@ def test_echo_table_splits_the_tasks_solved_without_memory_by_echo():
     assert (line["cell"], line["n"], line["echo"]) == (self_.id, 4, 0.75)
     # solved without memory and answered with it: t0 (echo, lost), t1 (echo, kept), t2 (plain, lost)
     assert (line["solved_echoing"], line["lost_echoing"], line["solved_plain"], line["lost_plain"]) == (2, 1, 1, 1)
+
+
+def test_placebo_table_pairs_each_memory_cell_with_its_targets_placebo():
+    import pandas as pd
+
+    from memcollab.experiments.grid_config import GridConfig, expand_cells
+    from memcollab.experiments.report import placebo_table
+
+    cfg = GridConfig(
+        name="t",
+        benchmarks=["gsm8k"],
+        build_ids="1-2",
+        cells=[
+            {"target": "weak", "eval_ids": "1-4", "methods": ["self"]},
+            {"target": "weak", "eval_ids": "1-3", "methods": ["code-rules"]},
+        ],
+        methods={"code-rules": {"method": "placebo", "rules_from": "rules.jsonl"}},
+    )
+    cells = {c.method.kind: c for c in expand_cells(cfg)}
+    outcomes = {"none": [1, 1, 0, 0], "reflect": [0, 1, 0, 1], "placebo": [1, 1, 1]}
+    rows = pd.DataFrame(
+        [
+            {
+                "cell": cells[kind].id,
+                "benchmark": "gsm8k",
+                "target": "weak",
+                "kind": kind,
+                "task_id": f"t{i}",
+                "correct": bool(c),
+                "lm_error": False,
+            }
+            for kind, results in outcomes.items()
+            for i, c in enumerate(results)
+        ]
+    )
+    (line,) = placebo_table(rows, list(cells.values()), samples=200).to_dict("records")
+    # on the placebo's 3 tasks: self 1/3, placebo 3/3; t3 (self only) is left out
+    assert (line["cell"], line["placebo"], line["n"]) == (cells["reflect"].id, cells["placebo"].id, 3)
+    assert (line["accuracy"], line["placebo_accuracy"], line["only_placebo"], line["only_method"]) == (1 / 3, 1.0, 2, 0)
