@@ -134,8 +134,12 @@ def cell_table(
     return table
 
 
+#: The columns that name a cell in the per-cell tables other than `table.csv` (`_identity`).
+IDENTITY_COLUMNS = ("cell", "benchmark", "target", "method", "source", "seed")
+
+
 def _identity(cell: Cell) -> dict[str, Any]:
-    """The columns that name a cell in the per-cell tables other than `table.csv`."""
+    """A cell's `IDENTITY_COLUMNS`."""
     return {
         "cell": cell.id,
         "benchmark": cell.benchmark,
@@ -171,18 +175,13 @@ def category_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 2_000) 
             )
     return pd.DataFrame(
         lines,
-        columns=["cell", "benchmark", "target", "method", "source", "seed", "category", *PAIRED_COLUMNS],
+        columns=[*IDENTITY_COLUMNS, "category", *PAIRED_COLUMNS],
     )
 
 
 #: Columns of `echo_table`.
 ECHO_COLUMNS = (
-    "cell",
-    "benchmark",
-    "target",
-    "method",
-    "source",
-    "seed",
+    *IDENTITY_COLUMNS,
     "n",
     "echo",
     "solved_echoing",
@@ -222,12 +221,7 @@ def echo_table(rows: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
 
 #: Columns of `placebo_table`.
 PLACEBO_COLUMNS = (
-    "cell",
-    "benchmark",
-    "target",
-    "method",
-    "source",
-    "seed",
+    *IDENTITY_COLUMNS,
     "placebo",
     "n",
     "accuracy",
