@@ -145,7 +145,8 @@ def grid_command(
         result = run_grid(cfg, announce=err.print, executor=runner)
     print_grid(result.table, f"{cfg.name}: every cell vs no memory on the same tasks")
     console.print(
-        f"results: {result.run_dir} (table.csv, categories.csv, transfer.csv, k_ablation.csv, echo.csv, figures; notebooks/grid.ipynb)",
+        f"results: {result.run_dir} (table.csv, categories.csv, transfer.csv, k_ablation.csv, echo.csv, placebo.csv,"
+        " figures; notebooks/grid.ipynb)",
         markup=False,
     )
 
