@@ -139,15 +139,9 @@ IDENTITY_COLUMNS = ("cell", "benchmark", "target", "method", "source", "seed")
 
 
 def _identity(cell: Cell) -> dict[str, Any]:
-    """A cell's `IDENTITY_COLUMNS`."""
-    return {
-        "cell": cell.id,
-        "benchmark": cell.benchmark,
-        "target": cell.target,
-        "method": cell.method.name,
-        "source": cell.source_label,
-        "seed": cell.seed,
-    }
+    """A cell's `IDENTITY_COLUMNS`, taken from `Cell.labels` (the one place that names a cell in a table)."""
+    labels = cell.labels()
+    return {column: labels[column] for column in IDENTITY_COLUMNS}
 
 
 def category_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 2_000) -> pd.DataFrame:
