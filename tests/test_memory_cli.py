@@ -19,12 +19,15 @@ from memcollab.records import MemoryEntry, Provenance
 runner = CliRunner()
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, columns: int | None = None) -> subprocess.CompletedProcess:
     exe = shutil.which("memcollab")
     if exe is None:
         pytest.fail("console script `memcollab` not on PATH; run `pip install -e . --no-deps`")
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("MEMCOLLAB_STORE", None)
+    env.pop("COLUMNS", None)
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -86,6 +89,9 @@ def test_unknown_id_schema_mismatch_and_malformed_import(tmp_path, store_path):
     bad.write_text('{"when": "w", "enforce": "e", "avoid": "a", "category": "c", "error_type": "t"}\nnot json\n')
     proc = run_cli("memory", "import", str(bad), "--store", str(store_path), cwd=tmp_path)
     assert_one_line_error(proc, "bad.jsonl:2:")
+    into_new = run_cli("memory", "import", str(bad), "--store", "fresh.sqlite", cwd=tmp_path)
+    assert_one_line_error(into_new, "bad.jsonl:2: not a memory entry")
+    assert not (tmp_path / "fresh.sqlite").exists(), "a bad file is read before any store is created"
 
     missing = run_cli("memory", "import", "nope.jsonl", "--store", "new.sqlite", cwd=tmp_path)
     assert_one_line_error(missing, "nope.jsonl")
@@ -100,6 +106,14 @@ def test_console_script_lists_entries(tmp_path, store_path):
     proc = run_cli("memory", "list", "--store", str(store_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "algebra" in proc.stdout and "strings" in proc.stdout and "sign_error" in proc.stdout
+    with MemoryStore(store_path) as store:
+        rows = [(e.id, e.text[:60]) for e in store.entries()]
+    lines = proc.stdout.splitlines()
+    assert all(any(i in line and text in line for line in lines) for i, text in rows), (
+        "a pipe is not an 80-column terminal: each entry's row stays on one line"
+    )
+    narrow = run_cli("memory", "list", "--store", str(store_path), cwd=tmp_path, columns=60).stdout.splitlines()
+    assert max(map(len, narrow)) <= 60 < max(map(len, lines)), "an explicit COLUMNS still wins"
 
 
 def test_list_show_stats(store_path, tmp_path):

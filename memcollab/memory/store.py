@@ -343,10 +343,13 @@ class MemoryStore:
         the exporting store already decided what is distinct. The whole file is
         validated first and applied in one transaction (all or nothing).
         """
-        file = Path(path)
-        entries = read_memory_jsonl(file)
+        return self.import_entries(read_memory_jsonl(path), source=str(path))
+
+    def import_entries(self, entries: list[MemoryEntry], source: str = "entries") -> tuple[int, int]:
+        """`import_jsonl` for entries already read (`read_memory_jsonl`): a caller that must not create a store
+        for a bad file reads it first. Returns (added, merged); one transaction."""
         added = merged = 0
-        with self._db(f"import {file}", write=True):
+        with self._db(f"import {source}", write=True):
             for category in sorted({e.category for e in entries}):  # one order for every writer: no deadlock
                 self._lock_category(category)
             for entry in entries:
