@@ -416,7 +416,10 @@ def test_a_placebo_shows_each_task_its_own_fixed_draw_of_off_domain_rules(tmp_pa
     rules.write_text("\n".join(json.dumps(r) for r in reversed(OFF_DOMAIN)) + "\n")
     cfg = placebo_grid(tmp_path / "run", rules)
     agents = scripted_agents(cfg)
-    result = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False)
+    said: list[str] = []
+    result = run_grid(cfg, agents=agents, announce=said.append, show_progress=False)
+    (line,) = [s for s in said if s.startswith("memory gsm8k.placebo")]
+    assert line.endswith(f"placebo rules read from {rules}"), "no agent, no build task: the rules' file"
     cell = result.table.set_index("cell").loc["gsm8k.weak.code-rules.none.s0"]
     assert (cell["n"], cell["memories"], cell["memory_size"]) == (3, 2, 6)
     rows = pd.read_json(tmp_path / "run" / "tasks.jsonl", lines=True)

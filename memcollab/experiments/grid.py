@@ -313,10 +313,12 @@ class GridRun:
         )
         agents = [self.seeded(name, memory.seed) for name in memory.source]
         workdir = self.run_dir / "memories" / memory.id
-        self.announce(
-            f"memory {memory.id}: {memory.spec.kind} from {'+'.join(memory.source) or 'no agent'} "
-            f"on {len(bench.build_tasks)} {memory.build_source} tasks"
+        origin = (
+            f"from {'+'.join(memory.source)} on {len(bench.build_tasks)} {memory.build_source} tasks"
+            if memory.source
+            else f"rules read from {memory.spec.rules_from}"  # a placebo: no agent, no build task
         )
+        self.announce(f"memory {memory.id}: {memory.spec.kind} {origin}")
         with self._timed(f"build.{memory.id}_s") as seconds:
             trajectories = self.trajectories(memory, bench, agents)
             method = make_method(memory.spec, self.context(memory.taxonomy), workdir)
