@@ -101,6 +101,12 @@ class Trajectory(BaseModel):
         return len(self.turns)
 
     @property
+    def retries_unchanged(self) -> int:
+        """Retries (turns after the first) whose output is the turn before's, character for character: feedback
+        the agent could not use (a greedy decoder often replays its answer), which "turns" alone hides."""
+        return sum(after.output.strip() == before.output.strip() for before, after in zip(self.turns, self.turns[1:]))
+
+    @property
     def text(self) -> str:
         """Everything the agent wrote, turn by turn: its reasoning and its output."""
         return "\n".join(f"{turn.reasoning}\n{turn.output}" for turn in self.turns)

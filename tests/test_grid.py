@@ -329,6 +329,7 @@ def test_rules_reach_the_solver_and_the_table_shows_what_they_did(smoke):
     assert strong_none["accuracy"] == 1.0
     code = table.loc["humaneval.weak.none.none.s0"]
     assert code["turns"] == 2 and code["correct"] == 0, "a failed code task uses every turn"
+    assert code["retry_unchanged"] == 1.0, "the scripted weak agent replays its stub whatever the feedback"
     assert table.loc["humaneval.weak.memcollab.weak_strong.s0", "memory_size"] >= 1
 
 

@@ -1,4 +1,5 @@
-"""Diagnostics of what a memory does to a solver: memory echo (grading.echo) and the placebo comparison (report)."""
+"""Diagnostics of what a memory does to a solver: memory echo (grading.echo), the placebo comparison (report), and
+retries that replay the turn before (what the turns metric hides)."""
 
 from __future__ import annotations
 
@@ -134,3 +135,39 @@ def test_placebo_table_pairs_each_memory_cell_with_its_targets_placebo():
     # on the placebo's 3 tasks: self 1/3, placebo 3/3; t3 (self only) is left out
     assert (line["cell"], line["placebo"], line["n"]) == (cells["reflect"].id, cells["placebo"].id, 3)
     assert (line["accuracy"], line["placebo_accuracy"], line["only_placebo"], line["only_method"]) == (1 / 3, 1.0, 2, 0)
+
+
+def _code_attempt(*outputs: str) -> Trajectory:
+    wrong = Verdict(correct=False, feedback="AssertionError")
+    return Trajectory(
+        task_id="t", benchmark="humaneval", agent="weak", turns=[Turn(output=o, verdict=wrong) for o in outputs]
+    )
+
+
+def test_a_retry_that_replays_the_turn_before_is_counted():
+    same = "def f(x):\n    return x\n"
+    assert _code_attempt(same).retries_unchanged == 0, "one turn: no retry"
+    assert _code_attempt(same, same + "\n", same).retries_unchanged == 2, "trailing whitespace is the same code"
+    assert _code_attempt(same, "def f(x):\n    return -x\n", same).retries_unchanged == 0, "each vs the turn before"
+
+
+def test_the_cell_line_gives_the_share_of_retries_left_unchanged():
+    import pandas as pd
+
+    from memcollab.experiments.report import _effort
+
+    rows = pd.DataFrame(
+        {
+            "turns": [1, 3, 3, 2],  # 0 + 2 + 2 + 1 = 5 retries
+            "retries_unchanged": [0, 2, 1, 0],
+            "correct": [True, False, False, True],
+            "first_turn_correct": [True, False, False, False],
+            "tokens": [1, 1, 1, 1],
+            "latency_s": [0.0] * 4,
+            "format_error": [False] * 4,
+            "memories": [0] * 4,
+            "memory_echo": [False] * 4,
+        }
+    )
+    assert _effort(rows)["retry_unchanged"] == 3 / 5
+    assert pd.isna(_effort(rows.assign(turns=1, retries_unchanged=0))["retry_unchanged"]), "no retry: no share"

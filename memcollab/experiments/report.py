@@ -36,6 +36,7 @@ ROW_COLUMNS = (
     "correct",
     "first_turn_correct",
     "turns",
+    "retries_unchanged",
     "tokens",
     "latency_s",
     "format_error",
@@ -98,10 +99,13 @@ def paired(rows: pd.DataFrame, baseline: pd.DataFrame, samples: int, seed: int =
 
 def _effort(rows: pd.DataFrame) -> dict[str, float]:
     solved = rows[rows["correct"].astype(bool)]
+    retries = int((rows["turns"] - 1).clip(lower=0).sum()) if len(rows) else 0
     return {
         "turns": float(rows["turns"].mean()) if len(rows) else 0.0,
         "turns_to_success": float(solved["turns"].mean()) if len(solved) else float("nan"),
         "first_turn_accuracy": float(rows["first_turn_correct"].mean()) if len(rows) else 0.0,
+        # of the retries (turns after the first), the share that replay the turn before unchanged
+        "retry_unchanged": float(rows["retries_unchanged"].sum() / retries) if retries else float("nan"),
         "tokens": float(rows["tokens"].mean()) if len(rows) else 0.0,
         "latency_s": float(rows["latency_s"].mean()) if len(rows) else 0.0,
         "format_errors": int(rows["format_error"].sum()),
