@@ -334,6 +334,21 @@ def test_rules_reach_the_solver_and_the_table_shows_what_they_did(smoke):
 
 
 @needs_data
+def test_table_md_is_the_table_as_people_read_it(smoke):
+    result, _ = smoke
+    lines = (result.run_dir / "table.md").read_text().splitlines()
+    assert len(lines) == 2 + len(result.table), "a header, its rule, one line per cell"
+    cells = {tuple(c.strip() for c in line.strip("|").split("|")[:4]): line for line in lines[2:]}
+    memcollab = cells[("gsm8k", "weak", "memcollab", "weak+strong")]
+    # 1 of 4 solved, 0 of 4 without memory: +25 points, 0 lost / 1 gained, p = 1, one answer in four echoes
+    assert "| 1/4 | 25.0% (" in memcollab and "| +25.0 (" in memcollab and "| 0 / 1 |" in memcollab
+    assert memcollab.endswith("| 25% |") and "helps" not in memcollab
+    none = cells[("humaneval", "weak", "none", "-")]
+    assert "| 0/3 | 0.0% (0.0-" in none and "| 2.00 | 100% |" in none, "every retry replays its stub"
+    assert none.endswith("|  |"), "no memory: no echo, no difference"
+
+
+@needs_data
 def test_transfer_matrix_k_ablation_and_categories(smoke):
     result, _ = smoke
     transfer = result.transfer

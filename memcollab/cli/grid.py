@@ -21,38 +21,19 @@ err = make_console(stderr=True)
 
 
 def print_grid(table, title: str) -> None:
-    """The grid table: accuracy (95% CI) and the paired difference to no memory, per cell."""
-    from memcollab.experiments.report import format_cell
+    """The grid table (`report.display_table`, the same text as `table.md`): each cell against no memory."""
+    from memcollab.experiments.report import DISPLAY_COLUMNS, display_table
 
+    numeric = {"correct", "McNemar p", "lost / gained", "turns", "retries unchanged", "tokens/task", "echo"}
     out = Table(title=title)
-    for column in (
-        "benchmark",
-        "target",
-        "method",
-        "source",
-        "n",
-        "accuracy (95% CI)",
-        "vs no memory (paired)",
-        "turns",
-        "tokens/task",
-        "echo",
-    ):
-        out.add_column(column, justify="right" if column in ("n", "turns", "tokens/task", "echo") else "left")
-    out.caption = "echo: answers that repeat a phrase of the memory they were shown that the task does not contain"
-    for line in table.to_dict("records"):
-        accuracy, difference = format_cell(line)
-        out.add_row(
-            line["benchmark"],
-            line["target"],
-            line["method"],
-            line["source"],
-            str(line["n"]),
-            accuracy,
-            difference,
-            f"{line['turns']:.2f}",
-            f"{line['tokens']:.0f}",
-            f"{line['memory_echo']:.0%}",
-        )
+    for column in DISPLAY_COLUMNS:
+        out.add_column(column, justify="right" if column in numeric else "left")
+    out.caption = (
+        "echo: answers that repeat a phrase of the memory they were shown that the task does not contain; "
+        "retries unchanged: retries whose code is the turn before's"
+    )
+    for row in display_table(table).itertuples(index=False):
+        out.add_row(*row)
     console.print(out)
 
 
@@ -146,8 +127,8 @@ def grid_command(
         result = run_grid(cfg, announce=err.print, executor=runner)
     print_grid(result.table, f"{cfg.name}: every cell vs no memory on the same tasks")
     console.print(
-        f"results: {result.run_dir} (table.csv, categories.csv, transfer.csv, k_ablation.csv, echo.csv, placebo.csv,"
-        " figures; notebooks/grid.ipynb)",
+        f"results: {result.run_dir} (table.csv, table.md, categories.csv, transfer.csv, k_ablation.csv, echo.csv,"
+        " placebo.csv, figures; notebooks/grid.ipynb)",
         markup=False,
     )
 

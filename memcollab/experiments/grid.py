@@ -12,7 +12,7 @@ Run directory:
   results.sqlite       every LM result by key (resume); dspy_cache/ the LM response cache
   memories/<id>/       memory.jsonl (+ memory.sqlite, build.json naming the store, cheatsheet history)
   cells/<cell>.jsonl   per-task rows of each cell; tasks.jsonl all of them
-  table.csv, categories.csv, transfer.csv, k_ablation.csv, echo.csv,
+  table.csv (and table.md), categories.csv, transfer.csv, k_ablation.csv, echo.csv,
                        placebo.csv and transfer.png, k_ablation.png (rewritten after
                        every cell, so a stopped grid keeps its finished cells' tables); progress.json which
                        cells they cover
@@ -51,6 +51,7 @@ from memcollab.experiments.report import (
     cell_table,
     echo_table,
     k_ablation,
+    markdown_table,
     placebo_table,
     plot_k_ablation,
 )
@@ -493,6 +494,7 @@ class GridRun:
             (placebo_table(rows, cells, samples=cfg.bootstrap_samples), "placebo"),
         ):
             frame.to_csv(self.run_dir / f"{name}.csv", index=False)
+        (self.run_dir / "table.md").write_text(markdown_table(table), encoding="utf-8")
         plot_transfer(transfer, self.run_dir / "transfer.png")
         plot_k_ablation(ablation, self.run_dir / "k_ablation.png")
         finished = {c.id for c in cells}

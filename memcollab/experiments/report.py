@@ -307,12 +307,65 @@ def plot_k_ablation(ablation: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def format_cell(line: dict[str, Any] | pd.Series) -> tuple[str, str]:
-    """(accuracy with CI, difference with CI and p) as the CLI and README print them."""
-    accuracy = f"{line['accuracy']:.1%} ({line['acc_low']:.0%}-{line['acc_high']:.0%})"
-    if line["kind"] == "none":
-        return accuracy, "-"
+#: The columns of the grid table as people read it (`display_table`: the CLI, `table.md`, the notebook).
+DISPLAY_COLUMNS = (
+    "benchmark",
+    "target",
+    "method",
+    "source",
+    "correct",
+    "accuracy (95% CI)",
+    "vs no memory (paired 95% CI)",
+    "McNemar p",
+    "lost / gained",
+    "turns",
+    "retries unchanged",
+    "tokens/task",
+    "echo",
+)
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def _display_line(line: dict[str, Any]) -> dict[str, str]:
+    baseline = line["kind"] == "none"
     mark = " helps" if line["helps"] else (" hurts" if line["hurts"] else "")
-    return accuracy, (
-        f"{line['diff']:+.1%} ({line['diff_low']:+.0%} to {line['diff_high']:+.0%}), p={line['p_value']:.2g}{mark}"
-    )
+    retries = line["retry_unchanged"]
+    return {
+        "benchmark": line["benchmark"],
+        "target": line["target"],
+        "method": line["method"],
+        "source": line["source"],
+        "correct": f"{line['correct']}/{line['n']}",
+        "accuracy (95% CI)": f"{line['accuracy']:.1%} ({100 * line['acc_low']:.1f}-{100 * line['acc_high']:.1f})",
+        "vs no memory (paired 95% CI)": ""
+        if baseline
+        else f"{_points(line['diff'])} ({_points(line['diff_low'])} to {_points(line['diff_high'])}){mark}",
+        "McNemar p": "" if baseline else f"{line['p_value']:.2g}",
+        "lost / gained": "" if baseline else f"{line['only_none']} / {line['only_method']}",
+        "turns": f"{line['turns']:.2f}",
+        "retries unchanged": "" if pd.isna(retries) else f"{retries:.0%}",
+        "tokens/task": f"{line['tokens']:,.0f}",
+        "echo": "" if baseline else f"{line['memory_echo']:.0%}",
+    }
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """`cell_table` as text, one formatting for every reader: accuracy with its Wilson interval, the difference to
+    no memory in points with its paired bootstrap interval (marked `helps`/`hurts` where it excludes 0), McNemar's
+    p, the tasks lost / gained against no memory, effort and echo; blank where a no-memory cell has nothing."""
+    return pd.DataFrame([_display_line(line) for line in table.to_dict("records")], columns=list(DISPLAY_COLUMNS))
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """`display_table` as a Markdown table (`table.md`), ready for a README or a paper's appendix."""
+    shown = display_table(table)
+    right = {"correct", "McNemar p", "lost / gained", "turns", "retries unchanged", "tokens/task", "echo"}
+    lines = [
+        "| " + " | ".join(shown.columns) + " |",
+        "|" + "|".join("---:" if c in right else "---" for c in shown.columns) + "|",
+        *("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in shown.itertuples(index=False)),
+    ]
+    return "\n".join(lines) + "\n"
