@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 #: Columns for output that is not a terminal (a log file, a pipe).
-LOG_WIDTH = 160
+LOG_WIDTH = 200
 
 
 def make_console(stderr: bool = False, **options: Any) -> Console:
