@@ -694,9 +694,12 @@ class GridRun:
             parent.log_transfer_matrix(tracker_matrix(result.transfer), "transfer")
         for name in (
             "table.csv",
+            "table.md",
             "categories.csv",
             "transfer.csv",
             "k_ablation.csv",
+            "echo.csv",
+            "placebo.csv",
             "grid.json",
             "summary.json",
             "tasks.jsonl",
