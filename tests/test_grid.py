@@ -261,7 +261,7 @@ def test_shipped_grids_have_the_slices_the_issue_asks_for():
     for benchmark, full in (("humaneval", 164), ("mbpp", 200)):
         assert all(sizes[(benchmark, m)] == full for m in ("none", "self", "naive", "memcollab")), "main: never shrunk"
         assert all(sizes[(benchmark, m)] == 100 for m in ("memcollab-verified", "examples", "cheatsheet"))
-        assert sizes[(benchmark, "placebo-math")] == 100, "the placebo control beside the secondary methods"
+        assert sizes[(benchmark, "placebo-math")] == full, "the placebo control on the main cells' tasks"
 
 
 @needs_data
@@ -277,7 +277,8 @@ def test_the_main_part_of_the_grid_is_the_full_grids_first_part(full_name, main_
     assert main.cfg.run_dir == full.cfg.run_dir and main.cfg.name == full.cfg.name
     assert set(main.memories) <= set(full.memories)
     assert len([m for m in main.memories.values() if m.spec.kind != "placebo"]) == 3
-    assert {c.method.name for c in main.cells} - {"placebo-code"} == {"none", "self", "naive", "memcollab"}
+    assert {c.method.name for c in main.cells} - {"placebo-code", "placebo-math"} == {"none", "self", "naive", "memcollab"}
+    assert len([c for c in main.cells if c.method.kind == "placebo"]) == len(main.benchmarks), "one control each"
     for name, bench in main.benchmarks.items():
         cells = [c.id for c in main.cells if c.benchmark == name]
         assert all(bench.cell_tasks[cid] == full.benchmarks[name].cell_tasks[cid] for cid in cells)
