@@ -1,8 +1,8 @@
 """Rich consoles for the CLI: a terminal's own width, but a wide one for logs and pipes.
 
-Rich falls back to 80 columns when output is not a terminal (`nohup ... > run.log`), which wraps the grid's
-ten-column table into unreadable fragments; a log has no width to respect, so it gets `LOG_WIDTH`. An explicit
-`COLUMNS` in the environment still wins.
+Rich falls back to 80 columns when output is not a terminal (`nohup ... > run.log`), which wraps the grid's wide
+table (about 190 columns) into unreadable fragments; a log has no width to respect, so it gets `LOG_WIDTH`. An
+explicit `COLUMNS` in the environment still wins.
 """
 
 from __future__ import annotations

@@ -22,12 +22,11 @@ err = make_console(stderr=True)
 
 def print_grid(table, title: str) -> None:
     """The grid table (`report.display_table`, the same text as `table.md`): each cell against no memory."""
-    from memcollab.experiments.report import DISPLAY_COLUMNS, display_table
+    from memcollab.experiments.report import DISPLAY_COLUMNS, NUMERIC_DISPLAY_COLUMNS, display_table
 
-    numeric = {"correct", "McNemar p", "lost / gained", "turns", "retries unchanged", "tokens/task", "echo"}
     out = Table(title=title)
     for column in DISPLAY_COLUMNS:
-        out.add_column(column, justify="right" if column in numeric else "left")
+        out.add_column(column, justify="right" if column in NUMERIC_DISPLAY_COLUMNS else "left")
     out.caption = (
         "echo: answers that repeat a phrase of the memory they were shown that the task does not contain; "
         "retries unchanged: retries whose code is the turn before's"

@@ -323,6 +323,10 @@ DISPLAY_COLUMNS = (
     "tokens/task",
     "echo",
 )
+#: The `DISPLAY_COLUMNS` that hold numbers (aligned right wherever the table is shown).
+NUMERIC_DISPLAY_COLUMNS = frozenset(
+    {"correct", "McNemar p", "lost / gained", "turns", "retries unchanged", "tokens/task", "echo"}
+)
 
 
 def _points(value: float) -> str:
@@ -362,10 +366,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 def markdown_table(table: pd.DataFrame) -> str:
     """`display_table` as a Markdown table (`table.md`), ready for a README or a paper's appendix."""
     shown = display_table(table)
-    right = {"correct", "McNemar p", "lost / gained", "turns", "retries unchanged", "tokens/task", "echo"}
     lines = [
         "| " + " | ".join(shown.columns) + " |",
-        "|" + "|".join("---:" if c in right else "---" for c in shown.columns) + "|",
+        "|" + "|".join("---:" if c in NUMERIC_DISPLAY_COLUMNS else "---" for c in shown.columns) + "|",
         *("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in shown.itertuples(index=False)),
     ]
     return "\n".join(lines) + "\n"
