@@ -99,6 +99,10 @@ def model_sha256(config: dict[str, Any]) -> str:
     return "remote model"
 
 
+#: The per-grid tables, each written as `<name>.csv` after every cell and logged to the parent MLflow run.
+TABLES = ("table", "categories", "k_ablation", "transfer", "echo", "placebo")
+
+
 def agent_params(config: dict[str, Any]) -> dict[str, Any]:
     """An agent's identity and decoding as MLflow parameters."""
     keys = ("model", "backend", "family", "adapter", "temperature", "max_tokens", "seed", "n_ctx")
@@ -485,14 +489,16 @@ class GridRun:
                 if ids is not None:
                     transfer_ids[name] = [t.id for t in parse_ids(ids).select(list(bench.eval_tasks.values()), name)]
         transfer = transfer_table(rows, cfg, transfer_ids, samples=cfg.bootstrap_samples)
-        for frame, name in (
-            (table, "table"),
-            (categories, "categories"),
-            (ablation, "k_ablation"),
-            (transfer, "transfer"),
-            (echo_table(rows, cells), "echo"),
-            (placebo_table(rows, cells, samples=cfg.bootstrap_samples), "placebo"),
-        ):
+        frames = {
+            "table": table,
+            "categories": categories,
+            "k_ablation": ablation,
+            "transfer": transfer,
+            "echo": echo_table(rows, cells),
+            "placebo": placebo_table(rows, cells, samples=cfg.bootstrap_samples),
+        }
+        assert tuple(frames) == TABLES
+        for name, frame in frames.items():
             frame.to_csv(self.run_dir / f"{name}.csv", index=False)
         (self.run_dir / "table.md").write_text(markdown_table(table), encoding="utf-8")
         plot_transfer(transfer, self.run_dir / "transfer.png")
@@ -692,18 +698,7 @@ class GridRun:
         parent = tracker.parent
         if not result.transfer.empty:
             parent.log_transfer_matrix(tracker_matrix(result.transfer), "transfer")
-        for name in (
-            "table.csv",
-            "table.md",
-            "categories.csv",
-            "transfer.csv",
-            "k_ablation.csv",
-            "echo.csv",
-            "placebo.csv",
-            "grid.json",
-            "summary.json",
-            "tasks.jsonl",
-        ):
+        for name in (*(f"{table}.csv" for table in TABLES), "table.md", "grid.json", "summary.json", "tasks.jsonl"):
             parent.log_artifact(self.run_dir / name)
         for name in ("transfer.png", "k_ablation.png"):
             parent.log_artifact(self.run_dir / name, "figures")
