@@ -219,6 +219,18 @@ def run_server_batch(
     return stats, [o["choices"][0]["message"]["content"] or "" for o in outs]
 
 
+def _server(path: Path, slots: int, args: argparse.Namespace) -> LlamaServer:
+    """A llama-server with the command line's settings and `slots` parallel slots."""
+    return LlamaServer(
+        path,
+        n_parallel=slots,
+        ctx_per_slot=args.ctx_per_slot,
+        threads=args.threads,
+        binary=args.binary,
+        extra_args=tuple(args.server_args.split()),
+    )
+
+
 def bench_model(name: str, args: argparse.Namespace, rows: list[dict], det_rows: list[dict]) -> dict[str, Any]:
     path, _ = resolve_model(name)
     result: dict[str, Any] = {
@@ -235,14 +247,7 @@ def bench_model(name: str, args: argparse.Namespace, rows: list[dict], det_rows:
         print(f"[{name}] in-process baseline: {result['baseline']}", flush=True)
     result["server"] = {}
     for slots in args.slots:
-        with LlamaServer(
-            path,
-            n_parallel=slots,
-            ctx_per_slot=args.ctx_per_slot,
-            threads=args.threads,
-            binary=args.binary,
-            extra_args=tuple(args.server_args.split()),
-        ) as server:
+        with _server(path, slots, args) as server:
             stats, _ = run_server_batch(server, rows, args.max_tokens, slots, args.wait_idle)
         if "baseline" in result:
             stats["ratio_to_baseline"] = round(stats["tok_s"] / result["baseline"]["tok_s"], 2)
@@ -251,14 +256,7 @@ def bench_model(name: str, args: argparse.Namespace, rows: list[dict], det_rows:
     if det_rows:
         answers = {}
         for slots in (1, 8):
-            with LlamaServer(
-                path,
-                n_parallel=slots,
-                ctx_per_slot=args.ctx_per_slot,
-                threads=args.threads,
-                binary=args.binary,
-                extra_args=tuple(args.server_args.split()),
-            ) as server:
+            with _server(path, slots, args) as server:
                 stats, texts = run_server_batch(server, det_rows, args.det_max_tokens, slots, args.wait_idle)
             answers[slots] = texts
             result[f"determinism_{slots}slot"] = stats
