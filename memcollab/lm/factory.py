@@ -49,11 +49,13 @@ DEFAULT_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 #: A server's Retry-After is honoured up to this (plus jitter); beyond it the endpoint is as good as down.
 MAX_RETRY_AFTER_S = 120.0
-#: Seconds a request may wait for its next byte. A non-streamed completion sends nothing until it is done:
-#: llama-server on 2 cores needs about 4 min for 1024 tokens of the 1.5B model with all 8 slots busy, hence
-#: 10 min; hosted or remote endpoints get 5 min. A hung endpoint costs a task two timeouts, then it is an
-#: LM error.
-DEFAULT_TIMEOUT_S: dict[str, float] = {"server": 600.0, "litellm": 300.0}
+#: Seconds a request may wait for its next byte. A non-streamed completion sends nothing until it is done,
+#: and on a 2-core machine llama-server's slots share the cores: a full-length answer of the 1.5B model
+#: while every slot decodes a long prompt can take more than 10 minutes, and a timeout there only repeats
+#: the same generation. So the embedded server gets 30 min (a server that dies drops its connections at
+#: once; the timeout only has to catch one that hangs); hosted or remote endpoints get 5 min. A hung
+#: endpoint costs a task two timeouts, then it is an LM error.
+DEFAULT_TIMEOUT_S: dict[str, float] = {"server": 1800.0, "litellm": 300.0}
 #: Keys of an agent's `extra` read here (never sent to the provider as request parameters).
 RETRY_KEYS = ("num_retries", "timeout", "retry_backoff_s")
 
