@@ -1,5 +1,6 @@
 """A small grid logged to a real `mlflow server` on 127.0.0.1, read back: one experiment per config, a parent run per
-invocation, a nested child run per cell, the DSPy programs through MLflow's dspy flavour (scripted DummyLM agents)."""
+invocation, a nested child run per cell, the DSPy programs through MLflow's dspy flavour and its model registry
+(scripted DummyLM agents)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ def mlflow_server(tmp_path_factory):
 
 def test_grid_logs_parent_and_nested_cell_runs(tmp_path, mlflow_server):
     import mlflow.dspy
-
     from mlflow import MlflowClient
 
     cfg = GridConfig(
@@ -69,6 +69,8 @@ def test_grid_logs_parent_and_nested_cell_runs(tmp_path, mlflow_server):
     assert params["agents.strong.temperature"] == "0.0" and params["config.name"] == "mlflow-smoke"
     assert params["tasks.gsm8k.build_n"] == "3" and params["tasks.gsm8k.eval_n"] == "3"
     assert params["programs.solver"] == "mlflow.dspy", params["programs.solver"]
+    # registered once: the second invocation ran the same solver, so it points at the same model version
+    assert {r.data.params["programs.solver.model"] for r in parents} == {"memcollab-grid-mlflow-smoke.solver/1"}
     assert parent.data.metrics["gsm8k.weak.none.accuracy"] == 0.0
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     tables = {"table.csv", "table.md", "categories.csv", "echo.csv", "placebo.csv", "transfer.csv", "k_ablation.csv"}

@@ -652,7 +652,7 @@ class GridRun:
         if "cheatsheet" in kinds:
             programs["curator"] = Curator()
         for name, program in programs.items():
-            self.tracker.log_program(program, name)
+            self.tracker.parent.log_program(program, name)
 
     def _log(self, result: GridResult) -> None:
         assert self.tracker is not None

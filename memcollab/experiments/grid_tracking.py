@@ -1,16 +1,12 @@
 """MLflow for a grid: one experiment per config, a parent run per invocation, a nested child run per cell.
 
 Built on `tracking.Tracker` (explicit client, no global active run): the child runs carry the parent's id
-in the `mlflow.parentRunId` tag, which is what makes them nested in MLflow. The DSPy programs go in
-through MLflow's `dspy` flavour (`mlflow.dspy.save_model`, DSPy's own save format, so they load back
-as programs); where a program cannot be saved that way its JSON state is logged instead, and the
-parent run's `programs.<name>` parameter says which and why.
+in the `mlflow.parentRunId` tag, which is what makes them nested in MLflow. The DSPy programs go in the
+parent run through `Tracker.log_program` (MLflow's `dspy` flavour, registered as model versions).
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,25 +14,6 @@ from typing import Any
 
 from memcollab.tracking import Tracker, default_tracking_uri
 from memcollab.tracking.mlflow_tracking import local_artifacts
-
-PIP_REQUIREMENTS = ["memcollab", "dspy", "mlflow"]
-#: DSPy warns that loading a pickle can run code whenever `mlflow.dspy.save_model` reads back the program it
-#: has just written; that file is this process's own, so the warning (one per program) is only noise.
-TRUSTED_PICKLE_LOGGERS = ("dspy.primitives.base_module", "dspy.dsp.utils.settings")
-
-
-@contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    """Raise the named loggers to ERROR for the duration."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 class GridTracker:
@@ -81,28 +58,3 @@ class GridTracker:
             child.log_table(rows, "tasks.json")
             for path, where in artifacts:
                 child.log_artifact(path, where)
-
-    def log_program(self, program: Any, name: str) -> str:
-        """A DSPy program through `mlflow.dspy` (loadable with `mlflow.dspy.load_model`); its JSON state if that
-        fails. Returns how it was logged, which also goes to the parent's `programs.<name>` parameter."""
-        tracker = self.parent
-        if not tracker.run_id:
-            return "not logged"
-        try:
-            import mlflow.dspy
-
-            with tempfile.TemporaryDirectory() as tmp, _quiet(*TRUSTED_PICKLE_LOGGERS):
-                target = Path(tmp) / name
-                mlflow.dspy.save_model(
-                    program, str(target), pip_requirements=PIP_REQUIREMENTS, use_dspy_model_save=True
-                )
-                for file in sorted(p for p in target.rglob("*") if p.is_file()):
-                    relative = file.parent.relative_to(target)
-                    where = f"programs/{name}" + (f"/{relative.as_posix()}" if str(relative) != "." else "")
-                    tracker.log_artifact(file, where)
-            how = "mlflow.dspy"
-        except Exception as exc:  # an unpicklable part, an older dspy: the state still goes in, as JSON
-            tracker.log_program(program, name)
-            how = f"json state (mlflow.dspy failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-        tracker.log_params({f"programs.{name}": how})
-        return how

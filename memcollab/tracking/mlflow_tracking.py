@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from memcollab.errors import ConfigError
+from memcollab.tracking.programs import program_hash, register_program, registered_name, save_program
 
 
 def default_tracking_uri(run_dir: Path) -> str:
@@ -127,14 +127,21 @@ class Tracker:
         if self.run_id and Path(path).exists():
             self._client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_program(self, program: Any, name: str) -> None:
-        """A DSPy program's state (instructions, demos) as a JSON artefact, so variants can be compared."""
+    def log_program(self, program: Any, name: str) -> str:
+        """A DSPy program under `programs/<name>` (loadable with `mlflow.dspy.load_model`), registered as a version of
+        the model `<experiment>.<name>`; the parameters `programs.<name>` and `programs.<name>.model` say how it was
+        saved and which version it is. Returns how it was saved."""
         if not self.run_id:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.json"
-            program.save(str(path))
-            self._client.log_artifact(self.run_id, str(path), "programs")
+            return "not logged"
+        how = save_program(self._client, self.run_id, program, name)
+        params = {f"programs.{name}": how}
+        if how == "mlflow.dspy":
+            model = registered_name(self.experiment, name)
+            params[f"programs.{name}.model"] = register_program(
+                self._client, self.run_id, model, name, program_hash(program)
+            )
+        self.log_params(params)
+        return how
 
     def log_transfer_matrix(self, matrix: dict[str, dict[str, float]], name: str = "transfer") -> None:
         """Accuracy of each target agent (columns) with memory built by each source (rows; "none" = no memory).
