@@ -710,6 +710,7 @@ def test_notebook_runs_on_the_committed_smoke_run(tmp_path):
     assert "DATA-FLOW SMOKE RUN" in outputs
     assert "gsm8k.weak.memcollab.weak_strong.s0" in outputs
     assert "lost_when_echoing" in outputs and "no placebo cell in this grid" in outputs, "section 7 ran"
+    assert "other_method" in outputs and "(chance " in outputs, "section 8 ran"
     for figure in (
         "transfer_heatmap.png",
         "k_ablation_plot.png",

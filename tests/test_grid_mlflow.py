@@ -73,7 +73,16 @@ def test_grid_logs_parent_and_nested_cell_runs(tmp_path, mlflow_server):
     assert {r.data.params["programs.solver.model"] for r in parents} == {"memcollab-grid-mlflow-smoke.solver/1"}
     assert parent.data.metrics["gsm8k.weak.none.accuracy"] == 0.0
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    tables = {"table.csv", "table.md", "categories.csv", "echo.csv", "placebo.csv", "transfer.csv", "k_ablation.csv"}
+    tables = {
+        "table.csv",
+        "table.md",
+        "categories.csv",
+        "echo.csv",
+        "placebo.csv",
+        "overlap.csv",
+        "transfer.csv",
+        "k_ablation.csv",
+    }
     assert tables | {"grid.json", "summary.json", "tasks.jsonl", "programs"} <= parent_files
     local = client.download_artifacts(parent.info.run_id, "programs/solver", str(tmp_path / "downloaded"))
     solver = mlflow.dspy.load_model(local)

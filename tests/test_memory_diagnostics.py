@@ -171,3 +171,41 @@ def test_the_cell_line_gives_the_share_of_retries_left_unchanged():
     )
     assert _effort(rows)["retry_unchanged"] == 3 / 5
     assert pd.isna(_effort(rows.assign(turns=1, retries_unchanged=0))["retry_unchanged"]), "no retry: no share"
+
+
+def test_overlap_table_counts_the_tasks_two_memories_both_lose():
+    import pandas as pd
+
+    from memcollab.experiments.grid_config import GridConfig, expand_cells
+    from memcollab.experiments.report import overlap_table
+
+    cfg = GridConfig(
+        name="t",
+        benchmarks=["gsm8k"],
+        build_ids="1-2",
+        cells=[{"target": "weak", "eval_ids": "1-6", "methods": ["self", "memcollab"]}],
+    )
+    cells = {c.method.kind: c for c in expand_cells(cfg)}
+    outcomes = {"none": [1, 1, 1, 1, 0, 0], "reflect": [0, 0, 1, 1, 0, 1], "memcollab": [0, 1, 0, 1, 0, 0]}
+    unanswered = {("memcollab", 5)}  # no answer: out of the pair's tasks
+    rows = pd.DataFrame(
+        [
+            {
+                "cell": cells[kind].id,
+                "benchmark": "gsm8k",
+                "target": "weak",
+                "kind": kind,
+                "task_id": f"t{i}",
+                "correct": bool(c),
+                "lm_error": (kind, i) in unanswered,
+            }
+            for kind, results in outcomes.items()
+            for i, c in enumerate(results)
+        ]
+    )
+    (line,) = overlap_table(rows, list(cells.values())).to_dict("records")
+    assert {line["method"], line["other_method"]} == {"self", "memcollab"}
+    # t0-t4 answered by both: agree on t0, t3, t4; of t0-t3 (solved without memory) self loses t0, t1,
+    # memcollab loses t0, t2; both lose t0; by chance 2 x 2 / 4 = 1
+    assert (line["n"], line["agree"], line["solved_none"]) == (5, 3, 4)
+    assert (line["lost"], line["other_lost"], line["lost_both"], line["lost_both_if_independent"]) == (2, 2, 1, 1.0)

@@ -52,6 +52,7 @@ from memcollab.experiments.report import (
     echo_table,
     k_ablation,
     markdown_table,
+    overlap_table,
     placebo_table,
     plot_k_ablation,
 )
@@ -100,7 +101,7 @@ def model_sha256(config: dict[str, Any]) -> str:
 
 
 #: The per-grid tables, each written as `<name>.csv` after every cell and logged to the parent MLflow run.
-TABLES = ("table", "categories", "k_ablation", "transfer", "echo", "placebo")
+TABLES = ("table", "categories", "k_ablation", "transfer", "echo", "placebo", "overlap")
 
 
 def agent_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -496,6 +497,7 @@ class GridRun:
             "transfer": transfer,
             "echo": echo_table(rows, cells),
             "placebo": placebo_table(rows, cells, samples=cfg.bootstrap_samples),
+            "overlap": overlap_table(rows, cells),
         }
         assert tuple(frames) == TABLES
         for name, frame in frames.items():

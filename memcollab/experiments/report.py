@@ -259,6 +259,70 @@ def placebo_table(rows: pd.DataFrame, cells: list[Cell], samples: int = 10_000) 
     return pd.DataFrame(lines, columns=list(PLACEBO_COLUMNS))
 
 
+#: Columns of `overlap_table`.
+OVERLAP_COLUMNS = (
+    "benchmark",
+    "target",
+    "seed",
+    "cell",
+    "method",
+    "other_cell",
+    "other_method",
+    "n",
+    "agree",
+    "solved_none",
+    "lost",
+    "other_lost",
+    "lost_both",
+    "lost_both_if_independent",
+)
+
+
+def overlap_table(rows: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
+    """Each pair of memory cells of one target (same benchmark and seed) on the tasks both answered: how often they
+    agree, and whether they lose the same tasks the target solves without memory.
+
+    `lost_both_if_independent` is what two cells losing that many tasks each would share by chance
+    (lost x other_lost / solved_none); far more shared losses than that say the tasks are lost to something the
+    two memories have in common (a rule block at all, say) rather than to what each one says."""
+    answered = rows[~rows["lm_error"].astype(bool)].drop_duplicates(["cell", "task_id"])
+    memory_cells = [c for c in cells if c.method.kind != "none"]
+    lines = []
+    for i, cell in enumerate(memory_cells):
+        for other in memory_cells[i + 1 :]:
+            if (other.benchmark, other.target, other.seed) != (cell.benchmark, cell.target, cell.seed):
+                continue
+            mine = answered[answered["cell"] == cell.id].set_index("task_id")["correct"].astype(bool)
+            theirs = answered[answered["cell"] == other.id].set_index("task_id")["correct"].astype(bool)
+            baseline = none_rows(answered, cell.benchmark, cell.target)["correct"].astype(bool)
+            both = mine.index.intersection(theirs.index)
+            if both.empty:
+                continue
+            solved = both.intersection(baseline.index[baseline])
+            lost, other_lost = ~mine[solved], ~theirs[solved]
+            lines.append(
+                {
+                    "benchmark": cell.benchmark,
+                    "target": cell.target,
+                    "seed": cell.seed,
+                    "cell": cell.id,
+                    "method": cell.method.name,
+                    "other_cell": other.id,
+                    "other_method": other.method.name,
+                    "n": len(both),
+                    "agree": int((mine[both] == theirs[both]).sum()),
+                    "solved_none": len(solved),
+                    "lost": int(lost.sum()),
+                    "other_lost": int(other_lost.sum()),
+                    "lost_both": int((lost & other_lost).sum()),
+                    "lost_both_if_independent": (
+                        round(int(lost.sum()) * int(other_lost.sum()) / len(solved), 1) if len(solved) else 0.0
+                    ),
+                }
+            )
+    return pd.DataFrame(lines, columns=list(OVERLAP_COLUMNS))
+
+
 def k_ablation(table: pd.DataFrame) -> pd.DataFrame:
     """The cells of every method family run with more than one k (same target, source, seed), by k."""
     memory = table[table["kind"] != "none"]
