@@ -86,7 +86,7 @@ def grid_command(
     parent run for the invocation and a nested run per cell.
     """
     from memcollab.experiments.executors import check_executor, make_executor
-    from memcollab.experiments.grid import run_grid, run_order
+    from memcollab.experiments.grid import TABLES, run_grid, run_order
     from memcollab.experiments.grid_config import load_grid_config
     from memcollab.experiments.grid_estimate import estimate_grid
     from memcollab.experiments.grid_plan import plan_grid
@@ -125,11 +125,8 @@ def grid_command(
     with make_executor(executor, ray_address) as runner:
         result = run_grid(cfg, announce=err.print, executor=runner)
     print_grid(result.table, f"{cfg.name}: every cell vs no memory on the same tasks")
-    console.print(
-        f"results: {result.run_dir} (table.csv, table.md, categories.csv, transfer.csv, k_ablation.csv, echo.csv,"
-        " placebo.csv, figures; notebooks/grid.ipynb)",
-        markup=False,
-    )
+    files = ", ".join([*(f"{name}.csv" for name in TABLES), "table.md", "figures"])
+    console.print(f"results: {result.run_dir} ({files}; notebooks/grid.ipynb)", markup=False)
 
 
 def register(app: typer.Typer) -> None:
