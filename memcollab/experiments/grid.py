@@ -90,6 +90,17 @@ class GridResult:
     parent_run_id: str | None = None
 
 
+@dataclass(frozen=True)
+class _Before:
+    """summary.json of the invocations before this one: step seconds, invocations, wall seconds, and each finished
+    step's fingerprint (what it made)."""
+
+    timings: dict[str, float]
+    invocations: int
+    wall_s: float
+    completed: dict[str, str]
+
+
 def model_sha256(config: dict[str, Any]) -> str:
     """The sha256 of an embedded model's GGUF (from the catalogue); what a remote or uncatalogued model has instead."""
     from memcollab.lm.catalog import CATALOG
@@ -200,7 +211,8 @@ class GridRun:
         self.collected: dict[tuple, list[Trajectory]] = {}
         self.timings: dict[str, float] = {}
         self._started = time.perf_counter()
-        self._before: tuple[dict[str, float], int, float] | None = None
+        self.completed: dict[str, str] = {}  # step key -> fingerprint of what it finished in this invocation
+        self._before: _Before | None = None
         self.extra: dict[str, dict[str, Any]] = {}
         self.results: ResultStore | None = None
         #: (store name, its file in the run dir) -> where it lives: that file, or a schema of the config's store_url.
@@ -326,7 +338,8 @@ class GridRun:
             else f"rules read from {memory.spec.rules_from}"  # a placebo: no agent, no build task
         )
         self.announce(f"memory {memory.id}: {memory.spec.kind} {origin}")
-        with self._timed(f"build.{memory.id}_s") as seconds:
+        fingerprint = stable_hash([memory.id, [t.id for t in bench.build_tasks]])
+        with self._timed(f"build.{memory.id}_s", fingerprint) as seconds:
             trajectories = self.trajectories(memory, bench, agents)
             method = make_method(memory.spec, self.context(memory.taxonomy), workdir)
             report = method.build(
@@ -338,6 +351,7 @@ class GridRun:
                     temperature=self.cfg.sample_temperature,
                 )
             )
+        self.completed[f"build.{memory.id}_s"] = fingerprint
         method.export(workdir / "memory.jsonl")
         entries = method.entries()
         if entries:
@@ -407,7 +421,9 @@ class GridRun:
                 raise exc  # a bug, not an unreachable endpoint: keep its traceback
             return lm_error_row(cell, task, exc, categories.get(task.id, ""))
 
-        with self._timed(f"eval.{cell.id}_s") as wall:
+        memory_id = self.plan.cell_memory[cell.id]
+        fingerprint = stable_hash([cell.id, [t.id for t in tasks], memory_id or ""])
+        with self._timed(f"eval.{cell.id}_s", fingerprint) as wall:
             rows = self.executor.run(
                 self.solves(
                     bench.taxonomy,
@@ -420,7 +436,8 @@ class GridRun:
                     description=f"{cell.target} {cell.method.name} ({cell.source_label}) on {cell.benchmark}",
                 )
             )
-        memory_id = self.plan.cell_memory[cell.id]
+        if not any(r.get("lm_error") for r in rows):  # unanswered tasks are asked again by the next invocation
+            self.completed[f"eval.{cell.id}_s"] = fingerprint
         self.extra[cell.id] = {
             "wall_s": round(wall(), 2),
             "memory_id": memory_id or "",
@@ -558,37 +575,42 @@ class GridRun:
         (self.run_dir / "grid.json").write_text(json.dumps(payload, indent=2, default=str))
 
     @contextlib.contextmanager
-    def _timed(self, key: str) -> Iterator[Callable[[], float]]:
+    def _timed(self, key: str, fingerprint: str) -> Iterator[Callable[[], float]]:
         """Time a step into `timings[key]`, also when it stops part way; yields the step's seconds over every
-        invocation (a resumed step that reads its results back took what its first invocations took)."""
+        invocation. `fingerprint` names what the step makes (its tasks, its memory): a step that an earlier
+        invocation finished (`completed`) with the same fingerprint only reads its results back, which adds no time
+        to what it took."""
+        read_back = self._summary_before().completed.get(key) == fingerprint
         start = time.perf_counter()
         try:
             yield lambda: self._timing_total(key)
         finally:
-            self.timings[key] = time.perf_counter() - start
+            self.timings[key] = 0.0 if read_back else time.perf_counter() - start
 
-    def _summary_before(self) -> tuple[dict[str, float], int, float]:
-        """(timings, invocations, wall seconds) of the invocations before this one, read once per invocation."""
+    def _summary_before(self) -> _Before:
+        """What summary.json says of the invocations before this one, read once per invocation."""
         if self._before is None:
             try:
                 before = json.loads((self.run_dir / "summary.json").read_text())
-                self._before = (
+                self._before = _Before(
                     {k: float(v) for k, v in before.get("timings_s", {}).items()},
                     int(before.get("invocations", 0)),
                     float(before.get("wall_s", 0.0)),
+                    {str(k): str(v) for k, v in before.get("completed", {}).items()},
                 )
             except (OSError, ValueError, AttributeError, TypeError):
-                self._before = ({}, 0, 0.0)  # no summary yet, or one we cannot read: start from zero
+                self._before = _Before({}, 0, 0.0, {})  # no summary yet, or one we cannot read: start from zero
         return self._before
 
     def _timing_total(self, key: str) -> float:
         """Seconds of step `key` over every invocation: the earlier ones' (summary.json) and this one's."""
-        return self._summary_before()[0].get(key, 0.0) + self.timings.get(key, 0.0)
+        return self._summary_before().timings.get(key, 0.0) + self.timings.get(key, 0.0)
 
     def _write_summary(self, estimate: float | None) -> dict[str, float]:
         """summary.json: timings and wall time added up over invocations (a resumed grid reports what its results
         took). Rewritten after every cell and when an invocation stops part way, so no invocation's time is lost."""
-        previous, invocations, wall = self._summary_before()
+        before = self._summary_before()
+        previous, invocations, wall = before.timings, before.invocations, before.wall_s
         timings = {k: round(self._timing_total(k), 1) for k in {*previous, *self.timings}}
         (self.run_dir / "summary.json").write_text(
             json.dumps(
@@ -598,6 +620,7 @@ class GridRun:
                     "invocations": invocations + 1,
                     "wall_s": round(wall + time.perf_counter() - self._started, 1),
                     "timings_s": dict(sorted(timings.items())),
+                    "completed": dict(sorted({**before.completed, **self.completed}.items())),
                 },
                 indent=2,
             )
