@@ -98,8 +98,29 @@ def test_echo_table_splits_the_tasks_solved_without_memory_by_echo():
     assert (line["solved_echoing"], line["lost_echoing"], line["solved_plain"], line["lost_plain"]) == (2, 1, 1, 1)
 
 
-def test_placebo_table_pairs_each_memory_cell_with_its_targets_placebo():
+def _outcome_rows(cells: dict, outcomes: dict[str, list[int]], unanswered: frozenset = frozenset()):
+    """Per-task rows of the weak target on GSM8K: `outcomes[kind][i]` says whether task `t<i>` was solved in the cell
+    of that method kind; `(kind, i)` in `unanswered` marks an LM error."""
     import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "cell": cells[kind].id,
+                "benchmark": "gsm8k",
+                "target": "weak",
+                "kind": kind,
+                "task_id": f"t{i}",
+                "correct": bool(c),
+                "lm_error": (kind, i) in unanswered,
+            }
+            for kind, results in outcomes.items()
+            for i, c in enumerate(results)
+        ]
+    )
+
+
+def test_placebo_table_pairs_each_memory_cell_with_its_targets_placebo():
 
     from memcollab.experiments.grid_config import GridConfig, expand_cells
     from memcollab.experiments.report import placebo_table
@@ -115,22 +136,7 @@ def test_placebo_table_pairs_each_memory_cell_with_its_targets_placebo():
         methods={"code-rules": {"method": "placebo", "rules_from": "rules.jsonl"}},
     )
     cells = {c.method.kind: c for c in expand_cells(cfg)}
-    outcomes = {"none": [1, 1, 0, 0], "reflect": [0, 1, 0, 1], "placebo": [1, 1, 1]}
-    rows = pd.DataFrame(
-        [
-            {
-                "cell": cells[kind].id,
-                "benchmark": "gsm8k",
-                "target": "weak",
-                "kind": kind,
-                "task_id": f"t{i}",
-                "correct": bool(c),
-                "lm_error": False,
-            }
-            for kind, results in outcomes.items()
-            for i, c in enumerate(results)
-        ]
-    )
+    rows = _outcome_rows(cells, {"none": [1, 1, 0, 0], "reflect": [0, 1, 0, 1], "placebo": [1, 1, 1]})
     (line,) = placebo_table(rows, list(cells.values()), samples=200).to_dict("records")
     # on the placebo's 3 tasks: self 1/3, placebo 3/3; t3 (self only) is left out
     assert (line["cell"], line["placebo"], line["n"]) == (cells["reflect"].id, cells["placebo"].id, 3)
@@ -174,7 +180,6 @@ def test_the_cell_line_gives_the_share_of_retries_left_unchanged():
 
 
 def test_overlap_table_counts_the_tasks_two_memories_both_lose():
-    import pandas as pd
 
     from memcollab.experiments.grid_config import GridConfig, expand_cells
     from memcollab.experiments.report import overlap_table
@@ -187,22 +192,7 @@ def test_overlap_table_counts_the_tasks_two_memories_both_lose():
     )
     cells = {c.method.kind: c for c in expand_cells(cfg)}
     outcomes = {"none": [1, 1, 1, 1, 0, 0], "reflect": [0, 0, 1, 1, 0, 1], "memcollab": [0, 1, 0, 1, 0, 0]}
-    unanswered = {("memcollab", 5)}  # no answer: out of the pair's tasks
-    rows = pd.DataFrame(
-        [
-            {
-                "cell": cells[kind].id,
-                "benchmark": "gsm8k",
-                "target": "weak",
-                "kind": kind,
-                "task_id": f"t{i}",
-                "correct": bool(c),
-                "lm_error": (kind, i) in unanswered,
-            }
-            for kind, results in outcomes.items()
-            for i, c in enumerate(results)
-        ]
-    )
+    rows = _outcome_rows(cells, outcomes, unanswered={("memcollab", 5)})  # no answer: out of the pair's tasks
     (line,) = overlap_table(rows, list(cells.values())).to_dict("records")
     assert {line["method"], line["other_method"]} == {"self", "memcollab"}
     # t0-t4 answered by both: agree on t0, t3, t4; of t0-t3 (solved without memory) self loses t0, t1,
