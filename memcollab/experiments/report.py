@@ -289,12 +289,12 @@ def overlap_table(rows: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
     memory_cells = [c for c in cells if c.method.kind != "none"]
     lines = []
     for i, cell in enumerate(memory_cells):
+        mine = answered[answered["cell"] == cell.id].set_index("task_id")["correct"].astype(bool)
+        baseline = none_rows(answered, cell.benchmark, cell.target)["correct"].astype(bool)
         for other in memory_cells[i + 1 :]:
             if (other.benchmark, other.target, other.seed) != (cell.benchmark, cell.target, cell.seed):
                 continue
-            mine = answered[answered["cell"] == cell.id].set_index("task_id")["correct"].astype(bool)
             theirs = answered[answered["cell"] == other.id].set_index("task_id")["correct"].astype(bool)
-            baseline = none_rows(answered, cell.benchmark, cell.target)["correct"].astype(bool)
             both = mine.index.intersection(theirs.index)
             if both.empty:
                 continue

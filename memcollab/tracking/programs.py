@@ -83,7 +83,7 @@ def register_program(client: Any, run_id: str, model: str, name: str, fingerprin
         latest = max(versions, key=lambda v: int(v.version), default=None)
         if latest is not None and latest.tags.get("program_hash") == fingerprint:
             return f"{model}/{latest.version}"
-        if latest is None and not versions:
+        if latest is None:
             try:
                 client.get_registered_model(model)
             except Exception:
