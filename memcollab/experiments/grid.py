@@ -26,12 +26,10 @@ name and the store's (`memory.backends.store_target`); everything else stays in 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +54,7 @@ from memcollab.experiments.report import (
     placebo_table,
     plot_k_ablation,
 )
+from memcollab.experiments.step_times import StepTimes
 from memcollab.experiments.transfer import plot_transfer, tracker_matrix, transfer_table
 from memcollab.grading.echo import echoes_memory
 from memcollab.memory.backends import store_target
@@ -88,17 +87,6 @@ class GridResult:
     estimate_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     parent_run_id: str | None = None
-
-
-@dataclass(frozen=True)
-class _Before:
-    """summary.json of the invocations before this one: step seconds, invocations, wall seconds, and each finished
-    step's fingerprint (what it made)."""
-
-    timings: dict[str, float]
-    invocations: int
-    wall_s: float
-    completed: dict[str, str]
 
 
 def model_sha256(config: dict[str, Any]) -> str:
@@ -209,10 +197,7 @@ class GridRun:
         self.methods: dict[str, MemoryMethod] = {}
         self.contexts: dict[str, MethodContext] = {}
         self.collected: dict[tuple, list[Trajectory]] = {}
-        self.timings: dict[str, float] = {}
-        self._started = time.perf_counter()
-        self.completed: dict[str, str] = {}  # step key -> fingerprint of what it finished in this invocation
-        self._before: _Before | None = None
+        self.steps = StepTimes(self.run_dir / "summary.json")  # read now, before this invocation rewrites it
         self.extra: dict[str, dict[str, Any]] = {}
         self.results: ResultStore | None = None
         #: (store name, its file in the run dir) -> where it lives: that file, or a schema of the config's store_url.
@@ -339,7 +324,7 @@ class GridRun:
         )
         self.announce(f"memory {memory.id}: {memory.spec.kind} {origin}")
         fingerprint = stable_hash([memory.id, [t.id for t in bench.build_tasks]])
-        with self._timed(f"build.{memory.id}_s", fingerprint) as seconds:
+        with self.steps.timed(f"build.{memory.id}_s", fingerprint) as seconds:
             trajectories = self.trajectories(memory, bench, agents)
             method = make_method(memory.spec, self.context(memory.taxonomy), workdir)
             report = method.build(
@@ -351,7 +336,7 @@ class GridRun:
                     temperature=self.cfg.sample_temperature,
                 )
             )
-        self.completed[f"build.{memory.id}_s"] = fingerprint
+        self.steps.complete(f"build.{memory.id}_s", fingerprint)
         method.export(workdir / "memory.jsonl")
         entries = method.entries()
         if entries:
@@ -423,7 +408,7 @@ class GridRun:
 
         memory_id = self.plan.cell_memory[cell.id]
         fingerprint = stable_hash([cell.id, [t.id for t in tasks], memory_id or ""])
-        with self._timed(f"eval.{cell.id}_s", fingerprint) as wall:
+        with self.steps.timed(f"eval.{cell.id}_s", fingerprint) as wall:
             rows = self.executor.run(
                 self.solves(
                     bench.taxonomy,
@@ -437,7 +422,7 @@ class GridRun:
                 )
             )
         if not any(r.get("lm_error") for r in rows):  # unanswered tasks are asked again by the next invocation
-            self.completed[f"eval.{cell.id}_s"] = fingerprint
+            self.steps.complete(f"eval.{cell.id}_s", fingerprint)
         self.extra[cell.id] = {
             "wall_s": round(wall(), 2),
             "memory_id": memory_id or "",
@@ -467,7 +452,6 @@ class GridRun:
             rows: list[dict[str, Any]] = []
             done: list[Cell] = []
             categories: dict[str, dict[str, str]] = {}
-            self._summary_before()
             try:
                 for cell in run_order(plan):
                     if cell.benchmark not in categories:
@@ -574,58 +558,12 @@ class GridRun:
         }
         (self.run_dir / "grid.json").write_text(json.dumps(payload, indent=2, default=str))
 
-    @contextlib.contextmanager
-    def _timed(self, key: str, fingerprint: str) -> Iterator[Callable[[], float]]:
-        """Time a step into `timings[key]`, also when it stops part way; yields the step's seconds over every
-        invocation. `fingerprint` names what the step makes (its tasks, its memory): a step that an earlier
-        invocation finished (`completed`) with the same fingerprint only reads its results back, which adds no time
-        to what it took."""
-        read_back = self._summary_before().completed.get(key) == fingerprint
-        start = time.perf_counter()
-        try:
-            yield lambda: self._timing_total(key)
-        finally:
-            self.timings[key] = 0.0 if read_back else time.perf_counter() - start
-
-    def _summary_before(self) -> _Before:
-        """What summary.json says of the invocations before this one, read once per invocation."""
-        if self._before is None:
-            try:
-                before = json.loads((self.run_dir / "summary.json").read_text())
-                self._before = _Before(
-                    {k: float(v) for k, v in before.get("timings_s", {}).items()},
-                    int(before.get("invocations", 0)),
-                    float(before.get("wall_s", 0.0)),
-                    {str(k): str(v) for k, v in before.get("completed", {}).items()},
-                )
-            except (OSError, ValueError, AttributeError, TypeError):
-                self._before = _Before({}, 0, 0.0, {})  # no summary yet, or one we cannot read: start from zero
-        return self._before
-
-    def _timing_total(self, key: str) -> float:
-        """Seconds of step `key` over every invocation: the earlier ones' (summary.json) and this one's."""
-        return self._summary_before().timings.get(key, 0.0) + self.timings.get(key, 0.0)
-
     def _write_summary(self, estimate: float | None) -> dict[str, float]:
         """summary.json: timings and wall time added up over invocations (a resumed grid reports what its results
         took). Rewritten after every cell and when an invocation stops part way, so no invocation's time is lost."""
-        before = self._summary_before()
-        previous, invocations, wall = before.timings, before.invocations, before.wall_s
-        timings = {k: round(self._timing_total(k), 1) for k in {*previous, *self.timings}}
-        (self.run_dir / "summary.json").write_text(
-            json.dumps(
-                {
-                    "name": self.cfg.name,
-                    "estimate_s": estimate,
-                    "invocations": invocations + 1,
-                    "wall_s": round(wall + time.perf_counter() - self._started, 1),
-                    "timings_s": dict(sorted(timings.items())),
-                    "completed": dict(sorted({**before.completed, **self.completed}.items())),
-                },
-                indent=2,
-            )
-        )
-        return timings
+        summary = {"name": self.cfg.name, "estimate_s": estimate, **self.steps.summary()}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary["timings_s"]
 
     # ----- MLflow ---------------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,13 @@ from memcollab.experiments.preflight import (
     load_role,
     safe_name,
 )
+from memcollab.experiments.step_times import StepTimes
 from memcollab.parallel import console as progress_console
 from memcollab.parallel import parallel_map
-from memcollab.records import Task
+from memcollab.records import Task, stable_hash
+
+#: RunConfig fields that change how a run is done or recorded, not what it makes (kept out of step fingerprints).
+_BOOKKEEPING = {"workers", "run_dir", "tracking_uri", "track", "max_errors", "store_url", "data_dir"}
 
 __all__ = ["Experiment", "RunConfig", "build_agent_handles", "check_overlap", "prepare_agents"]
 
@@ -102,7 +105,7 @@ class Experiment:
         )
         self.agents: dict[str, Any] = {}
         self.summaries: list[EvalSummary] = []
-        self.timings: dict[str, float] = {}
+        self.steps = StepTimes(cfg.run_dir / "summary.json")  # read now, before this invocation rewrites it
         self.announce: Callable[[str], None] = progress_console.print
 
     def close(self) -> None:
@@ -116,8 +119,12 @@ class Experiment:
     def __enter__(self) -> Experiment:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is not None and self.steps.timings:  # Ctrl-C or a failure: the time so far still counts
+                self.write_summary({"stopped": exc_type.__name__}, log=False)
+        finally:
+            self.close()
 
     def pipeline(self, distiller: str | None, classifier: str | None):
         from memcollab.programs.pipeline import MemCollab
@@ -170,14 +177,19 @@ class Experiment:
                 f"{self.store.path} already holds {len(self.store)} memories: this build adds to them "
                 "(a new --run-dir or --memory starts an empty memory)"
             )
-        start = time.perf_counter()
-        pipeline = self.pipeline(distiller, classifier)
-        for name in ("solver", "classifier", "distiller"):
-            self.tracker.log_program(getattr(pipeline, name), name)
-        report = pipeline.build(
-            tasks, [self.agents[n] for n in cfg.build_agents], samples=cfg.samples, temperature=cfg.sample_temperature
-        )
-        self.timings["build_s"] = time.perf_counter() - start
+        fingerprint = self._fingerprint("build", [*cfg.build_agents, distiller, classifier], tasks)
+        with self.steps.timed("build_s", fingerprint) as seconds:
+            pipeline = self.pipeline(distiller, classifier)
+            for name in ("solver", "classifier", "distiller"):
+                self.tracker.log_program(getattr(pipeline, name), name)
+            report = pipeline.build(
+                tasks,
+                [self.agents[n] for n in cfg.build_agents],
+                samples=cfg.samples,
+                temperature=cfg.sample_temperature,
+            )
+        if not report.lm_errors:  # unanswered calls are asked again by the next invocation: real work
+            self.steps.complete("build_s", fingerprint)
         rows = task_rows(report.trajectories, "build")
         _write_jsonl(cfg.run_dir / "build_trajectories.jsonl", rows)
         self.store.export_jsonl(cfg.run_dir / "memory.jsonl")
@@ -192,7 +204,7 @@ class Experiment:
                 "build.memories_merged": report.merged,
                 "build.memories_unverified": report.unverified,
                 "memory.size": len(self.store),
-                "build.seconds": self.timings["build_s"],
+                "build.seconds": seconds(),
                 **{f"build.accuracy.{a}": v for a, v in report.accuracy_by_agent.items()},
             }
         )
@@ -224,12 +236,15 @@ class Experiment:
         for name in agents:
             for use_memory in conditions:
                 condition = "memcollab" if use_memory else "no_memory"
-                start = time.perf_counter()
-                trajectories = pipeline.evaluate(tasks, self.agents[name], use_memory=use_memory)
-                self.timings[f"eval.{name}.{condition}_s"] = time.perf_counter() - start
+                key = f"eval.{name}.{condition}_s"
+                fingerprint = self._fingerprint(key, [name, classifier], tasks, memory=use_memory)
+                with self.steps.timed(key, fingerprint):
+                    trajectories = pipeline.evaluate(tasks, self.agents[name], use_memory=use_memory)
                 if on_step is not None:
-                    on_step(self.timings[f"eval.{name}.{condition}_s"])
+                    on_step(self.steps.timings[key])
                 summary = summarize(trajectories, name, condition, benchmark)
+                if not summary.lm_errors:
+                    self.steps.complete(key, fingerprint)
                 summaries.append(summary)
                 rows = task_rows(trajectories, condition)
                 _write_jsonl(cfg.run_dir / f"eval_{safe_name(name)}_{condition}.jsonl", rows)
@@ -317,30 +332,30 @@ class Experiment:
         self.tracker.log_artifact(out, "programs")
         return metrics
 
-    def write_summary(self, extra: dict[str, Any] | None = None) -> Path:
-        """summary.json of the run dir. Phase timings add up over every invocation in the dir, so a resumed
-        or replayed run reports the time its results took to make, not the seconds of its last, cached pass."""
+    def _fingerprint(self, step: str, agents: list[str | None], tasks: list[Task], memory: bool = False) -> str:
+        """What a step makes: the run's settings (not bookkeeping such as workers or tracking), its agents'
+        configs, its tasks and, for the memory condition, the memory's content."""
+        settings = self.cfg.model_dump(mode="json", exclude=_BOOKKEEPING)
+        configs = {n: self.agents[n].config for n in agents if n and n in self.agents}
+        contents = self.store.content_hash() if memory else ""
+        return stable_hash([step, settings, configs, [t.id for t in tasks], contents])
+
+    def write_summary(self, extra: dict[str, Any] | None = None, log: bool = True) -> Path:
+        """summary.json of the run dir. Step times add up over every invocation in the dir, and a step an earlier
+        invocation finished adds nothing when it is read back (`StepTimes`): a resumed or replayed run reports the
+        time its results took to make. `log`: also log it to the MLflow run (not once that run has ended)."""
         path = self.cfg.run_dir / "summary.json"
-        previous = self._previous_timings(path)
-        timings = {k: round(previous.get(k, 0.0) + v, 1) for k, v in self.timings.items()}
         payload = {
             "config": json.loads(self.cfg.model_dump_json()),
             "memory_size": len(self.store),
-            "timings_s": timings,
+            **self.steps.summary(),
             "results": [s.model_dump() for s in self.summaries],
             **(extra or {}),
         }
         path.write_text(json.dumps(payload, indent=2, default=str))
-        self.tracker.log_artifact(path)
+        if log:
+            self.tracker.log_artifact(path)
         return path
-
-    @staticmethod
-    def _previous_timings(path: Path) -> dict[str, float]:
-        try:
-            timings = json.loads(path.read_text()).get("timings_s", {})
-            return {k: float(v) for k, v in timings.items()}
-        except (OSError, ValueError, AttributeError, TypeError):
-            return {}  # no summary yet, or one we cannot read: start from zero
 
 
 def _solve(program: Any, task: Task, agent: Any) -> bool:
