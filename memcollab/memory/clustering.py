@@ -134,7 +134,8 @@ def plot_heatmap(categories: list[str], error_types: list[str], matrix: np.ndarr
     except OSError as exc:
         raise output_error(path, exc) from None
     matrix = np.asarray(matrix, dtype=float)
-    width = max(4.0, 1.0 + 0.9 * len(error_types))
+    labels = max((len(c) for c in categories), default=0) * 0.09  # inches the category labels take
+    width = max(5.0, 2.0 + labels + 0.9 * len(error_types))
     height = max(3.0, 1.0 + 0.5 * len(categories))
     fig, ax = plt.subplots(figsize=(width, height))
     suffix = path.suffix.lstrip(".").lower()
@@ -165,7 +166,7 @@ def plot_heatmap(categories: list[str], error_types: list[str], matrix: np.ndarr
             fig.colorbar(image, ax=ax, label="share")
             ax.set_xlabel("error type")
             ax.set_ylabel("category")
-        ax.set_title("Error-type distribution per category")
+        fig.suptitle("Error-type distribution per category", fontsize=11)  # centred on the figure, labels and all
         fig.tight_layout()
         try:
             fig.savefig(path, dpi=120)
