@@ -448,6 +448,9 @@ def test_a_placebo_shows_each_task_its_own_fixed_draw_of_off_domain_rules(tmp_pa
     assert sum("mutating the argument in place" in p for p in prompts) == 3, "the rules are in the solver's prompt"
     assert not any("list_processing" in p for p in prompts), "only the rule text, as for every memory"
     assert not any("[[ ## verdict ## ]]" in json.dumps(h["messages"]) for h in agents["strong"].lm.history)
+    (audit,) = pd.read_csv(tmp_path / "run" / "memories.csv").to_dict("records")
+    assert (audit["memory"], audit["kind"], audit["rules"], audit["empty"]) == (cell["memory_id"], "placebo", 6, 0)
+    assert (audit["sourced"], audit["top_category"]) == (0, "list_processing"), "no source task here to restate"
 
     # The file's order does not matter; its content does: the same rules are the same memory and the same draws.
     rules.write_text("\n".join(json.dumps(r) for r in OFF_DOMAIN) + "\n")
@@ -711,6 +714,7 @@ def test_notebook_runs_on_the_committed_smoke_run(tmp_path):
     assert "gsm8k.weak.memcollab.weak_strong.s0" in outputs
     assert "lost_when_echoing" in outputs and "no placebo cell in this grid" in outputs, "section 7 ran"
     assert "other_method" in outputs and "(chance " in outputs, "section 8 ran"
+    assert "top_error_type" in outputs and "mean_chars" in outputs, "section 9 ran"
     for figure in (
         "transfer_heatmap.png",
         "k_ablation_plot.png",

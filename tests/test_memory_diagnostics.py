@@ -199,3 +199,32 @@ def test_overlap_table_counts_the_tasks_two_memories_both_lose():
     # memcollab loses t0, t2; both lose t0; by chance 2 x 2 / 4 = 1
     assert (line["n"], line["agree"], line["solved_none"]) == (5, 3, 4)
     assert (line["lost"], line["other_lost"], line["lost_both"], line["lost_both_if_independent"]) == (2, 2, 1, 1.0)
+
+
+def test_audit_counts_empty_and_restating_rules():
+    from memcollab.experiments.memory_audit import audit_rules, memory_table
+    from memcollab.records import Provenance, Task
+
+    task = Task(id="t1", benchmark="gsm8k", split="train", kind="math", prompt=PIZZA)
+
+    def rule(when: str, enforce: str, avoid: str, error_type: str, source: str = "t1") -> MemoryEntry:
+        return MemoryEntry(
+            when=when,
+            enforce=enforce,
+            avoid=avoid,
+            category="money_and_shopping",
+            error_type=error_type,
+            provenance=Provenance(task_ids=[source]),
+        )
+
+    entries = [
+        rule("several quantities are combined", "write each partial total", "dropping a group", "missed_case"),
+        rule("a price is given", "The total price.", "the total price", "arithmetic_slip"),  # says nothing
+        rule("5 packs of milk and some boxes of pizza are ordered", "count boxes", "guessing", "arithmetic_slip"),
+        rule("a rate is given", "check units", "mixing units", "arithmetic_slip", source="elsewhere"),
+    ]
+    audit = audit_rules(entries, [task])
+    assert (audit["rules"], audit["empty"], audit["sourced"], audit["restating"]) == (4, 1, 3, 1)
+    assert (audit["top_error_type"], audit["top_error_share"], audit["categories"]) == ("arithmetic_slip", 0.75, 1)
+    table = memory_table([{"memory": "m", "kind": "reflect", "source": "weak"} | audit])
+    assert table.loc[0, "restating"] == 1 and list(table.columns)[:4] == ["memory", "kind", "source", "rules"]

@@ -10,10 +10,11 @@ LM result made before is read back, not redone.
 Run directory:
   grid.json            the config, the cells and the memories (what the notebook reads first)
   results.sqlite       every LM result by key (resume); dspy_cache/ the LM response cache
-  memories/<id>/       memory.jsonl (+ memory.sqlite, build.json naming the store, cheatsheet history)
+  memories/<id>/       memory.jsonl (+ memory.sqlite, build.json naming the store and counting the rules,
+                       cheatsheet history)
   cells/<cell>.jsonl   per-task rows of each cell; tasks.jsonl all of them
   table.csv (and table.md), categories.csv, transfer.csv, k_ablation.csv, echo.csv,
-                       placebo.csv and transfer.png, k_ablation.png (rewritten after
+                       placebo.csv, overlap.csv, memories.csv and transfer.png, k_ablation.png (rewritten after
                        every cell, so a stopped grid keeps its finished cells' tables); progress.json which
                        cells they cover
   summary.json         timings and wall time (added up over invocations, kept when one stops part way) and
@@ -43,6 +44,7 @@ from memcollab.experiments.grid_config import Cell, GridConfig
 from memcollab.experiments.grid_estimate import GridEstimate, estimate_grid
 from memcollab.experiments.grid_plan import BenchmarkPlan, GridPlan, MemoryPlan, plan_grid
 from memcollab.experiments.grid_tracking import GridTracker
+from memcollab.experiments.memory_audit import audit_rules, memory_table
 from memcollab.experiments.report import (
     ROW_COLUMNS,
     category_table,
@@ -100,7 +102,7 @@ def model_sha256(config: dict[str, Any]) -> str:
 
 
 #: The per-grid tables, each written as `<name>.csv` after every cell and logged to the parent MLflow run.
-TABLES = ("table", "categories", "k_ablation", "transfer", "echo", "placebo", "overlap")
+TABLES = ("table", "categories", "k_ablation", "transfer", "echo", "placebo", "overlap", "memories")
 
 
 def agent_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +197,7 @@ class GridRun:
         self.announce = announce
         self.show_progress = show_progress
         self.methods: dict[str, MemoryMethod] = {}
+        self.audits: dict[str, dict[str, Any]] = {}  # memory id -> counts of its rules (rule memories only)
         self.contexts: dict[str, MethodContext] = {}
         self.collected: dict[tuple, list[Trajectory]] = {}
         self.steps = StepTimes(self.run_dir / "summary.json")  # read now, before this invocation rewrites it
@@ -341,6 +344,7 @@ class GridRun:
         entries = method.entries()
         if entries:
             plot_heatmap(*error_type_matrix(entries), workdir / "error_types.png")
+            self.audits[memory.id] = audit_rules(entries, bench.build_tasks)
         info = {
             "id": memory.id,
             "kind": memory.spec.kind,
@@ -354,11 +358,25 @@ class GridRun:
             # where `memcollab memory list --store` finds it (a file here, or a schema of the store_url)
             "store": method.store.path if isinstance(method, StoreMethod) else None,
             "report": report,
+            "rules": self.audits.get(memory.id),
             "seconds": round(seconds(), 1),
         }
         (workdir / "build.json").write_text(json.dumps(info, indent=2, default=str))
         self.methods[memory.id] = method
         return method
+
+    def _memory_table(self, cells: list[Cell]) -> pd.DataFrame:
+        """memories.csv: the rule counts (`memory_audit`) of every rule memory that `cells` read."""
+        ids = dict.fromkeys(m for m in (self.plan.cell_memory[c.id] for c in cells) if m in self.audits)
+        return memory_table(
+            {
+                "memory": m,
+                "kind": self.plan.memories[m].spec.kind,
+                "source": "+".join(self.plan.memories[m].source) or "-",
+            }
+            | self.audits[m]
+            for m in ids
+        )
 
     def method_for(self, cell: Cell) -> MemoryMethod:
         memory_id = self.plan.cell_memory[cell.id]
@@ -499,6 +517,7 @@ class GridRun:
             "echo": echo_table(rows, cells),
             "placebo": placebo_table(rows, cells, samples=cfg.bootstrap_samples),
             "overlap": overlap_table(rows, cells),
+            "memories": self._memory_table(cells),
         }
         assert tuple(frames) == TABLES
         for name, frame in frames.items():

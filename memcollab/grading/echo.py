@@ -19,6 +19,11 @@ _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 _NUMBERING = re.compile(r"^\s*\d+[.)]\s+", re.MULTILINE)
 
 
+def words(text: str) -> list[str]:
+    """The words of `text`, lower-cased and without punctuation."""
+    return _WORD.findall(text.lower())
+
+
 def phrases(text: str, words: int = PHRASE_WORDS) -> set[str]:
     """Every run of `words` consecutive words of `text`, lower-cased and without punctuation."""
     tokens = _WORD.findall(text.lower())
