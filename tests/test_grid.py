@@ -18,7 +18,7 @@ import pytest
 from dspy.utils.dummies import DummyLM
 
 from memcollab.benchmarks import get_benchmark, load_source
-from memcollab.errors import ConfigError
+from memcollab.errors import ConfigError, MemCollabError
 from memcollab.experiments.grid import evaluation_order, run_grid
 from memcollab.experiments.grid_config import GridConfig, expand_cells, is_grid_config, load_grid_config
 from memcollab.experiments.grid_estimate import estimate_grid, estimate_grid_seconds
@@ -451,6 +451,21 @@ def test_a_placebo_shows_each_task_its_own_fixed_draw_of_off_domain_rules(tmp_pa
     (audit,) = pd.read_csv(tmp_path / "run" / "memories.csv").to_dict("records")
     assert (audit["memory"], audit["kind"], audit["rules"], audit["empty"]) == (cell["memory_id"], "placebo", 6, 0)
     assert (audit["sourced"], audit["top_category"]) == (0, "list_processing"), "no source task here to restate"
+
+    # --tables-only: the finished cells' tables again, read back, with agents whose LMs refuse every call.
+    calls = len(agents["weak"].lm.history)
+    only = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False, tables_only=True)
+    columns = ["cell", "n", "correct", "accuracy", "memories", "memory_hash"]
+    pd.testing.assert_frame_equal(only.table[columns], result.table[columns])
+    assert len(agents["weak"].lm.history) == calls, "not one call reached the scripted LM"
+    progress = tmp_path / "run" / "progress.json"
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "done": ["gsm8k.weak.none.none.s0"]}))
+    only = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False, tables_only=True)
+    assert list(only.table["cell"]) == ["gsm8k.weak.none.none.s0"], "only the cells finished before"
+    assert json.loads(progress.read_text())["pending"] == [cell.name]
+    (tmp_path / "run" / "results.sqlite").unlink()
+    with pytest.raises(MemCollabError, match="would need a new LM call: a finished cell's result is not in the"):
+        run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False, tables_only=True)
 
     # The file's order does not matter; its content does: the same rules are the same memory and the same draws.
     rules.write_text("\n".join(json.dumps(r) for r in OFF_DOMAIN) + "\n")

@@ -49,6 +49,13 @@ def grid_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="validate, list the cells and the time estimate; run nothing"
     ),
+    tables_only: bool = typer.Option(
+        False,
+        "--tables-only",
+        help="rewrite the tables and figures of the cells an earlier invocation finished, from the run dir's result "
+        "store: no LM call, no model server, no MLflow run (after an update to how tables are made); stops with one "
+        "line if a result is missing. Not while another invocation runs in the same run dir",
+    ),
     executor: Annotated[
         str,
         typer.Option(
@@ -123,7 +130,7 @@ def grid_command(
         )
         return
     with make_executor(executor, ray_address) as runner:
-        result = run_grid(cfg, announce=err.print, executor=runner)
+        result = run_grid(cfg, announce=err.print, executor=runner, tables_only=tables_only)
     print_grid(result.table, f"{cfg.name}: every cell vs no memory on the same tasks")
     files = ", ".join([*(f"{name}.csv" for name in TABLES), "table.md", "figures"])
     console.print(f"results: {result.run_dir} ({files}; notebooks/grid.ipynb)", markup=False)

@@ -451,44 +451,57 @@ class GridRun:
         return list(rows)
 
     # ----- the whole grid -------------------------------------------------------------------
-    def run(self) -> GridResult:
+    def run(self, tables_only: bool = False) -> GridResult:
+        """Every cell, memory by memory (resuming what earlier invocations made), then the tables and MLflow.
+
+        `tables_only`: only the cells an earlier invocation finished, read back from the store, and their tables;
+        no MLflow run (give the GridRun agents that refuse LM calls, as `run_grid` does, to be sure of no call).
+        """
         if self.results is None:
             raise RuntimeError("open the GridRun first: `with GridRun(plan) as run: run.run()`")
         cfg, plan = self.cfg, self.plan
         times = self.estimate()
         estimate, left = times.whole, times.left
+        self._write_plan(estimate)
+        if tables_only:
+            finished = [c for c in run_order(plan) if c.id in times.finished.cells]
+            self.announce(f"tables only: the {len(finished)} of {len(plan.cells)} cells finished in {self.run_dir}")
+            return self._report(self._run_cells(finished, estimate), estimate, finished)
         if estimate is not None and left is not None:
             self.announce(
                 f"estimated machine time: about {estimate / 60:.0f} min for {len(plan.cells)} cells and "
                 f"{len(plan.memories)} memories, about {left / 60:.0f} min of it left "
                 "(measured tokens/s; finished cells and built memories are read back)"
             )
-        self._write_plan(estimate)
         assert self.tracker is not None
         with self.tracker.invocation(cfg.name, self._params()) as parent:
             self._log_programs()
-            rows: list[dict[str, Any]] = []
-            done: list[Cell] = []
-            categories: dict[str, dict[str, str]] = {}
-            try:
-                for cell in run_order(plan):
-                    if cell.benchmark not in categories:
-                        categories[cell.benchmark] = self.categories(plan.benchmarks[cell.benchmark])
-                    rows += self.evaluate(cell, categories[cell.benchmark])  # builds its memory the first time
-                    done.append(cell)
-                    # Tables after every cell: a grid stopped after hours still leaves its finished cells' tables.
-                    self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
-                    self._write_summary(estimate)
-            except BaseException:
-                self._write_summary(estimate)  # Ctrl-C or a failure: this invocation's time still counts
-                raise
-            result = self._report(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), estimate)
+            result = self._report(self._run_cells(run_order(plan), estimate), estimate, plan.cells)
             result.parent_run_id = parent.run_id
             self._log(result)
         return result
 
-    def _report(self, rows: pd.DataFrame, estimate: float | None) -> GridResult:
-        table, categories, transfer, ablation = self._write_tables(rows, self.plan.cells)
+    def _run_cells(self, cells: list[Cell], estimate: float | None) -> pd.DataFrame:
+        """Solve `cells` in order (each builds its memory the first time); the tables and summary.json after every
+        cell, so a grid stopped after hours still leaves its finished cells' tables and this invocation's time."""
+        rows: list[dict[str, Any]] = []
+        done: list[Cell] = []
+        categories: dict[str, dict[str, str]] = {}
+        try:
+            for cell in cells:
+                if cell.benchmark not in categories:
+                    categories[cell.benchmark] = self.categories(self.plan.benchmarks[cell.benchmark])
+                rows += self.evaluate(cell, categories[cell.benchmark])
+                done.append(cell)
+                self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
+                self._write_summary(estimate)
+        except BaseException:
+            self._write_summary(estimate)  # Ctrl-C or a failure: this invocation's time still counts
+            raise
+        return pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+
+    def _report(self, rows: pd.DataFrame, estimate: float | None, cells: list[Cell]) -> GridResult:
+        table, categories, transfer, ablation = self._write_tables(rows, cells)
         timings = self._write_summary(estimate)
         return GridResult(self.run_dir, table, categories, transfer, ablation, estimate, timings)
 
@@ -696,13 +709,37 @@ def run_grid(
     announce: Callable[[str], None] = progress_console.print,
     show_progress: bool = True,
     executor: Executor | None = None,
+    tables_only: bool = False,
 ) -> GridResult:
     """Plan (validate everything, no writes), then run the grid; `agents` replaces named agents (tests), `executor`
-    says where the solves run (default: threads here)."""
+    says where the solves run (default: threads here). `tables_only`: rewrite the tables of the finished cells
+    from the store, with no LM call and no MLflow run (after a change to how tables are made)."""
     if cfg.store_url is not None:  # a server that does not answer fails first, before the run dir exists
         from memcollab.memory.postgres import check_server
 
         check_server(cfg.store_url, ConfigError)
     plan = plan_grid(cfg, injected=set(agents or {}), announce=announce)
+    if tables_only:
+        agents = read_back_agents(plan, agents)
     with GridRun(plan, agents, announce=announce, show_progress=show_progress, executor=executor) as grid:
-        return grid.run()
+        return grid.run(tables_only=tables_only)
+
+
+def read_back_agents(plan: GridPlan, injected: dict[str, Agent] | None = None) -> dict[str, Agent]:
+    """Every agent of `plan` (and of `injected`) with its config and adapter, so its results' keys are the same,
+    but an LM that refuses calls (`lm.no_calls`): no server starts, and a result missing from the store stops the
+    pass with one line instead of starting model calls."""
+    from memcollab.lm.factory import build_adapter
+    from memcollab.lm.no_calls import NoCallsLM
+
+    why = (
+        "a finished cell's result is not in the store (the code or the config changed since the cell ran); "
+        "run the grid without --tables-only to make it"
+    )
+    handles = {
+        name: Agent(name, NoCallsLM(name, why), config.model_dump(mode="json"), build_adapter(config))
+        for name, config in plan.agents.items()
+    }
+    for name, agent in (injected or {}).items():
+        handles[name] = Agent(name, NoCallsLM(name, why), agent.config, agent.adapter)
+    return handles
