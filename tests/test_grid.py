@@ -21,7 +21,7 @@ from memcollab.benchmarks import get_benchmark, load_source
 from memcollab.errors import ConfigError, MemCollabError
 from memcollab.experiments.grid import evaluation_order, run_grid
 from memcollab.experiments.grid_config import GridConfig, expand_cells, is_grid_config, load_grid_config
-from memcollab.experiments.grid_estimate import estimate_grid, estimate_grid_seconds
+from memcollab.experiments.grid_estimate import estimate_grid, estimate_grid_seconds, measured_turns
 from memcollab.experiments.grid_plan import plan_grid
 from memcollab.paths import default_data_dir
 from memcollab.programs.pipeline import Agent
@@ -664,6 +664,14 @@ def test_estimate_counts_the_grids_calls(tmp_path):
     agents = {name: agent.config for name, agent in scripted_agents(big_cfg).items()}
     low, high = estimate_grid_seconds(small, agents), estimate_grid_seconds(big, agents)
     assert low is not None and 0 < low < high
+    one_turn = estimate_grid_seconds(big, agents, turns={"humaneval": 1.0})
+    assert one_turn is not None and one_turn < high, "a code task that took one turn costs less than max_turns"
+    assert estimate_grid_seconds(big, agents, turns={"gsm8k": 3.0}) == high, "a math task is one call whatever"
+    pd.DataFrame(
+        {"benchmark": ["humaneval", "humaneval", "gsm8k"], "n": [3, 1, 5], "turns": [1.0, 3.0, 1.0], "k": [3, 3, 3]}
+    ).to_csv(tmp_path / "table.csv", index=False)
+    assert measured_turns(tmp_path) == {"humaneval": 1.5, "gsm8k": 1.0}, "weighted by each cell's tasks"
+    assert measured_turns(tmp_path / "nowhere") == {}
     agents["weak"] = {**agents["weak"], "backend": "litellm", "model": "openai/x"}
     assert estimate_grid_seconds(small, agents) is None, "a remote agent has no measured rate"
 

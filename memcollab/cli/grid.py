@@ -92,6 +92,7 @@ def grid_command(
     rerun of the same config resumes. Tables, figures and per-task rows go to the run directory; MLflow gets a
     parent run for the invocation and a nested run per cell.
     """
+    from memcollab.benchmarks import get_benchmark
     from memcollab.experiments.executors import check_executor, make_executor
     from memcollab.experiments.grid import TABLES, run_grid, run_order
     from memcollab.experiments.grid_config import load_grid_config
@@ -128,6 +129,13 @@ def grid_command(
             markup=False,
             soft_wrap=True,
         )
+        code = [b for b in plan.benchmarks if get_benchmark(b).kind == "code"]
+        if code:
+            counted = ", ".join(
+                f"{b} {times.turns[b]:.2f} (measured here)" if b in times.turns else f"{b} {cfg.max_turns} (max_turns)"
+                for b in code
+            )
+            console.print(f"calls per code task in the estimate: {counted}", markup=False, soft_wrap=True)
         return
     with make_executor(executor, ray_address) as runner:
         result = run_grid(cfg, announce=err.print, executor=runner, tables_only=tables_only)

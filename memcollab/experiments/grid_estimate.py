@@ -4,7 +4,8 @@ The figures are `configs/throughput.yaml`'s (`experiments.estimate.Throughput`),
 here. The count is an upper bound: cells that show the solver the same prompt share one result. A grid
 that spans sessions also wants the time *left*: the run directory says which cells finished
 (`progress.json`) and which memories were built (`memories/<id>/build.json`), and their calls are free
-(the grid resumes from its result store).
+(the grid resumes from its result store). A code task takes up to `max_turns` calls; once cells of its
+benchmark have finished, it counts the turns they took per task (`table.csv`) instead.
 """
 
 from __future__ import annotations
@@ -12,17 +13,35 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from memcollab.benchmarks import get_benchmark
 from memcollab.experiments.estimate import CallKind, Throughput, load_throughput
 from memcollab.experiments.grid_plan import GridPlan
 
 
-def _turns(benchmark: str, max_turns: int) -> int:
-    return max_turns if get_benchmark(benchmark).kind == "code" else 1
+def _turns(benchmark: str, max_turns: int, measured: Mapping[str, float]) -> float:
+    """Calls per task: 1 for math; for code what the grid's finished cells took (`measured_turns`), else the
+    `max_turns` upper bound."""
+    return measured.get(benchmark, max_turns) if get_benchmark(benchmark).kind == "code" else 1
+
+
+def measured_turns(run_dir: Path) -> dict[str, float]:
+    """Mean turns per task of each benchmark's finished cells in `run_dir` (table.csv, weighted by tasks): a code
+    task stops at its first passing turn, so most take fewer than `max_turns`."""
+    try:
+        table = pd.read_csv(run_dir / "table.csv", usecols=["benchmark", "n", "turns"])
+    except (OSError, ValueError):
+        return {}  # no finished cell yet, or a table from before it had turns
+    table = table[table["n"] > 0]
+    return {
+        str(benchmark): float((group["turns"] * group["n"]).sum() / group["n"].sum())
+        for benchmark, group in table.groupby("benchmark")
+    }
 
 
 @dataclass(frozen=True)
@@ -53,11 +72,18 @@ def finished_work(plan: GridPlan, run_dir: Path) -> Finished:
     return Finished(frozenset(cells), frozenset(memories))
 
 
-def grid_calls(plan: GridPlan, pair_rate: float, finished: Finished | None = None) -> dict[tuple[str, CallKind], float]:
+def grid_calls(
+    plan: GridPlan,
+    pair_rate: float,
+    finished: Finished | None = None,
+    turns: Mapping[str, float] | None = None,
+) -> dict[tuple[str, CallKind], float]:
     """Expected LM calls per (agent, kind) for the grid (`pair_rate`: share of build tasks with a contrast),
     leaving out what `finished` names: those cells, and the build of those memories (and what others share
-    with them, such as an agent's solves of the build tasks). A memory no pending cell reads is not built."""
+    with them, such as an agent's solves of the build tasks). A memory no pending cell reads is not built.
+    `turns`: measured turns per code task by benchmark (`measured_turns`; else `max_turns` each)."""
     cfg = plan.cfg
+    measured = turns or {}
     done = finished or Finished()
     pending = [c for c in plan.cells if c.id not in done.cells]
     needed = {plan.cell_memory[c.id] for c in pending} | done.memories
@@ -76,7 +102,7 @@ def grid_calls(plan: GridPlan, pair_rate: float, finished: Finished | None = Non
             if b.build_source == memory.build_source and b.taxonomy == memory.taxonomy
         )
         n = len(bench.build_tasks)
-        turns = _turns(memory.build_source.split("/")[0], cfg.max_turns)
+        turns = _turns(memory.build_source.split("/")[0], cfg.max_turns, measured)
         for agent in memory.source:
             key = (memory.build_source, memory.taxonomy, memory.seed, agent)
             if key not in greedy:
@@ -109,7 +135,7 @@ def grid_calls(plan: GridPlan, pair_rate: float, finished: Finished | None = Non
     for bench in plan.benchmarks.values():
         if not any(c.benchmark == bench.name for c in plan.cells if c.id in done.cells):
             calls[(cfg.classifier_name, "classify")] += len(bench.eval_tasks)  # before its first cell
-        turns = _turns(bench.name, cfg.max_turns)
+        turns = _turns(bench.name, cfg.max_turns, measured)
         for cell in pending:
             if cell.benchmark == bench.name:
                 calls[(cell.target, "solve")] += len(bench.cell_tasks[cell.id]) * turns
@@ -121,6 +147,7 @@ def estimate_grid_seconds(
     agents: Mapping[str, Any],
     throughput: Throughput | None = None,
     finished: Finished | None = None,
+    turns: Mapping[str, float] | None = None,
 ) -> float | None:
     """Upper-bound machine time in seconds (of what `finished` leaves); None if the throughput file or an
     agent's rate is missing.
@@ -131,7 +158,7 @@ def estimate_grid_seconds(
     if figures is None:
         return None
     total = 0.0
-    for (name, kind), count in grid_calls(plan, figures.contrast_pair_rate, finished).items():
+    for (name, kind), count in grid_calls(plan, figures.contrast_pair_rate, finished, turns).items():
         config = agents.get(name)
         if config is None or not count:
             continue
@@ -149,14 +176,17 @@ class GridEstimate:
     whole: float | None
     left: float | None
     finished: Finished
+    turns: dict[str, float] = field(default_factory=dict)  # measured turns per code task, by benchmark
 
 
 def estimate_grid(plan: GridPlan, agents: Mapping[str, Any], run_dir: Path) -> GridEstimate:
     """Whole and left estimates of `plan` from the state of `run_dir` (one throughput read for both)."""
     figures = load_throughput()
     finished = finished_work(plan, run_dir)
+    turns = measured_turns(run_dir)
     return GridEstimate(
-        whole=estimate_grid_seconds(plan, agents, figures),
-        left=estimate_grid_seconds(plan, agents, figures, finished=finished),
+        whole=estimate_grid_seconds(plan, agents, figures, turns=turns),
+        left=estimate_grid_seconds(plan, agents, figures, finished=finished, turns=turns),
         finished=finished,
+        turns=turns,
     )
