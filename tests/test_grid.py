@@ -454,10 +454,12 @@ def test_a_placebo_shows_each_task_its_own_fixed_draw_of_off_domain_rules(tmp_pa
 
     # --tables-only: the finished cells' tables again, read back, with agents whose LMs refuse every call.
     calls = len(agents["weak"].lm.history)
+    summary = (tmp_path / "run" / "summary.json").read_text()
     only = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False, tables_only=True)
     columns = ["cell", "n", "correct", "accuracy", "memories", "memory_hash"]
     pd.testing.assert_frame_equal(only.table[columns], result.table[columns])
     assert len(agents["weak"].lm.history) == calls, "not one call reached the scripted LM"
+    assert (tmp_path / "run" / "summary.json").read_text() == summary, "no machine time spent on results"
     progress = tmp_path / "run" / "progress.json"
     progress.write_text(json.dumps({**json.loads(progress.read_text()), "done": ["gsm8k.weak.none.none.s0"]}))
     only = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False, tables_only=True)

@@ -201,6 +201,7 @@ class GridRun:
         self.contexts: dict[str, MethodContext] = {}
         self.collected: dict[tuple, list[Trajectory]] = {}
         self.steps = StepTimes(self.run_dir / "summary.json")  # read now, before this invocation rewrites it
+        self.tables_only = False  # `run(tables_only=True)`: read back, write tables, leave summary.json alone
         self.extra: dict[str, dict[str, Any]] = {}
         self.results: ResultStore | None = None
         #: (store name, its file in the run dir) -> where it lives: that file, or a schema of the config's store_url.
@@ -463,6 +464,7 @@ class GridRun:
         times = self.estimate()
         estimate, left = times.whole, times.left
         self._write_plan(estimate)
+        self.tables_only = tables_only
         if tables_only:
             finished = [c for c in run_order(plan) if c.id in times.finished.cells]
             self.announce(f"tables only: the {len(finished)} of {len(plan.cells)} cells finished in {self.run_dir}")
@@ -592,8 +594,11 @@ class GridRun:
 
     def _write_summary(self, estimate: float | None) -> dict[str, float]:
         """summary.json: timings and wall time added up over invocations (a resumed grid reports what its results
-        took). Rewritten after every cell and when an invocation stops part way, so no invocation's time is lost."""
+        took). Rewritten after every cell and when an invocation stops part way, so no invocation's time is lost.
+        A tables-only pass makes no result, so it leaves the file alone (it is not the grid's machine time)."""
         summary = {"name": self.cfg.name, "estimate_s": estimate, **self.steps.summary()}
+        if self.tables_only:
+            return summary["timings_s"]
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary["timings_s"]
 
