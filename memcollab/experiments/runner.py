@@ -8,6 +8,7 @@ per-task results and a summary into the run directory, and logs everything to ML
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -122,7 +123,8 @@ class Experiment:
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         try:
             if exc_type is not None and self.steps.timings:  # Ctrl-C or a failure: the time so far still counts
-                self.write_summary({"stopped": exc_type.__name__}, log=False)
+                with contextlib.suppress(Exception):  # ... but never in place of the failure itself
+                    self.write_summary({"stopped": exc_type.__name__}, log=False)
         finally:
             self.close()
 
