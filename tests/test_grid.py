@@ -612,8 +612,9 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
 
     monkeypatch.setattr(grid_module, "solve_with", interrupted)
     cfg = smoke_config(tmp_path / "run")
+    said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+        run_grid(cfg, agents=scripted_agents(cfg), announce=said.append, show_progress=False)
     plan = plan_grid(cfg, injected={"weak", "strong", "other"})
     order = [c.id for c in evaluation_order(plan.cells, plan.cell_memory) if c.benchmark == "gsm8k"]
     finished = order[: next(i for i, c in enumerate(order) if c.startswith("gsm8k.strong.") and ".none." not in c)]
@@ -625,6 +626,11 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     pd.testing.assert_frame_equal(table[columns], full.loc[table.index, columns], check_dtype=False)
     progress = json.loads((tmp_path / "run" / "progress.json").read_text())
     assert progress["cells_done"] == len(finished)
+    told = [s for s in said if s.startswith("grid: ")]
+    assert told[0].startswith(f"grid: 1 of {len(plan.cells)} cells finished; about ") and told[0].endswith(
+        " h left (estimate)"
+    )
+    assert told[-1].startswith(f"grid: {len(finished)} of {len(plan.cells)} cells finished"), "one line per cell"
     assert set(progress["pending"]) == set(full.index) - set(finished)
     stopped = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert stopped["invocations"] == 1 and stopped["wall_s"] > 0, "the stopped invocation's time is kept"

@@ -497,10 +497,19 @@ class GridRun:
                 done.append(cell)
                 self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
                 self._write_summary(estimate)
+                if not self.tables_only:
+                    self._announce_left()
         except BaseException:
             self._write_summary(estimate)  # Ctrl-C or a failure: this invocation's time still counts
             raise
         return pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+
+    def _announce_left(self) -> None:
+        """After a cell: how many of the grid's cells are finished (this and earlier invocations) and the estimate
+        of the rest, so a run of many hours says where it stands."""
+        times = self.estimate()
+        left = "" if times.left is None else f"; about {times.left / 3600:.1f} h left (estimate)"
+        self.announce(f"grid: {len(times.finished.cells)} of {len(self.plan.cells)} cells finished{left}")
 
     def _report(self, rows: pd.DataFrame, estimate: float | None, cells: list[Cell]) -> GridResult:
         table, categories, transfer, ablation = self._write_tables(rows, cells)
