@@ -49,13 +49,15 @@ def grid_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="validate, list the cells and the time estimate; run nothing"
     ),
-    tables_only: bool = typer.Option(
-        False,
-        "--tables-only",
-        help="rewrite the tables and figures of the cells an earlier invocation finished, from the run dir's result "
-        "store: no LM call, no model server, no MLflow run (after an update to how tables are made); stops with one "
-        "line if a result is missing. Not while another invocation runs in the same run dir",
-    ),
+    tables_only: Annotated[
+        bool,
+        typer.Option(
+            "--tables-only",
+            help="rewrite the tables and figures of the cells an earlier invocation finished, from the run dir's "
+            "result store: no LM call, no model server, no MLflow run (after an update to how tables are made); "
+            "stops with one line if a result is missing. Not while another invocation runs in the same run dir",
+        ),
+    ] = False,  # Annotated: a direct call (`memcollab experiment` dispatching a grid) gets False, not an OptionInfo
     executor: Annotated[
         str,
         typer.Option(
