@@ -605,9 +605,9 @@ class GridRun:
         """summary.json: timings and wall time added up over invocations (a resumed grid reports what its results
         took). Rewritten after every cell and when an invocation stops part way, so no invocation's time is lost.
         A tables-only pass makes no result, so it leaves the file alone (it is not the grid's machine time)."""
-        summary = {"name": self.cfg.name, "estimate_s": estimate, **self.steps.summary()}
         if self.tables_only:
-            return summary["timings_s"]
+            return self.steps.totals()
+        summary = {"name": self.cfg.name, "estimate_s": estimate, **self.steps.summary()}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary["timings_s"]
 

@@ -24,10 +24,10 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def phrases(text: str, words: int = PHRASE_WORDS) -> set[str]:
-    """Every run of `words` consecutive words of `text`, lower-cased and without punctuation."""
-    tokens = _WORD.findall(text.lower())
-    return {" ".join(tokens[i : i + words]) for i in range(len(tokens) - words + 1)}
+def phrases(text: str, size: int = PHRASE_WORDS) -> set[str]:
+    """Every run of `size` consecutive words of `text` (`words`)."""
+    tokens = words(text)
+    return {" ".join(tokens[i : i + size]) for i in range(len(tokens) - size + 1)}
 
 
 def echoed_phrases(memory: str, task: str, answer: str) -> set[str]:
