@@ -19,7 +19,7 @@ from dspy.utils.dummies import DummyLM
 
 from memcollab.benchmarks import get_benchmark, load_source
 from memcollab.errors import ConfigError, MemCollabError
-from memcollab.experiments.grid import evaluation_order, run_grid
+from memcollab.experiments.grid import evaluation_order, run_grid, run_order
 from memcollab.experiments.grid_config import GridConfig, expand_cells, is_grid_config, load_grid_config
 from memcollab.experiments.grid_estimate import estimate_grid, estimate_grid_seconds, measured_turns
 from memcollab.experiments.grid_plan import plan_grid
@@ -661,6 +661,39 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     assert resumed["invocations"] == 2 and resumed["wall_s"] > stopped["wall_s"]
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["pending"] == []
     assert estimate_grid(plan, agents, tmp_path / "run").left == 0, "nothing left"
+
+
+@needs_data
+def test_a_bigger_grid_stopped_early_keeps_the_cells_a_smaller_one_finished(tmp_path, monkeypatch):
+    """The main grid finishes; the full grid on the same run dir (whose order puts new cells before them) is
+    stopped after its first new cell: its tables and progress.json still cover what the main grid finished."""
+    import memcollab.experiments.grid as grid_module
+
+    solve = grid_module.solve_with
+
+    def config(*cells: dict) -> GridConfig:
+        fields = {"name": "g", "benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": cells, "run_dir": tmp_path}
+        return GridConfig(**fields, track=False, workers=1, bootstrap_samples=200)
+
+    weak = {"target": "weak", "eval_ids": "1-3", "methods": ["none", "naive"]}
+    main, full = config(weak), config({"target": "strong", "eval_ids": "1-3", "methods": ["self"]}, weak)
+    first = run_grid(main, agents=scripted_agents(main), announce=lambda _: None, show_progress=False)
+    main_cells = set(first.table["cell"])
+    plan = plan_grid(full, injected={"weak", "strong", "other"})
+    assert run_order(plan)[-1].id in main_cells, "in the full grid's own order a main cell comes after a new one"
+
+    def stop_at_strong_memory(pipeline, task, agent, guidance):
+        if agent.name == "strong" and task.id.startswith("gsm8k/test/") and guidance.text:
+            raise KeyboardInterrupt  # the session ends after the new baseline, as the new memory cell starts
+        return solve(pipeline, task, agent, guidance)
+
+    monkeypatch.setattr(grid_module, "solve_with", stop_at_strong_memory)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(full, agents=scripted_agents(full), announce=lambda _: None, show_progress=False)
+    finished = main_cells | {"gsm8k.strong.none.none.s0"}
+    assert set(pd.read_csv(tmp_path / "table.csv")["cell"]) == finished, "the main cells' tables, read back"
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert set(progress["done"]) == finished and progress["pending"] == ["gsm8k.strong.self.strong.s0"]
 
 
 @needs_data

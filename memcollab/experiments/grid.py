@@ -15,8 +15,8 @@ Run directory:
   cells/<cell>.jsonl   per-task rows of each cell; tasks.jsonl all of them
   table.csv (and table.md), categories.csv, transfer.csv, k_ablation.csv, echo.csv,
                        placebo.csv, overlap.csv, memories.csv and transfer.png, k_ablation.png (rewritten after
-                       every cell, so a stopped grid keeps its finished cells' tables); progress.json which
-                       cells they cover
+                       every cell, finished cells first, so a stopped grid keeps its finished cells' tables);
+                       progress.json which cells are finished
   summary.json         timings and wall time (added up over invocations, kept when one stops part way) and
                        the machine-time estimate
 
@@ -202,6 +202,7 @@ class GridRun:
         self.collected: dict[tuple, list[Trajectory]] = {}
         self.steps = StepTimes(self.run_dir / "summary.json")  # read now, before this invocation rewrites it
         self.tables_only = False  # `run(tables_only=True)`: read back, write tables, leave summary.json alone
+        self.finished_before: frozenset[str] = frozenset()  # cells earlier invocations finished (progress.json)
         self.extra: dict[str, dict[str, Any]] = {}
         self.results: ResultStore | None = None
         #: (store name, its file in the run dir) -> where it lives: that file, or a schema of the config's store_url.
@@ -465,8 +466,10 @@ class GridRun:
         estimate, left = times.whole, times.left
         self._write_plan(estimate)
         self.tables_only = tables_only
+        self.finished_before = times.finished.cells
+        order = run_order(plan)
+        finished = [c for c in order if c.id in times.finished.cells]
         if tables_only:
-            finished = [c for c in run_order(plan) if c.id in times.finished.cells]
             self.announce(f"tables only: the {len(finished)} of {len(plan.cells)} cells finished in {self.run_dir}")
             return self._report(self._run_cells(finished, estimate), estimate, finished)
         if estimate is not None and left is not None:
@@ -478,7 +481,9 @@ class GridRun:
         assert self.tracker is not None
         with self.tracker.invocation(cfg.name, self._params()) as parent:
             self._log_programs()
-            result = self._report(self._run_cells(run_order(plan), estimate), estimate, plan.cells)
+            # finished cells first (read back, no LM call): a stopped invocation's tables still cover them
+            rest = [c for c in order if c.id not in times.finished.cells]
+            result = self._report(self._run_cells(finished + rest, estimate), estimate, plan.cells)
             result.parent_run_id = parent.run_id
             self._log(result)
         return result
@@ -520,7 +525,7 @@ class GridRun:
         self, rows: pd.DataFrame, cells: list[Cell]
     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """The tables and figures of `cells` (all of them at the end; the finished ones while the grid runs), and
-        progress.json saying which cells they cover."""
+        progress.json naming every finished cell: these and those earlier invocations finished."""
         cfg, plan = self.cfg, self.plan
         _write_jsonl(self.run_dir / "tasks.jsonl", rows.to_dict("records"))
         table = cell_table(rows, cells, samples=cfg.bootstrap_samples, extra=self.extra)
@@ -549,7 +554,7 @@ class GridRun:
         (self.run_dir / "table.md").write_text(markdown_table(table), encoding="utf-8")
         plot_transfer(transfer, self.run_dir / "transfer.png")
         plot_k_ablation(ablation, self.run_dir / "k_ablation.png")
-        finished = {c.id for c in cells}
+        finished = {c.id for c in cells} | self.finished_before  # cells not read back yet are still finished
         progress = {
             "cells_done": len(finished),
             "cells": len(plan.cells),
