@@ -378,6 +378,29 @@ def test_transfer_matrix_k_ablation_and_categories(smoke):
 
 
 @needs_data
+def test_k_ablation_compares_every_k_on_the_tasks_they_all_answered(tmp_path):
+    """k = 3 runs on 4 tasks and k = 1 on 2: the ablation puts both on those 2, each paired with none there."""
+    cells = [
+        {"target": "weak", "eval_ids": "1-4", "methods": ["none", "memcollab"]},
+        {"target": "weak", "eval_ids": "1-2", "methods": [{"method": "memcollab", "k": [1]}]},
+    ]
+    fields = {"name": "k", "benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": cells, "run_dir": tmp_path}
+    cfg = GridConfig(**fields, track=False, workers=1, bootstrap_samples=200)
+    result = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    table = result.table.set_index("cell")
+    assert table.loc["gsm8k.weak.memcollab.weak_strong.s0", "n"] == 4, "the cell itself keeps its 4 tasks"
+    ablation = result.ablation.set_index("k")
+    assert list(ablation.index) == [1, 3] and (ablation["n"] == 2).all()
+    rows = pd.read_json(tmp_path / "tasks.jsonl", lines=True)
+    first_two = {f"gsm8k/test/{i}" for i in (1, 2)}
+    for k, cell in ((1, "gsm8k.weak.memcollab-k1.weak_strong.s0"), (3, "gsm8k.weak.memcollab.weak_strong.s0")):
+        mine = rows[(rows["cell"] == cell) & rows["task_id"].isin(first_two)]
+        assert len(mine) == 2 and ablation.loc[k, "accuracy"] == mine["correct"].mean()
+    none = rows[(rows["method"] == "none") & rows["task_id"].isin(first_two)]
+    assert (ablation["none_accuracy"] == none["correct"].mean()).all(), "one baseline for every k"
+
+
+@needs_data
 def test_a_rerun_resumes_without_any_lm_call(tmp_path):
     first, agents = make_smoke_run(tmp_path / "run")
     calls = lm_calls(agents)

@@ -530,7 +530,7 @@ class GridRun:
         _write_jsonl(self.run_dir / "tasks.jsonl", rows.to_dict("records"))
         table = cell_table(rows, cells, samples=cfg.bootstrap_samples, extra=self.extra)
         categories = category_table(rows, cells)
-        ablation = k_ablation(table)
+        ablation = k_ablation(rows, table, samples=cfg.bootstrap_samples)
         transfer_ids = {}
         if cfg.transfer is not None:
             for name, bench in plan.benchmarks.items():

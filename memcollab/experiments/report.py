@@ -323,13 +323,27 @@ def overlap_table(rows: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=list(OVERLAP_COLUMNS))
 
 
-def k_ablation(table: pd.DataFrame) -> pd.DataFrame:
-    """The cells of every method family run with more than one k (same target, source, seed), by k."""
+def k_ablation(rows: pd.DataFrame, table: pd.DataFrame, samples: int = 10_000) -> pd.DataFrame:
+    """The cells of every method family run with more than one k (same target, source, seed), by k, each on the
+    tasks every k of its family answered and paired with none on them: a main cell's k = 3 on 400 tasks beside
+    ablation cells on 100 is compared on those 100, not on a different slice with a different baseline."""
     memory = table[table["kind"] != "none"]
     keys = ["benchmark", "target", "family", "source", "seed"]
     sizes = memory.groupby(keys)["k"].transform("nunique")
-    columns = [*keys, "k", "n", "accuracy", "acc_low", "acc_high", "diff", "diff_low", "diff_high", "p_value"]
-    return memory[sizes > 1][columns].sort_values([*keys, "k"]).reset_index(drop=True)
+    lines = []
+    for key, family in memory[sizes > 1].groupby(keys, sort=True):
+        answered = [set(rows.loc[rows["cell"] == cell, "task_id"]) for cell in family["cell"]]
+        common = set.intersection(*answered)
+        for cell, k in zip(family["cell"], family["k"]):
+            mine = rows[(rows["cell"] == cell) & rows["task_id"].isin(common)]
+            stats = paired(mine, none_rows(rows, key[0], key[1]), samples)
+            lines.append({**dict(zip(keys, key)), "k": k, **{c: stats[c] for c in ABLATION_STATS}})
+    columns = [*keys, "k", *ABLATION_STATS]
+    return pd.DataFrame(lines, columns=columns).sort_values([*keys, "k"]).reset_index(drop=True)
+
+
+#: What `k_ablation` reports for each k.
+ABLATION_STATS = ("n", "accuracy", "acc_low", "acc_high", "none_accuracy", "diff", "diff_low", "diff_high", "p_value")
 
 
 def _pyplot():
@@ -342,7 +356,8 @@ def _pyplot():
 
 
 def plot_k_ablation(ablation: pd.DataFrame, path: Path) -> Path | None:
-    """Accuracy against k, one line per (benchmark, target, family, source), with 95% intervals; None if empty."""
+    """Accuracy against k, one line per (benchmark, target, family, source), with 95% intervals, and its
+    no-memory accuracy on the same tasks as a dashed line of the same colour; None if empty."""
     if ablation.empty:
         return None
     plt = _pyplot()
@@ -350,7 +365,7 @@ def plot_k_ablation(ablation: pd.DataFrame, path: Path) -> Path | None:
     try:
         for label, group in ablation.groupby(["benchmark", "target", "family", "source"]):
             group = group.groupby("k", as_index=False).mean(numeric_only=True)  # seeds averaged
-            ax.errorbar(
+            line = ax.errorbar(
                 group["k"],
                 group["accuracy"],
                 yerr=[group["accuracy"] - group["acc_low"], group["acc_high"] - group["accuracy"]],
@@ -358,6 +373,10 @@ def plot_k_ablation(ablation: pd.DataFrame, path: Path) -> Path | None:
                 capsize=3,
                 label=" / ".join(str(part) for part in label),
             )
+            if "none_accuracy" in group:  # k_ablation.csv files from before it kept the baseline lack it
+                color = line.lines[0].get_color()
+                baseline = f"{label[0]} / {label[1]} / no memory"
+                ax.axhline(group["none_accuracy"].mean(), color=color, linestyle="--", linewidth=1, label=baseline)
         ax.set_xlabel("memories per task (k)")
         ax.set_ylabel("accuracy")
         ax.set_xticks(sorted(ablation["k"].unique()))
