@@ -96,10 +96,11 @@ def grid_command(
     """
     from memcollab.benchmarks import get_benchmark
     from memcollab.experiments.executors import check_executor, make_executor
-    from memcollab.experiments.grid import TABLES, run_grid, run_order
+    from memcollab.experiments.grid import run_grid, run_order
     from memcollab.experiments.grid_config import load_grid_config
     from memcollab.experiments.grid_estimate import estimate_grid
     from memcollab.experiments.grid_plan import plan_grid
+    from memcollab.experiments.report import TABLES
 
     check_executor(executor, ray_address)  # a wrong name or no Ray: one line, before anything is loaded
     cfg = load_grid_config(

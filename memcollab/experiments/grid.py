@@ -43,10 +43,11 @@ from memcollab.experiments.executors import Executor, LocalExecutor, Solves
 from memcollab.experiments.grid_config import Cell, GridConfig
 from memcollab.experiments.grid_estimate import GridEstimate, estimate_grid
 from memcollab.experiments.grid_plan import BenchmarkPlan, GridPlan, MemoryPlan, plan_grid
-from memcollab.experiments.grid_tracking import GridTracker
+from memcollab.experiments.grid_tracking import GridTracker, invocation_params, log_grid, log_programs
 from memcollab.experiments.memory_audit import audit_rules, memory_table
 from memcollab.experiments.report import (
     ROW_COLUMNS,
+    TABLES,
     category_table,
     cell_table,
     echo_table,
@@ -57,7 +58,7 @@ from memcollab.experiments.report import (
     plot_k_ablation,
 )
 from memcollab.experiments.step_times import StepTimes
-from memcollab.experiments.transfer import plot_transfer, tracker_matrix, transfer_table
+from memcollab.experiments.transfer import plot_transfer, transfer_table
 from memcollab.grading.echo import echoes_memory
 from memcollab.memory.backends import store_target
 from memcollab.memory.clustering import error_type_matrix, plot_heatmap
@@ -89,26 +90,6 @@ class GridResult:
     estimate_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     parent_run_id: str | None = None
-
-
-def model_sha256(config: dict[str, Any]) -> str:
-    """The sha256 of an embedded model's GGUF (from the catalogue); what a remote or uncatalogued model has instead."""
-    from memcollab.lm.catalog import CATALOG
-
-    if config.get("backend", "local") in ("local", "server"):
-        spec = CATALOG.get(str(config.get("model", "")))
-        return spec.sha256 if spec else "uncatalogued gguf"
-    return "remote model"
-
-
-#: The per-grid tables, each written as `<name>.csv` after every cell and logged to the parent MLflow run.
-TABLES = ("table", "categories", "k_ablation", "transfer", "echo", "placebo", "overlap", "memories")
-
-
-def agent_params(config: dict[str, Any]) -> dict[str, Any]:
-    """An agent's identity and decoding as MLflow parameters."""
-    keys = ("model", "backend", "family", "adapter", "temperature", "max_tokens", "seed", "n_ctx")
-    return {**{k: config.get(k) for k in keys if k in config}, "sha256": model_sha256(config)}
 
 
 def task_row(cell: Cell, task: Task, trajectory: Trajectory, guidance: Guidance, category: str) -> dict[str, Any]:
@@ -479,13 +460,15 @@ class GridRun:
                 "(measured tokens/s; finished cells and built memories are read back)"
             )
         assert self.tracker is not None
-        with self.tracker.invocation(cfg.name, self._params()) as parent:
-            self._log_programs()
+        shared = self.context(next(iter(plan.benchmarks.values())).taxonomy).shared
+        with self.tracker.invocation(cfg.name, invocation_params(plan, self.agents, shared.solver_version)) as parent:
+            log_programs(self.tracker, plan, shared)
             # finished cells first (read back, no LM call): a stopped invocation's tables still cover them
             rest = [c for c in order if c.id not in times.finished.cells]
             result = self._report(self._run_cells(finished + rest, estimate), estimate, plan.cells)
             result.parent_run_id = parent.run_id
-            self._log(result)
+            tables = {"table": result.table, "categories": result.categories, "transfer": result.transfer}
+            log_grid(self.tracker, plan, self.agents, self.run_dir, tables, shared.solver_version)
         return result
 
     def _run_cells(self, cells: list[Cell], estimate: float | None) -> pd.DataFrame:
@@ -615,111 +598,6 @@ class GridRun:
         summary = {"name": self.cfg.name, "estimate_s": estimate, **self.steps.summary()}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary["timings_s"]
-
-    # ----- MLflow ---------------------------------------------------------------------------
-    def _params(self) -> dict[str, Any]:
-        cfg, plan = self.cfg, self.plan
-        config = json.loads(cfg.model_dump_json())
-        config["cells"] = json.dumps(config["cells"])[:5000]
-        return {
-            "config": config,
-            "agents": {name: agent_params(agent.config) for name, agent in self.agents.items()},
-            "tasks": {
-                name: {
-                    "build_hash": stable_hash([t.id for t in b.build_tasks]),
-                    "build_n": len(b.build_tasks),
-                    "eval_hash": stable_hash(list(b.eval_tasks)),
-                    "eval_n": len(b.eval_tasks),
-                }
-                for name, b in plan.benchmarks.items()
-            },
-            "k_values": sorted({c.method.k for c in plan.cells if c.method.kind != "none"}),
-            "n_cells": len(plan.cells),
-            "n_memories": len(plan.memories),
-            "solver_program": self._solver_version(),
-        }
-
-    def _solver_version(self) -> str:
-        taxonomy = next(iter(self.plan.benchmarks.values())).taxonomy
-        return self.context(taxonomy).shared.solver_version
-
-    def _log_programs(self) -> None:
-        """The DSPy programs every cell ran (solver, classifier) and those that built the memories."""
-        from memcollab.programs.distiller import Distiller, Reflector
-        from memcollab.programs.methods.category import CategoryDistiller
-        from memcollab.programs.methods.cheatsheet import Curator
-
-        assert self.tracker is not None
-        if not self.tracker.enabled:
-            return
-        bench = next(iter(self.plan.benchmarks.values()))
-        shared = self.context(bench.taxonomy).shared
-        kinds = {m.spec.kind for m in self.plan.memories.values()}
-        taxonomy = shared.taxonomy
-        programs: dict[str, Any] = {"solver": shared.solver, "classifier": shared.classifier}
-        if "memcollab" in kinds:
-            programs["distiller"] = Distiller(taxonomy)
-        if "reflect" in kinds:
-            programs["reflector"] = Reflector(taxonomy)
-        if "category" in kinds:
-            programs["category_distiller"] = CategoryDistiller(taxonomy)
-        if "cheatsheet" in kinds:
-            programs["curator"] = Curator()
-        for name, program in programs.items():
-            self.tracker.parent.log_program(program, name)
-
-    def _log(self, result: GridResult) -> None:
-        assert self.tracker is not None
-        tracker = self.tracker
-        if not tracker.enabled:
-            return
-        table = result.table.set_index("cell")
-        for cell in self.plan.cells:
-            line = table.loc[cell.id]
-            metrics = {
-                k: float(v)
-                for k, v in line.items()
-                if isinstance(v, (int, float, bool))
-                and not isinstance(v, str)
-                and pd.notna(v)
-                and k not in ("seed", "k")
-            }
-            cats = result.categories[result.categories["cell"] == cell.id]
-            metrics.update({f"category.{c}.diff": float(d) for c, d in zip(cats["category"], cats["diff"])})
-            memory_id = self.plan.cell_memory[cell.id]
-            agent = self.agents[cell.target]
-            params = {
-                "benchmark": cell.benchmark,
-                "target": cell.target,
-                "method": cell.method.model_dump(),
-                "source": cell.source_label,
-                "seed": cell.seed,
-                "k": cell.method.k,
-                "target_agent": agent_params(agent.config),
-                "tasks": {
-                    "n": int(line["n"]),
-                    "hash": stable_hash(self.plan.benchmarks[cell.benchmark].cell_tasks[cell.id]),
-                },
-                "memory": {"id": memory_id or "none", "hash": line.get("memory_hash", "") or "none"},
-                "solver_program": self._solver_version(),
-            }
-            artifacts: list[tuple[Path, str | None]] = [(self.run_dir / "cells" / f"{cell.id}.jsonl", None)]
-            if memory_id:
-                folder = self.run_dir / "memories" / memory_id
-                artifacts += [(folder / "memory.jsonl", "memory"), (folder / "error_types.png", "figures")]
-            rows = pd.read_json(self.run_dir / "cells" / f"{cell.id}.jsonl", lines=True).to_dict("records")
-            tracker.cell(cell.id, params, metrics, rows, artifacts)
-        parent = tracker.parent
-        if not result.transfer.empty:
-            parent.log_transfer_matrix(tracker_matrix(result.transfer), "transfer")
-        for name in (*(f"{table}.csv" for table in TABLES), "table.md", "grid.json", "summary.json", "tasks.jsonl"):
-            parent.log_artifact(self.run_dir / name)
-        for name in ("transfer.png", "k_ablation.png"):
-            parent.log_artifact(self.run_dir / name, "figures")
-        none = result.table[result.table["kind"] == "none"]
-        parent.log_metrics(
-            {f"{b}.{t}.none.accuracy": a for b, t, a in zip(none["benchmark"], none["target"], none["accuracy"])}
-        )
 
 
 def run_grid(

@@ -7,11 +7,19 @@ parent run through `Tracker.log_program` (MLflow's `dspy` flavour, registered as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from memcollab.experiments.grid_plan import GridPlan
+from memcollab.experiments.report import TABLES
+from memcollab.experiments.transfer import tracker_matrix
+from memcollab.programs.pipeline import Agent
+from memcollab.records import stable_hash
 from memcollab.tracking import Tracker, default_tracking_uri
 from memcollab.tracking.mlflow_tracking import local_artifacts
 
@@ -58,3 +66,125 @@ class GridTracker:
             child.log_table(rows, "tasks.json")
             for path, where in artifacts:
                 child.log_artifact(path, where)
+
+
+def model_sha256(config: dict[str, Any]) -> str:
+    """The sha256 of an embedded model's GGUF (from the catalogue); what a remote or uncatalogued model has instead."""
+    from memcollab.lm.catalog import CATALOG
+
+    if config.get("backend", "local") in ("local", "server"):
+        spec = CATALOG.get(str(config.get("model", "")))
+        return spec.sha256 if spec else "uncatalogued gguf"
+    return "remote model"
+
+
+def agent_params(config: dict[str, Any]) -> dict[str, Any]:
+    """An agent's identity and decoding as MLflow parameters."""
+    keys = ("model", "backend", "family", "adapter", "temperature", "max_tokens", "seed", "n_ctx")
+    return {**{k: config.get(k) for k in keys if k in config}, "sha256": model_sha256(config)}
+
+
+def invocation_params(plan: GridPlan, agents: Mapping[str, Agent], solver_program: str) -> dict[str, Any]:
+    """The parent run's parameters: the config, every agent, the task slices' hashes, the k values, the solver."""
+    config = json.loads(plan.cfg.model_dump_json())
+    config["cells"] = json.dumps(config["cells"])[:5000]
+    return {
+        "config": config,
+        "agents": {name: agent_params(agent.config) for name, agent in agents.items()},
+        "tasks": {
+            name: {
+                "build_hash": stable_hash([t.id for t in b.build_tasks]),
+                "build_n": len(b.build_tasks),
+                "eval_hash": stable_hash(list(b.eval_tasks)),
+                "eval_n": len(b.eval_tasks),
+            }
+            for name, b in plan.benchmarks.items()
+        },
+        "k_values": sorted({c.method.k for c in plan.cells if c.method.kind != "none"}),
+        "n_cells": len(plan.cells),
+        "n_memories": len(plan.memories),
+        "solver_program": solver_program,
+    }
+
+
+def log_programs(tracker: GridTracker, plan: GridPlan, shared: Any) -> None:
+    """The DSPy programs every cell ran (solver, classifier; `shared` is the method context's) and those that
+    built the plan's memories, in the parent run."""
+    from memcollab.programs.distiller import Distiller, Reflector
+    from memcollab.programs.methods.category import CategoryDistiller
+    from memcollab.programs.methods.cheatsheet import Curator
+
+    if not tracker.enabled:
+        return
+    kinds = {m.spec.kind for m in plan.memories.values()}
+    taxonomy = shared.taxonomy
+    programs: dict[str, Any] = {"solver": shared.solver, "classifier": shared.classifier}
+    if "memcollab" in kinds:
+        programs["distiller"] = Distiller(taxonomy)
+    if "reflect" in kinds:
+        programs["reflector"] = Reflector(taxonomy)
+    if "category" in kinds:
+        programs["category_distiller"] = CategoryDistiller(taxonomy)
+    if "cheatsheet" in kinds:
+        programs["curator"] = Curator()
+    for name, program in programs.items():
+        tracker.parent.log_program(program, name)
+
+
+def _cell_metrics(line: pd.Series, categories: pd.DataFrame) -> dict[str, float]:
+    """A cell's numeric table columns and its per-category differences, as MLflow metrics."""
+    metrics = {
+        k: float(v)
+        for k, v in line.items()
+        if isinstance(v, (int, float, bool)) and not isinstance(v, str) and pd.notna(v) and k not in ("seed", "k")
+    }
+    cats = categories[categories["cell"] == line.name]
+    metrics.update({f"category.{c}.diff": float(d) for c, d in zip(cats["category"], cats["diff"])})
+    return metrics
+
+
+def log_grid(
+    tracker: GridTracker,
+    plan: GridPlan,
+    agents: Mapping[str, Agent],
+    run_dir: Path,
+    tables: Mapping[str, pd.DataFrame],
+    solver_program: str,
+) -> None:
+    """A child run per cell (settings, metrics, per-task rows, memory and figures), then the parent's files,
+    transfer matrix and no-memory accuracies. `tables`: at least `table`, `categories` and `transfer`."""
+    if not tracker.enabled:
+        return
+    table = tables["table"].set_index("cell")
+    for cell in plan.cells:
+        line = table.loc[cell.id]
+        memory_id = plan.cell_memory[cell.id]
+        params = {
+            "benchmark": cell.benchmark,
+            "target": cell.target,
+            "method": cell.method.model_dump(),
+            "source": cell.source_label,
+            "seed": cell.seed,
+            "k": cell.method.k,
+            "target_agent": agent_params(agents[cell.target].config),
+            "tasks": {"n": int(line["n"]), "hash": stable_hash(plan.benchmarks[cell.benchmark].cell_tasks[cell.id])},
+            "memory": {"id": memory_id or "none", "hash": line.get("memory_hash", "") or "none"},
+            "solver_program": solver_program,
+        }
+        artifacts: list[tuple[Path, str | None]] = [(run_dir / "cells" / f"{cell.id}.jsonl", None)]
+        if memory_id:
+            folder = run_dir / "memories" / memory_id
+            artifacts += [(folder / "memory.jsonl", "memory"), (folder / "error_types.png", "figures")]
+        rows = pd.read_json(run_dir / "cells" / f"{cell.id}.jsonl", lines=True).to_dict("records")
+        tracker.cell(cell.id, params, _cell_metrics(line, tables["categories"]), rows, artifacts)
+    parent = tracker.parent
+    if not tables["transfer"].empty:
+        parent.log_transfer_matrix(tracker_matrix(tables["transfer"]), "transfer")
+    for name in (*(f"{name}.csv" for name in TABLES), "table.md", "grid.json", "summary.json", "tasks.jsonl"):
+        parent.log_artifact(run_dir / name)
+    for name in ("transfer.png", "k_ablation.png"):
+        parent.log_artifact(run_dir / name, "figures")
+    none = tables["table"][tables["table"]["kind"] == "none"]
+    parent.log_metrics(
+        {f"{b}.{t}.none.accuracy": a for b, t, a in zip(none["benchmark"], none["target"], none["accuracy"])}
+    )

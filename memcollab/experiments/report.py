@@ -48,6 +48,9 @@ ROW_COLUMNS = (
     "memory_echo",
 )
 
+#: The per-grid tables, each written as `<name>.csv` after every cell and logged to the parent MLflow run.
+TABLES = ("table", "categories", "k_ablation", "transfer", "echo", "placebo", "overlap", "memories")
+
 #: What a paired comparison with the no-memory cell adds to a summary line (`paired`).
 PAIRED_COLUMNS = ("n", "accuracy", "none_accuracy", "diff", "diff_low", "diff_high", "p_value")
 
