@@ -401,6 +401,18 @@ def test_k_ablation_compares_every_k_on_the_tasks_they_all_answered(tmp_path):
 
 
 @needs_data
+def test_cheatsheet_curation_reports_its_progress(tmp_path, capsys):
+    """The curator walks the build tasks one call at a time (an hour on a small machine): it says how far it is."""
+    cells = [{"target": "weak", "eval_ids": "1-2", "methods": ["none", "cheatsheet"]}]
+    fields = {"name": "c", "benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": cells, "run_dir": tmp_path}
+    cfg = GridConfig(**fields, track=False, workers=1, bootstrap_samples=200)
+    run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("curating the cheatsheet")]
+    history = next(tmp_path.glob("memories/gsm8k.cheatsheet.*/cheatsheet_history.jsonl")).read_text().splitlines()
+    assert lines and lines[-1].startswith(f"curating the cheatsheet (strong): {len(history)}/{len(history)} (")
+
+
+@needs_data
 def test_a_rerun_resumes_without_any_lm_call(tmp_path):
     first, agents = make_smoke_run(tmp_path / "run")
     calls = lm_calls(agents)

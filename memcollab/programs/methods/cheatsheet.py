@@ -10,6 +10,7 @@ no one got right tells a small curator nothing reliable, and it halves the calls
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -17,6 +18,7 @@ import dspy
 
 from memcollab.errors import ConfigError
 from memcollab.memory.results import record_key
+from memcollab.parallel import make_progress
 from memcollab.programs.calls import call
 from memcollab.programs.distiller import render_trajectory
 from memcollab.programs.methods.base import METHODS_VERSION, BuildInputs, Guidance, MemoryMethod
@@ -86,14 +88,22 @@ class CheatsheetMemory(MemoryMethod):
         program = Curator()
         self.sheet, self.history = [], []
         unparsed = 0
-        for task in inputs.tasks:  # in order: each step reads the sheet the previous one wrote
+        steps = []
+        for task in inputs.tasks:
             attempts = [t for t in inputs.trajectories if t.task_id == task.id]
-            if not attempts or (self.spec.curate_on == "solved" and not any(t.correct for t in attempts)):
-                continue
-            step = self._step(program, curator_agent, task, attempts)
-            unparsed += int(not step["parsed"])
-            self.sheet = step["sheet"]
-            self.history.append({"task_id": task.id, "sheet": list(self.sheet)})
+            if attempts and (self.spec.curate_on != "solved" or any(t.correct for t in attempts)):
+                steps.append((task, attempts))
+        # one call at a time (each step reads the sheet the previous one wrote): an hour on a small machine
+        progress = make_progress() if self.ctx.show_progress else None
+        with progress or contextlib.nullcontext():
+            bar = progress.add_task(f"curating the cheatsheet ({curator_agent.name})", len(steps)) if progress else 0
+            for task, attempts in steps:
+                step = self._step(program, curator_agent, task, attempts)
+                unparsed += int(not step["parsed"])
+                self.sheet = step["sheet"]
+                self.history.append({"task_id": task.id, "sheet": list(self.sheet)})
+                if progress is not None:
+                    progress.advance(bar)
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             (self.workdir / "cheatsheet_history.jsonl").write_text(
