@@ -165,6 +165,12 @@ def grid(**fields) -> GridConfig:
     return GridConfig(**{**base, **fields})
 
 
+def small_grid(run_dir: Path, *cells: dict) -> GridConfig:
+    """A GSM8K grid of a few tasks built from train 1-6, untracked: for runs with the scripted agents."""
+    fields = {"name": "small", "benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": list(cells), "run_dir": run_dir}
+    return GridConfig(**fields, track=False, workers=1, bootstrap_samples=200)
+
+
 def test_cells_pair_every_method_with_a_none_cell_over_the_union_of_its_tasks():
     cells = expand_cells(grid())
     by_id = {c.id: c for c in cells}
@@ -380,12 +386,11 @@ def test_transfer_matrix_k_ablation_and_categories(smoke):
 @needs_data
 def test_k_ablation_compares_every_k_on_the_tasks_they_all_answered(tmp_path):
     """k = 3 runs on 4 tasks and k = 1 on 2: the ablation puts both on those 2, each paired with none there."""
-    cells = [
+    cfg = small_grid(
+        tmp_path,
         {"target": "weak", "eval_ids": "1-4", "methods": ["none", "memcollab"]},
         {"target": "weak", "eval_ids": "1-2", "methods": [{"method": "memcollab", "k": [1]}]},
-    ]
-    fields = {"name": "k", "benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": cells, "run_dir": tmp_path}
-    cfg = GridConfig(**fields, track=False, workers=1, bootstrap_samples=200)
+    )
     result = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
     table = result.table.set_index("cell")
     assert table.loc["gsm8k.weak.memcollab.weak_strong.s0", "n"] == 4, "the cell itself keeps its 4 tasks"
@@ -403,9 +408,7 @@ def test_k_ablation_compares_every_k_on_the_tasks_they_all_answered(tmp_path):
 @needs_data
 def test_cheatsheet_curation_reports_its_progress(tmp_path, capsys):
     """The curator walks the build tasks one call at a time (an hour on a small machine): it says how far it is."""
-    cells = [{"target": "weak", "eval_ids": "1-2", "methods": ["none", "cheatsheet"]}]
-    fields = {"name": "c", "benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": cells, "run_dir": tmp_path}
-    cfg = GridConfig(**fields, track=False, workers=1, bootstrap_samples=200)
+    cfg = small_grid(tmp_path, {"target": "weak", "eval_ids": "1-2", "methods": ["none", "cheatsheet"]})
     run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=True)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("curating the cheatsheet")]
     history = next(tmp_path.glob("memories/gsm8k.cheatsheet.*/cheatsheet_history.jsonl")).read_text().splitlines()
@@ -706,12 +709,9 @@ def test_a_bigger_grid_stopped_early_keeps_the_cells_a_smaller_one_finished(tmp_
 
     solve = grid_module.solve_with
 
-    def config(*cells: dict) -> GridConfig:
-        fields = {"name": "g", "benchmarks": ["gsm8k"], "build_ids": "1-6", "cells": cells, "run_dir": tmp_path}
-        return GridConfig(**fields, track=False, workers=1, bootstrap_samples=200)
-
     weak = {"target": "weak", "eval_ids": "1-3", "methods": ["none", "naive"]}
-    main, full = config(weak), config({"target": "strong", "eval_ids": "1-3", "methods": ["self"]}, weak)
+    strong = {"target": "strong", "eval_ids": "1-3", "methods": ["self"]}
+    main, full = small_grid(tmp_path, weak), small_grid(tmp_path, strong, weak)
     first = run_grid(main, agents=scripted_agents(main), announce=lambda _: None, show_progress=False)
     main_cells = set(first.table["cell"])
     plan = plan_grid(full, injected={"weak", "strong", "other"})

@@ -467,8 +467,16 @@ class GridRun:
             rest = [c for c in order if c.id not in times.finished.cells]
             result = self._report(self._run_cells(finished + rest, estimate), estimate, plan.cells)
             result.parent_run_id = parent.run_id
-            tables = {"table": result.table, "categories": result.categories, "transfer": result.transfer}
-            log_grid(self.tracker, plan, self.agents, self.run_dir, tables, shared.solver_version)
+            log_grid(
+                self.tracker,
+                plan,
+                self.agents,
+                self.run_dir,
+                result.table,
+                result.categories,
+                result.transfer,
+                shared.solver_version,
+            )
         return result
 
     def _run_cells(self, cells: list[Cell], estimate: float | None) -> pd.DataFrame:

@@ -136,7 +136,7 @@ def _cell_metrics(line: pd.Series, categories: pd.DataFrame) -> dict[str, float]
     metrics = {
         k: float(v)
         for k, v in line.items()
-        if isinstance(v, (int, float, bool)) and not isinstance(v, str) and pd.notna(v) and k not in ("seed", "k")
+        if isinstance(v, (int, float, bool)) and pd.notna(v) and k not in ("seed", "k")
     }
     cats = categories[categories["cell"] == line.name]
     metrics.update({f"category.{c}.diff": float(d) for c, d in zip(cats["category"], cats["diff"])})
@@ -148,16 +148,19 @@ def log_grid(
     plan: GridPlan,
     agents: Mapping[str, Agent],
     run_dir: Path,
-    tables: Mapping[str, pd.DataFrame],
+    table: pd.DataFrame,
+    categories: pd.DataFrame,
+    transfer: pd.DataFrame,
     solver_program: str,
 ) -> None:
     """A child run per cell (settings, metrics, per-task rows, memory and figures), then the parent's files,
-    transfer matrix and no-memory accuracies. `tables`: at least `table`, `categories` and `transfer`."""
+    transfer matrix and no-memory accuracies; the tables are the grid's (`table.csv`, `categories.csv`,
+    `transfer.csv`)."""
     if not tracker.enabled:
         return
-    table = tables["table"].set_index("cell")
+    lines = table.set_index("cell")
     for cell in plan.cells:
-        line = table.loc[cell.id]
+        line = lines.loc[cell.id]
         memory_id = plan.cell_memory[cell.id]
         params = {
             "benchmark": cell.benchmark,
@@ -176,15 +179,15 @@ def log_grid(
             folder = run_dir / "memories" / memory_id
             artifacts += [(folder / "memory.jsonl", "memory"), (folder / "error_types.png", "figures")]
         rows = pd.read_json(run_dir / "cells" / f"{cell.id}.jsonl", lines=True).to_dict("records")
-        tracker.cell(cell.id, params, _cell_metrics(line, tables["categories"]), rows, artifacts)
+        tracker.cell(cell.id, params, _cell_metrics(line, categories), rows, artifacts)
     parent = tracker.parent
-    if not tables["transfer"].empty:
-        parent.log_transfer_matrix(tracker_matrix(tables["transfer"]), "transfer")
+    if not transfer.empty:
+        parent.log_transfer_matrix(tracker_matrix(transfer), "transfer")
     for name in (*(f"{name}.csv" for name in TABLES), "table.md", "grid.json", "summary.json", "tasks.jsonl"):
         parent.log_artifact(run_dir / name)
     for name in ("transfer.png", "k_ablation.png"):
         parent.log_artifact(run_dir / name, "figures")
-    none = tables["table"][tables["table"]["kind"] == "none"]
+    none = table[table["kind"] == "none"]
     parent.log_metrics(
         {f"{b}.{t}.none.accuracy": a for b, t, a in zip(none["benchmark"], none["target"], none["accuracy"])}
     )

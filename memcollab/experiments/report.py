@@ -326,6 +326,10 @@ def overlap_table(rows: pd.DataFrame, cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=list(OVERLAP_COLUMNS))
 
 
+#: What `k_ablation` reports for each k.
+ABLATION_STATS = ("n", "accuracy", "acc_low", "acc_high", "none_accuracy", "diff", "diff_low", "diff_high", "p_value")
+
+
 def k_ablation(rows: pd.DataFrame, table: pd.DataFrame, samples: int = 10_000) -> pd.DataFrame:
     """The cells of every method family run with more than one k (same target, source, seed), by k, each on the
     tasks every k of its family answered and paired with none on them: a main cell's k = 3 on 400 tasks beside
@@ -337,16 +341,13 @@ def k_ablation(rows: pd.DataFrame, table: pd.DataFrame, samples: int = 10_000) -
     for key, family in memory[sizes > 1].groupby(keys, sort=True):
         answered = [set(rows.loc[rows["cell"] == cell, "task_id"]) for cell in family["cell"]]
         common = set.intersection(*answered)
+        baseline = none_rows(rows, key[0], key[1])
         for cell, k in zip(family["cell"], family["k"]):
             mine = rows[(rows["cell"] == cell) & rows["task_id"].isin(common)]
-            stats = paired(mine, none_rows(rows, key[0], key[1]), samples)
+            stats = paired(mine, baseline, samples)
             lines.append({**dict(zip(keys, key)), "k": k, **{c: stats[c] for c in ABLATION_STATS}})
     columns = [*keys, "k", *ABLATION_STATS]
     return pd.DataFrame(lines, columns=columns).sort_values([*keys, "k"]).reset_index(drop=True)
-
-
-#: What `k_ablation` reports for each k.
-ABLATION_STATS = ("n", "accuracy", "acc_low", "acc_high", "none_accuracy", "diff", "diff_low", "diff_high", "p_value")
 
 
 def _pyplot():

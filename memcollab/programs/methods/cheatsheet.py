@@ -94,15 +94,15 @@ class CheatsheetMemory(MemoryMethod):
             if attempts and (self.spec.curate_on != "solved" or any(t.correct for t in attempts)):
                 steps.append((task, attempts))
         # one call at a time (each step reads the sheet the previous one wrote): an hour on a small machine
-        progress = make_progress() if self.ctx.show_progress else None
-        with progress or contextlib.nullcontext():
-            bar = progress.add_task(f"curating the cheatsheet ({curator_agent.name})", len(steps)) if progress else 0
+        with make_progress() if self.ctx.show_progress else contextlib.nullcontext(None) as progress:
+            description = f"curating the cheatsheet ({curator_agent.name})"
+            bar = progress.add_task(description, total=len(steps)) if progress is not None else None
             for task, attempts in steps:
                 step = self._step(program, curator_agent, task, attempts)
                 unparsed += int(not step["parsed"])
                 self.sheet = step["sheet"]
                 self.history.append({"task_id": task.id, "sheet": list(self.sheet)})
-                if progress is not None:
+                if progress is not None and bar is not None:
                     progress.advance(bar)
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
