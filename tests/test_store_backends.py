@@ -265,6 +265,39 @@ def test_processes_create_one_new_store_together(target):
         assert len(store.entries(category="shared")) == 40 and len(store.categories()) == 7
 
 
+def test_a_store_another_process_commits_between_two_reads_is_opened(postgres_url, monkeypatch):
+    """The race CI once hit: this process reads no schema_version, another commits a whole new store, and this
+    one then reads its memories table. It must open that store, not refuse it as another program's table."""
+    from memcollab.memory.postgres import PostgresDatabase
+
+    real_columns, interleaved = PostgresDatabase.columns, []
+
+    def columns_then_another_creates(self: PostgresDatabase, table: str) -> set[str]:
+        found = real_columns(self, table)
+        if table == "schema_version" and not found and not interleaved:
+            interleaved.append(table)  # before the other opens: its own reads must not interleave again
+            MemoryStore(postgres_url).close()  # the other process: creates the store and commits it
+        return found
+
+    monkeypatch.setattr(PostgresDatabase, "columns", columns_then_another_creates)
+    with MemoryStore(postgres_url) as store, store._db("count schema rows"):
+        assert interleaved and store._rows("SELECT COUNT(*) FROM schema_version")[0][0] == 1
+
+
+def test_another_programs_memories_table_is_refused_not_altered(postgres_url):
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE memories (id integer)"))
+    with pytest.raises(MemoryStoreError, match="has a memories table but no schema_version"):
+        MemoryStore(postgres_url)
+    with engine.connect() as conn:
+        tables = conn.execute(sqlalchemy.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+        assert {row[0] for row in tables} == {"memories"}
+    engine.dispose()
+
+
 # ------------------------------------------------------------------ the result store
 
 _RESULT_WRITER = """

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -156,11 +156,17 @@ class PostgresDatabase:
         sql = "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = :t"
         return {row[0] for row in self.rows(sql, {"t": table})}
 
-    def create_once(self, table: str, statements: list[str]) -> bool:
-        """Run `statements` unless `table` exists; under a lock, so racing processes create it once. True if run."""
+    def create_once(self, table: str, statements: list[str], check: Callable[[], None] | None = None) -> bool:
+        """Run `statements` unless `table` exists; under a lock, so racing processes create it once. True if run.
+
+        `check` runs under the lock just before creating: a refusal based on what it reads cannot mistake
+        another process's store, committed between two unlocked reads, for a foreign table.
+        """
         self.lock(f"schema/{table}")
         if self.columns(table):  # re-check under the lock: another process may have created it meanwhile
             return False
+        if check is not None:
+            check()
         for statement in statements:
             self.exec(statement)
         return True
@@ -222,15 +228,18 @@ class PostgresMemoryStore(_OnPostgres, MemoryStore):
                     f"memory store not found: {self.path} has no MemCollab memory tables "
                     "(build one with `memcollab build-memory` or pass --store)"
                 )
-            if self._pg.columns("memories"):  # another program's table of that name: refused, not altered
-                raise MemoryStoreError(
-                    f"{self.path} has a memories table but no schema_version: not a MemCollab memory store; "
-                    "pass another --store URL (or a database of its own)"
-                )
-            if self._pg.create_once("schema_version", _MEMORY_SCHEMA):
+            if self._pg.create_once("schema_version", _MEMORY_SCHEMA, check=self._refuse_foreign_memories):
                 self._exec("INSERT INTO schema_version (version) VALUES (:v)", {"v": SCHEMA_VERSION})
         rows = self._rows("SELECT version FROM schema_version")
         self._check_schema(rows[0][0] if rows else None, self._pg.columns("memories"))
+
+    def _refuse_foreign_memories(self) -> None:
+        """Refuse another program's `memories` table rather than alter it (called under the creation lock)."""
+        if self._pg.columns("memories"):
+            raise MemoryStoreError(
+                f"{self.path} has a memories table but no schema_version: not a MemCollab memory store; "
+                "pass another --store URL (or a database of its own)"
+            )
 
     def _lock_category(self, category: str) -> None:
         self._pg.lock(f"memories/{category}")
