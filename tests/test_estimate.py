@@ -77,6 +77,7 @@ def test_a_call_costs_its_prompt_where_the_prompt_rate_is_known():
     assert figures.call_seconds("absent", "server", "solve") is None
     shipped = load_throughput()
     assert shipped is not None and shipped.prompt_tokens_per_call["distill"] > shipped.tokens_per_call["distill"]
+    assert set(shipped.guidance_tokens_per_item) == {"rule", "example", "cheatsheet_entry"}
 
 
 def test_countdown_scales_the_phases_left_by_the_measured_ones() -> None:

@@ -11,6 +11,7 @@ import os
 import shutil
 import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -19,9 +20,16 @@ from dspy.utils.dummies import DummyLM
 
 from memcollab.benchmarks import get_benchmark, load_source
 from memcollab.errors import ConfigError, MemCollabError
+from memcollab.experiments.estimate import load_throughput
 from memcollab.experiments.grid import evaluation_order, run_grid, run_order
 from memcollab.experiments.grid_config import GridConfig, expand_cells, is_grid_config, load_grid_config
-from memcollab.experiments.grid_estimate import estimate_grid, estimate_grid_seconds, measured_turns
+from memcollab.experiments.grid_estimate import (
+    Finished,
+    estimate_grid,
+    estimate_grid_seconds,
+    guidance_tokens,
+    measured_turns,
+)
 from memcollab.experiments.grid_plan import plan_grid
 from memcollab.paths import default_data_dir
 from memcollab.programs.pipeline import Agent
@@ -750,6 +758,38 @@ def test_estimate_counts_the_grids_calls(tmp_path):
     assert measured_turns(tmp_path / "nowhere") == {}
     agents["weak"] = {**agents["weak"], "backend": "litellm", "model": "openai/x"}
     assert estimate_grid_seconds(small, agents) is None, "a remote agent has no measured rate"
+
+
+@needs_data
+def test_estimate_charges_each_cell_for_the_guidance_it_shows(tmp_path):
+    """Worked examples are long: `examples` took three times an estimate that counted its calls alone."""
+    methods = ["none", "memcollab", {"method": "memcollab", "k": [10]}, "examples", "cheatsheet"]
+    plan = plan_grid(
+        small_grid(tmp_path, {"target": "weak", "eval_ids": "1-4", "methods": methods}), {"weak", "strong"}
+    )
+    tokens = {
+        cell.method.name: guidance_tokens(replace(plan, cells=[cell]), PER_ITEM).get("weak", 0.0) for cell in plan.cells
+    }
+    assert tokens == {
+        "none": 0.0,
+        "memcollab": 4 * 3 * 70,
+        "memcollab-k10": 4 * 10 * 70,
+        "examples": 4 * 3 * 400,
+        "cheatsheet": 4 * 8 * 50,
+    }
+    finished = Finished(cells=frozenset(c.id for c in plan.cells if c.method.name == "examples"))
+    assert sum(guidance_tokens(plan, PER_ITEM, finished).values()) == sum(tokens.values()) - tokens["examples"]
+    agents = {name: agent.config for name, agent in scripted_agents(plan.cfg).items()}
+    figures = load_throughput()
+    assert figures is not None
+    bare = estimate_grid_seconds(plan, agents, figures.model_copy(update={"guidance_tokens_per_item": {}}))
+    full = estimate_grid_seconds(plan, agents, figures.model_copy(update={"guidance_tokens_per_item": PER_ITEM}))
+    model, backend = agents["weak"]["model"], agents["weak"]["backend"]
+    assert full - bare == pytest.approx(figures.prompt_seconds(model, backend, sum(tokens.values())))
+    assert full > bare
+
+
+PER_ITEM = {"rule": 70.0, "example": 400.0, "cheatsheet_entry": 50.0}
 
 
 @needs_data

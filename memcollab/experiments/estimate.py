@@ -23,6 +23,7 @@ from memcollab.experiments.config import RunConfig
 from memcollab.paths import config_dir
 
 CallKind = Literal["solve", "distill", "classify"]
+GuidanceItem = Literal["rule", "example", "cheatsheet_entry"]
 
 
 class Throughput(BaseModel):
@@ -34,6 +35,8 @@ class Throughput(BaseModel):
     tokens_per_call: dict[CallKind, float]
     prompt_tokens_per_s: dict[str, dict[str, float]] = Field(default_factory=dict)
     prompt_tokens_per_call: dict[CallKind, float] = Field(default_factory=dict)
+    # prompt tokens one item of guidance adds to a solve call: a rule, a worked example, a cheatsheet entry
+    guidance_tokens_per_item: dict[GuidanceItem, float] = Field(default_factory=dict)
     contrast_pair_rate: float = Field(ge=0.0, le=1.0)
 
     def rate(self, model: str, backend: str) -> float | None:
@@ -49,13 +52,16 @@ class Throughput(BaseModel):
         rate = self.rate(model, backend)
         if rate is None:
             return None
-        seconds = self.tokens_per_call[kind] / rate
+        return self.tokens_per_call[kind] / rate + self.prompt_seconds(
+            model, backend, self.prompt_tokens_per_call.get(kind, 0.0)
+        )
+
+    def prompt_seconds(self, model: str, backend: str, tokens: float) -> float:
+        """Seconds `model` takes to read `tokens` prompt tokens (0 where its prompt rate was not measured)."""
         # Prompt reading was measured on a 1-slot server: one stream through llama.cpp, as in-process is.
         measured = self.prompt_tokens_per_s.get(model, {})
         prompt_rate = measured.get(backend) or next(iter(measured.values()), None)
-        if prompt_rate:
-            seconds += self.prompt_tokens_per_call.get(kind, 0.0) / prompt_rate
-        return seconds
+        return tokens / prompt_rate if prompt_rate else 0.0
 
 
 def throughput_path() -> Path:

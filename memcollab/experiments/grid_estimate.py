@@ -20,8 +20,9 @@ from typing import Any
 import pandas as pd
 
 from memcollab.benchmarks import get_benchmark
-from memcollab.experiments.estimate import CallKind, Throughput, load_throughput
+from memcollab.experiments.estimate import CallKind, GuidanceItem, Throughput, load_throughput
 from memcollab.experiments.grid_plan import GridPlan
+from memcollab.programs.methods.base import MethodSpec
 
 
 def _turns(benchmark: str, max_turns: int, measured: Mapping[str, float]) -> float:
@@ -142,6 +143,39 @@ def grid_calls(
     return dict(calls)
 
 
+def guidance_shown(spec: MethodSpec) -> tuple[GuidanceItem, int] | None:
+    """What a method adds to every solve prompt: (the kind of item, how many at most); None without memory."""
+    if spec.kind == "none":
+        return None
+    if spec.kind == "examples":
+        return "example", spec.k
+    if spec.kind == "cheatsheet":
+        return "cheatsheet_entry", spec.max_items
+    return "rule", spec.k
+
+
+def guidance_tokens(
+    plan: GridPlan,
+    per_item: Mapping[GuidanceItem, float],
+    finished: Finished | None = None,
+    turns: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """Prompt tokens the pending cells' guidance adds, by target agent: every solve call (each turn of a code
+    task) reads it. Worked examples made `examples` take three times a count of calls alone."""
+    done, measured = finished or Finished(), turns or {}
+    tokens: dict[str, float] = defaultdict(float)
+    for cell in plan.cells:
+        shown = guidance_shown(cell.method)
+        if cell.id in done.cells or shown is None:
+            continue
+        item, count = shown
+        calls = len(plan.benchmarks[cell.benchmark].cell_tasks[cell.id]) * _turns(
+            cell.benchmark, plan.cfg.max_turns, measured
+        )
+        tokens[cell.target] += calls * count * per_item.get(item, 0.0)
+    return dict(tokens)
+
+
 def estimate_grid_seconds(
     plan: GridPlan,
     agents: Mapping[str, Any],
@@ -166,6 +200,10 @@ def estimate_grid_seconds(
         if seconds is None:
             return None
         total += count * seconds
+    for name, tokens in guidance_tokens(plan, figures.guidance_tokens_per_item, finished, turns).items():
+        config = agents.get(name)
+        if config is not None:
+            total += figures.prompt_seconds(config.get("model", ""), config.get("backend", "local"), tokens)
     return total
 
 
