@@ -22,7 +22,14 @@ from memcollab.benchmarks import get_benchmark, load_source
 from memcollab.errors import ConfigError, MemCollabError
 from memcollab.experiments.estimate import load_throughput
 from memcollab.experiments.grid import evaluation_order, run_grid, run_order
-from memcollab.experiments.grid_config import GridConfig, expand_cells, is_grid_config, load_grid_config
+from memcollab.experiments.grid_config import (
+    BestOf,
+    GridConfig,
+    TransferSpec,
+    expand_cells,
+    is_grid_config,
+    load_grid_config,
+)
 from memcollab.experiments.grid_estimate import (
     Finished,
     estimate_grid,
@@ -815,6 +822,7 @@ def test_cli_dry_run_validates_and_lists_cells_without_running(tmp_path):
     assert "28 cells, 12 memories; in " in result.output
     assert "0 of 28 cells finished and 0 of 12 memories built" in result.output
     assert "unknown" in result.output
+    assert "best of the rest on gsm8k (self, naive): compared on 2 tasks, held out on 2; chosen once" in result.output
     assert not (tmp_path / "run").exists(), "a dry run writes nothing"
     bad = tmp_path / "bad.yaml"
     bad.write_text(SMOKE_CONFIG.read_text().replace("memcollab-nogate", "memcollab-nogat"))
@@ -856,6 +864,7 @@ def test_notebook_runs_on_the_committed_smoke_run(tmp_path):
     assert "lost_when_echoing" in outputs and "no placebo cell in this grid" in outputs, "section 7 ran"
     assert "other_method" in outputs and "(chance " in outputs, "section 8 ran"
     assert "top_error_type" in outputs and "mean_chars" in outputs, "section 9 ran"
+    assert "held_out" in outputs and "chosen_on" in outputs, "section 10 ran"
     for figure in (
         "transfer_heatmap.png",
         "k_ablation_plot.png",
@@ -864,6 +873,54 @@ def test_notebook_runs_on_the_committed_smoke_run(tmp_path):
         "category_dendrogram.png",
     ):
         assert (run_dir / "notebook" / figure).stat().st_size > 0, figure
+
+
+@needs_data
+def test_the_best_of_the_rest_is_chosen_on_its_slice_then_reported_held_out(tmp_path):
+    """naive helps the weak agent on task 1, examples nowhere: naive wins though listed second, then runs on 1-5,
+    and best_of.csv compares it with no memory on tasks 3-5, which the choice never saw."""
+    cells = {"target": "weak", "eval_ids": "1-3", "methods": ["none", "examples", "naive"]}
+    cfg = small_grid(tmp_path, cells)
+    cfg.best_of = BestOf(target="weak", methods=["examples", "naive"], chosen_on="1-2", eval_ids="1-5")
+    cfg.transfer = TransferSpec(sources=["other"], targets=["weak"], eval_ids="1-2")  # a naive cell from other too
+    result = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    assert json.loads((tmp_path / "best_of.json").read_text())["gsm8k"]["method"] == "naive"
+    tasks = pd.read_json(tmp_path / "tasks.jsonl", lines=True)
+    naive = tasks[tasks["cell"] == "gsm8k.weak.naive.strong.s0"]
+    assert sorted(naive["task_id"]) == [f"gsm8k/test/{i}" for i in range(1, 6)], "the winner ran on eval_ids"
+    best = pd.read_csv(tmp_path / "best_of.csv")
+    assert list(zip(best["method"], best["part"], best["n"], strict=True)) == [
+        ("examples", "chosen_on", 2),
+        ("naive", "chosen_on", 2),
+        ("naive", "held_out", 3),
+    ]
+    assert set(best.loc[best["method"] == "naive", "cell"]) == {"gsm8k.weak.naive.strong.s0"}, "not naive from other"
+    held = best[best["part"] == "held_out"].iloc[0]
+    base = tasks[(tasks["cell"] == "gsm8k.weak.none.none.s0") & tasks["task_id"].isin(naive["task_id"])]
+    assert set(base["task_id"]) == set(naive["task_id"]), "no memory ran on the winner's tasks too"
+    held_ids = [f"gsm8k/test/{i}" for i in range(3, 6)]
+    assert held["accuracy"] == naive[naive["task_id"].isin(held_ids)]["correct"].mean()
+    assert result.table.set_index("cell").loc["gsm8k.weak.naive.strong.s0", "n"] == 5
+    assert not result.chose, "the pass that ran the winner chose nothing new"
+    again = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    assert not again.chose and json.loads((tmp_path / "best_of.json").read_text())["gsm8k"]["method"] == "naive"
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("best_of", "message"),
+    [
+        ({"methods": ["examples", "self"], "chosen_on": "1-2", "eval_ids": "1-5"}, "'self' is not a cell of weak"),
+        ({"methods": ["examples", "naive"], "chosen_on": "1-4", "eval_ids": "1-5"}, "does not run on every task"),
+        ({"methods": ["examples", "naive"], "chosen_on": "1-2", "eval_ids": "1-2"}, "holds no task outside"),
+    ],
+)
+def test_a_best_of_that_cannot_be_chosen_fairly_is_refused_before_anything_runs(tmp_path, best_of, message):
+    cfg = small_grid(tmp_path / "run", {"target": "weak", "eval_ids": "1-3", "methods": ["none", "examples", "naive"]})
+    cfg.best_of = BestOf(target="weak", **best_of)
+    with pytest.raises(ConfigError, match=message):
+        plan_grid(cfg, injected={"weak", "strong"})
+    assert not (tmp_path / "run").exists()
 
 
 if __name__ == "__main__":  # regenerate the committed smoke run

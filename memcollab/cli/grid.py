@@ -139,6 +139,19 @@ def grid_command(
                 for b in code
             )
             console.print(f"calls per code task in the estimate: {counted}", markup=False, soft_wrap=True)
+        for piece in plan.best_of:
+            winner = plan.chosen.get(piece.benchmark)
+            state = (
+                f"chosen: {winner}"
+                if winner
+                else "chosen once they have all run there; the winner's extra tasks are not in the estimate yet"
+            )
+            console.print(
+                f"best of the rest on {piece.benchmark} ({', '.join(piece.candidates)}): compared on "
+                f"{len(piece.chosen_on)} tasks, held out on {len(piece.held_out)}; {state}",
+                markup=False,
+                soft_wrap=True,
+            )
         return
     with make_executor(executor, ray_address) as runner:
         result = run_grid(cfg, announce=err.print, executor=runner, tables_only=tables_only)

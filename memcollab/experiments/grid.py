@@ -39,6 +39,7 @@ import pandas as pd
 
 from memcollab.benchmarks import parse_ids
 from memcollab.errors import ConfigError, lm_endpoint_error, output_error
+from memcollab.experiments.best_of import best_of_table, new_choices, write_choice
 from memcollab.experiments.executors import Executor, LocalExecutor, Solves
 from memcollab.experiments.grid_config import Cell, GridConfig
 from memcollab.experiments.grid_estimate import GridEstimate, estimate_grid
@@ -90,6 +91,8 @@ class GridResult:
     estimate_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     parent_run_id: str | None = None
+    best_of: pd.DataFrame = field(default_factory=pd.DataFrame)
+    chose: dict[str, Any] = field(default_factory=dict)  # best-of choices this invocation made: plan again to run them
 
 
 def task_row(cell: Cell, task: Task, trajectory: Trajectory, guidance: Guidance, category: str) -> dict[str, Any]:
@@ -170,7 +173,9 @@ class GridRun:
         announce: Callable[[str], None] = progress_console.print,
         show_progress: bool = True,
         executor: Executor | None = None,
+        steps: StepTimes | None = None,
     ) -> None:
+        """`steps`: the step times of an invocation this run continues (a second pass of one `run_grid`)."""
         self.plan, self.cfg = plan, plan.cfg
         self.executor: Executor = executor or LocalExecutor()  # where solves run; its owner closes it
         self.run_dir = Path(self.cfg.run_dir)
@@ -181,7 +186,8 @@ class GridRun:
         self.audits: dict[str, dict[str, Any]] = {}  # memory id -> counts of its rules (rule memories only)
         self.contexts: dict[str, MethodContext] = {}
         self.collected: dict[tuple, list[Trajectory]] = {}
-        self.steps = StepTimes(self.run_dir / "summary.json")  # read now, before this invocation rewrites it
+        # read now, before this invocation rewrites it
+        self.steps = steps or StepTimes(self.run_dir / "summary.json")
         self.tables_only = False  # `run(tables_only=True)`: read back, write tables, leave summary.json alone
         self.finished_before: frozenset[str] = frozenset()  # cells earlier invocations finished (progress.json)
         self.extra: dict[str, dict[str, Any]] = {}
@@ -467,6 +473,14 @@ class GridRun:
             rest = [c for c in order if c.id not in times.finished.cells]
             result = self._report(self._run_cells(finished + rest, estimate), estimate, plan.cells)
             result.parent_run_id = parent.run_id
+            result.chose = new_choices(result.best_of, plan.best_of, plan.chosen)
+            if result.chose:  # before logging: the parent run's best_of.json names the choice
+                write_choice(self.run_dir, result.chose)
+                for benchmark, made in result.chose.items():
+                    self.announce(
+                        f"best of the rest on {benchmark}: {made['method']} (highest difference on its "
+                        f"{made['chosen_on']} choice tasks); it now runs on best_of.eval_ids"
+                    )
             log_grid(
                 self.tracker,
                 plan,
@@ -508,13 +522,13 @@ class GridRun:
         self.announce(f"grid: {len(times.finished.cells)} of {len(self.plan.cells)} cells finished{left}")
 
     def _report(self, rows: pd.DataFrame, estimate: float | None, cells: list[Cell]) -> GridResult:
-        table, categories, transfer, ablation = self._write_tables(rows, cells)
+        table, categories, transfer, ablation, best = self._write_tables(rows, cells)
         timings = self._write_summary(estimate)
-        return GridResult(self.run_dir, table, categories, transfer, ablation, estimate, timings)
+        return GridResult(self.run_dir, table, categories, transfer, ablation, estimate, timings, best_of=best)
 
     def _write_tables(
         self, rows: pd.DataFrame, cells: list[Cell]
-    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """The tables and figures of `cells` (all of them at the end; the finished ones while the grid runs), and
         progress.json naming every finished cell: these and those earlier invocations finished."""
         cfg, plan = self.cfg, self.plan
@@ -538,6 +552,7 @@ class GridRun:
             "placebo": placebo_table(rows, cells, samples=cfg.bootstrap_samples),
             "overlap": overlap_table(rows, cells),
             "memories": self._memory_table(cells),
+            "best_of": best_of_table(rows, plan.best_of, plan.chosen, cfg.bootstrap_samples),
         }
         assert tuple(frames) == TABLES
         for name, frame in frames.items():
@@ -553,7 +568,7 @@ class GridRun:
             "pending": [c.id for c in plan.cells if c.id not in finished],
         }
         (self.run_dir / "progress.json").write_text(json.dumps(progress, indent=2))
-        return table, categories, transfer, ablation
+        return table, categories, transfer, ablation, frames["best_of"]
 
     def _write_plan(self, estimate: float | None) -> None:
         plan = self.plan
@@ -575,6 +590,7 @@ class GridRun:
                 }
                 for c in plan.cells
             ],
+            "best_of": plan.chosen,
             "memories": {
                 m.id: {
                     "kind": m.spec.kind,
@@ -623,11 +639,15 @@ def run_grid(
         from memcollab.memory.postgres import check_server
 
         check_server(cfg.store_url, ConfigError)
-    plan = plan_grid(cfg, injected=set(agents or {}), announce=announce)
-    if tables_only:
-        agents = read_back_agents(plan, agents)
-    with GridRun(plan, agents, announce=announce, show_progress=show_progress, executor=executor) as grid:
-        return grid.run(tables_only=tables_only)
+    steps: StepTimes | None = None
+    while True:  # twice at most: a pass that chooses the best of the rest plans again to run the winner
+        plan = plan_grid(cfg, injected=set(agents or {}), announce=announce)
+        handles = read_back_agents(plan, agents) if tables_only else agents
+        with GridRun(plan, handles, announce, show_progress, executor, steps) as grid:
+            result = grid.run(tables_only=tables_only)
+        if not result.chose:
+            return result
+        steps = grid.steps  # one invocation: its second pass adds to the same time and count
 
 
 def read_back_agents(plan: GridPlan, injected: dict[str, Agent] | None = None) -> dict[str, Agent]:

@@ -13,6 +13,7 @@ list (`{method: memcollab, k: [1, 5, 10]}` makes `memcollab-k1`, `memcollab-k5`,
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +76,25 @@ class TransferSpec(_Slice):
     multi: str = "memcollab"  # the method a several-agent source uses
 
 
+class BestOf(_Slice):
+    """ "The best of the rest": of `methods` (cells of `target`), the one with the highest paired difference to no
+    memory on `chosen_on` then also runs on `eval_ids`; its comparison on `eval_ids` minus `chosen_on` is held out
+    (best_of.csv). The rule is written down before the candidates run: a method chosen on the tasks it is then
+    reported on would look better than it is."""
+
+    target: str
+    methods: list[str] = Field(min_length=2)
+    chosen_on: Ids
+
+    @field_validator("chosen_on")
+    @classmethod
+    def _chosen_on(cls, value: Ids) -> Ids:
+        return _check_ids(value)
+
+    def chosen_on_for(self, benchmark: str) -> str | None:
+        return self.chosen_on if isinstance(self.chosen_on, str) else self.chosen_on.get(benchmark)
+
+
 class GridConfig(BaseModel):
     """Everything that defines a grid; stored with its results (grid.json) and logged to MLflow."""
 
@@ -85,6 +105,7 @@ class GridConfig(BaseModel):
     build_ids: Ids
     cells: list[CellGroup] = Field(min_length=1)
     transfer: TransferSpec | None = None
+    best_of: BestOf | None = None
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
     pair: list[str] = Field(default_factory=lambda: ["weak", "strong"], min_length=2)
     xfamily: list[str] = Field(default_factory=lambda: ["strong", "other"], min_length=2)
@@ -277,9 +298,11 @@ def transfer_method(cfg: GridConfig, source: tuple[str, ...], target: str) -> Me
     return cfg.method(spec.multi)[0]
 
 
-def expand_cells(cfg: GridConfig) -> list[Cell]:
-    """Every cell of the grid, `none` cells first per (benchmark, target), in config order."""
+def expand_cells(cfg: GridConfig, chosen: Mapping[str, str] | None = None) -> list[Cell]:
+    """Every cell of the grid, `none` cells first per (benchmark, target), in config order. `chosen`: the best of
+    the rest per benchmark (`best_of`), once chosen: that method's cell also runs on `best_of.eval_ids`."""
     cells: dict[tuple, Cell] = {}
+    best = cfg.best_of
     for benchmark in cfg.benchmarks:
         for group in cfg.cells:
             ids = group.ids_for(benchmark)
@@ -297,12 +320,21 @@ def expand_cells(cfg: GridConfig) -> list[Cell]:
                     spec = transfer_method(cfg, source, target)
                     for seed in cfg.seeds:
                         _merge(cells, _cell(benchmark, target, spec, source, seed, ids), cfg.name)
+        winner = (chosen or {}).get(benchmark)
+        if best is not None and winner is not None and (ids := best.ids_for(benchmark)) is not None:
+            for spec in cfg.method(winner):
+                source = cfg.resolve_source(spec.source, best.target)
+                for seed in cfg.seeds:
+                    _merge(cells, _cell(benchmark, best.target, spec, source, seed, ids), cfg.name)
     # The none cell of each target covers every task its cells run on.
     ordered: list[Cell] = []
     for benchmark in cfg.benchmarks:
         for target in dict.fromkeys(c.target for c in cells.values() if c.benchmark == benchmark):
             mine = [c for c in cells.values() if c.benchmark == benchmark and c.target == target]
-            union = ",".join(dict.fromkeys(part for c in mine for part in c.eval_ids.split(",")))
+            parts = [part for c in mine for part in c.eval_ids.split(",")]
+            if best is not None and best.target == target and (ids := best.ids_for(benchmark)) is not None:
+                parts.append(ids)  # the best of the rest, chosen or not yet, is compared on these tasks
+            union = ",".join(dict.fromkeys(parts))
             none = next((c for c in mine if c.method.kind == "none"), None)
             spec = none.method if none else PRESETS["none"]
             ordered.append(Cell(benchmark, target, spec, (), cfg.seeds[0], union))

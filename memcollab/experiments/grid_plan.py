@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memcollab.benchmarks import get_benchmark, load_source, parse_ids
+from memcollab.experiments.best_of import BestOfSlice, best_of_slices, read_choice
 from memcollab.experiments.config import RunConfig, make_config
 from memcollab.experiments.grid_config import Cell, GridConfig, agent_names, expand_cells
 from memcollab.experiments.preflight import check_agents, check_overlap, check_run_dir
@@ -58,6 +59,8 @@ class GridPlan:
     memories: dict[str, MemoryPlan]
     cell_memory: dict[str, str | None]
     agents: dict[str, Any] = field(default_factory=dict)
+    best_of: list[BestOfSlice] = field(default_factory=list)
+    chosen: dict[str, str] = field(default_factory=dict)  # the best of the rest, by benchmark, once chosen
 
     def run_config(self, benchmark: str) -> RunConfig:
         return run_config(self.cfg, benchmark)
@@ -126,7 +129,8 @@ def plan_grid(
             from memcollab.errors import ConfigError
 
             raise ConfigError(f"{flag}: file not found: {path}")
-    cells = expand_cells(cfg)
+    chosen = read_choice(cfg)
+    cells = expand_cells(cfg, chosen)
     benchmarks: dict[str, BenchmarkPlan] = {}
     for name in cfg.benchmarks:
         spec = get_benchmark(name)
@@ -139,6 +143,7 @@ def plan_grid(
         for cell in mine:
             bench.cell_tasks[cell.id] = [t.id for t in parse_ids(cell.eval_ids).select(evaluation, str(spec.eval))]
         benchmarks[name] = bench
+    best_of = best_of_slices(cfg, cells, benchmarks)
     memories: dict[str, MemoryPlan] = {}
     cell_memory: dict[str, str | None] = {}
     for cell in cells:
@@ -148,4 +153,4 @@ def plan_grid(
             memories.setdefault(memory.id, memory)
     names = [n for n in agent_names(cfg, cells) if n not in (injected or set())]
     agents = check_agents(names, run_config(cfg, cfg.benchmarks[0]), announce) if names else {}
-    return GridPlan(cfg, cells, benchmarks, memories, cell_memory, dict(agents))
+    return GridPlan(cfg, cells, benchmarks, memories, cell_memory, dict(agents), best_of, chosen)

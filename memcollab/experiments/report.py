@@ -49,7 +49,7 @@ ROW_COLUMNS = (
 )
 
 #: The per-grid tables, each written as `<name>.csv` after every cell and logged to the parent MLflow run.
-TABLES = ("table", "categories", "k_ablation", "transfer", "echo", "placebo", "overlap", "memories")
+TABLES = ("table", "categories", "k_ablation", "transfer", "echo", "placebo", "overlap", "memories", "best_of")
 
 #: What a paired comparison with the no-memory cell adds to a summary line (`paired`).
 PAIRED_COLUMNS = ("n", "accuracy", "none_accuracy", "diff", "diff_low", "diff_high", "p_value")
