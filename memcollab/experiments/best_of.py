@@ -40,16 +40,21 @@ class BestOfSlice:
     held_out: list[str]
 
 
+def _recorded(path: Path) -> dict[str, Any]:
+    """best_of.json as written so far (empty when absent or unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_choice(cfg: GridConfig) -> dict[str, str]:
     """The winners an earlier invocation chose, by benchmark (empty before the choice, or without `best_of`)."""
     if cfg.best_of is None:
         return {}
     path = Path(cfg.run_dir) / CHOICE_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    chosen = {str(b): str(v["method"]) for b, v in data.items() if isinstance(v, dict) and "method" in v}
+    chosen = {str(b): str(v["method"]) for b, v in _recorded(path).items() if isinstance(v, dict) and "method" in v}
     for name, method in chosen.items():
         if method not in cfg.best_of.methods:
             raise ConfigError(f"{path} chose '{method}' on {name}, not a best_of candidate; delete it to choose again")
@@ -71,7 +76,8 @@ def best_of_slices(cfg: GridConfig, cells: list[Cell], benchmarks: Mapping[str, 
         mine = {(c.method.name, c.source): c for c in cells if c.benchmark == name and c.target == best.target}
         tasks = list(bench.eval_tasks.values())
         chosen_on = [t.id for t in parse_ids(on).select(tasks, name)]
-        held_out = [t for t in (t.id for t in parse_ids(ids).select(tasks, name)) if t not in set(chosen_on)]
+        seen = set(chosen_on)
+        held_out = [t.id for t in parse_ids(ids).select(tasks, name) if t.id not in seen]
         candidates: dict[str, Cell] = {}
         for method in best.methods:
             spec = cfg.method(method)[0]
@@ -128,7 +134,7 @@ def new_choices(table: pd.DataFrame, slices: list[BestOfSlice], chosen: Mapping[
         diffs = dict(zip(mine["method"], mine["diff"], strict=True))
         if set(diffs) != set(piece.candidates):
             continue
-        winner = max(piece.candidates, key=lambda m: (diffs[m], -list(piece.candidates).index(m)))
+        winner = max(piece.candidates, key=diffs.__getitem__)  # max keeps the first of equals: config order
         made[piece.benchmark] = {"method": winner, "chosen_on": len(piece.chosen_on), "diff": diffs}
     return made
 
@@ -136,8 +142,4 @@ def new_choices(table: pd.DataFrame, slices: list[BestOfSlice], chosen: Mapping[
 def write_choice(run_dir: Path, made: Mapping[str, Any]) -> None:
     """Add `made` to best_of.json (earlier choices stay as they were)."""
     path = run_dir / CHOICE_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    path.write_text(json.dumps({**data, **made}, indent=2))
+    path.write_text(json.dumps({**_recorded(path), **made}, indent=2))

@@ -16,10 +16,10 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from memcollab.benchmarks import benchmark_names, parse_ids
 from memcollab.errors import ConfigError, DataError
@@ -42,21 +42,25 @@ def _check_ids(value: Ids) -> Ids:
     return value
 
 
+#: Ids checked at load: a malformed range fails there, naming itself.
+CheckedIds = Annotated[Ids, AfterValidator(_check_ids)]
+
+
+def ids_on(value: Ids, benchmark: str) -> str | None:
+    """The ids `value` gives `benchmark`: the one string, or its entry (None: skip it)."""
+    return value if isinstance(value, str) else value.get(benchmark)
+
+
 class _Slice(BaseModel):
     """Evaluation ids: one string for every benchmark, or one per benchmark (a benchmark it omits is skipped)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    eval_ids: Ids
-
-    @field_validator("eval_ids")
-    @classmethod
-    def _ids(cls, value: Ids) -> Ids:
-        return _check_ids(value)
+    eval_ids: CheckedIds
 
     def ids_for(self, benchmark: str) -> str | None:
         """These ids on `benchmark` (None: skip it)."""
-        return self.eval_ids if isinstance(self.eval_ids, str) else self.eval_ids.get(benchmark)
+        return ids_on(self.eval_ids, benchmark)
 
 
 class CellGroup(_Slice):
@@ -84,15 +88,10 @@ class BestOf(_Slice):
 
     target: str
     methods: list[str] = Field(min_length=2)
-    chosen_on: Ids
-
-    @field_validator("chosen_on")
-    @classmethod
-    def _chosen_on(cls, value: Ids) -> Ids:
-        return _check_ids(value)
+    chosen_on: CheckedIds
 
     def chosen_on_for(self, benchmark: str) -> str | None:
-        return self.chosen_on if isinstance(self.chosen_on, str) else self.chosen_on.get(benchmark)
+        return ids_on(self.chosen_on, benchmark)
 
 
 class GridConfig(BaseModel):
@@ -102,7 +101,7 @@ class GridConfig(BaseModel):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     benchmarks: list[BenchmarkName] = Field(min_length=1)  # type: ignore[valid-type]
-    build_ids: Ids
+    build_ids: CheckedIds
     cells: list[CellGroup] = Field(min_length=1)
     transfer: TransferSpec | None = None
     best_of: BestOf | None = None
@@ -130,11 +129,6 @@ class GridConfig(BaseModel):
     bootstrap_samples: int = Field(default=10_000, ge=100)
     max_errors: int = Field(default=10, ge=0)  # unanswered LM calls per cell (endpoint down) before the grid stops
     store_url: StoreURL = None  # the results and memory stores in this PostgreSQL database, a schema each
-
-    @field_validator("build_ids")
-    @classmethod
-    def _build(cls, value: Ids) -> Ids:
-        return _check_ids(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> GridConfig:
