@@ -688,7 +688,7 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     stopped = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert stopped["invocations"] == 1 and stopped["wall_s"] > 0, "the stopped invocation's time is kept"
     agents = {name: agent.config for name, agent in scripted_agents(cfg).items()}
-    times = estimate_grid(plan, agents, tmp_path / "run")
+    times = estimate_grid(plan, agents, tmp_path / "run", load_throughput())
     done = times.finished
     assert done.cells == set(finished) and done.memories, "the finished cells, and the memories they read"
     assert times.whole == estimate_grid_seconds(plan, agents), "the whole grid, whatever is finished"
@@ -713,7 +713,7 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert resumed["invocations"] == 2 and resumed["wall_s"] > stopped["wall_s"]
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["pending"] == []
-    assert estimate_grid(plan, agents, tmp_path / "run").left == 0, "nothing left"
+    assert estimate_grid(plan, agents, tmp_path / "run", load_throughput()).left == 0, "nothing left"
 
 
 @needs_data
@@ -744,6 +744,31 @@ def test_a_bigger_grid_stopped_early_keeps_the_cells_a_smaller_one_finished(tmp_
     assert set(pd.read_csv(tmp_path / "table.csv")["cell"]) == finished, "the main cells' tables, read back"
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert set(progress["done"]) == finished and progress["pending"] == ["gsm8k.strong.self.strong.s0"]
+
+
+@needs_data
+def test_a_throughput_file_edited_while_the_grid_runs_does_not_stop_it(tmp_path, monkeypatch):
+    """The grid reads configs/throughput.yaml once: a file broken (or of a newer schema) after the first cell leaves
+    the running grid's estimates as they were; a file broken before the start is one line, before any write."""
+    configs = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", configs)
+    monkeypatch.setenv("MEMCOLLAB_CONFIG_DIR", str(configs))
+    said: list[str] = []
+
+    def announce(line: str) -> None:
+        said.append(line)
+        if line.startswith("grid: "):  # after every cell, before the next estimate
+            (configs / "throughput.yaml").write_text("a_key_no_version_knows: 1\n")
+
+    cfg = small_grid(tmp_path / "run", {"target": "weak", "eval_ids": "1-2", "methods": ["none", "naive"]})
+    result = run_grid(cfg, agents=scripted_agents(cfg), announce=announce, show_progress=False)
+    assert len(result.table) == 2, "both cells ran"
+    told = [line for line in said if line.startswith("grid: ")]
+    assert len(told) == 2 and all(line.endswith(" h left (estimate)") for line in told), "the estimates go on"
+    again = small_grid(tmp_path / "again", {"target": "weak", "eval_ids": "1-2", "methods": ["none"]})
+    with pytest.raises(ConfigError, match="^invalid throughput file .*throughput.yaml: "):
+        run_grid(again, agents=scripted_agents(again), announce=lambda _: None, show_progress=False)
+    assert not (tmp_path / "again").exists(), "refused before the run directory is made"
 
 
 @needs_data

@@ -95,6 +95,7 @@ def grid_command(
     parent run for the invocation and a nested run per cell.
     """
     from memcollab.benchmarks import get_benchmark
+    from memcollab.experiments.estimate import load_throughput
     from memcollab.experiments.executors import check_executor, make_executor
     from memcollab.experiments.grid import run_grid, run_order
     from memcollab.experiments.grid_config import load_grid_config
@@ -119,7 +120,7 @@ def grid_command(
                 f"{cell.id}: {tasks} tasks, memory {plan.cell_memory[cell.id] or '-'}", markup=False, soft_wrap=True
             )
         agents = {n: a.model_dump(mode="json") for n, a in plan.agents.items()}
-        times = estimate_grid(plan, agents, cfg.run_dir)
+        times = estimate_grid(plan, agents, cfg.run_dir, load_throughput())
         finished = times.finished
         if times.whole is None or times.left is None:
             told = "unknown (an agent has no measured rate)"

@@ -40,6 +40,7 @@ import pandas as pd
 from memcollab.benchmarks import parse_ids
 from memcollab.errors import ConfigError, lm_endpoint_error, output_error
 from memcollab.experiments.best_of import best_of_table, new_choices, write_choice
+from memcollab.experiments.estimate import Throughput, load_throughput
 from memcollab.experiments.executors import Executor, LocalExecutor, Solves
 from memcollab.experiments.grid_config import Cell, GridConfig
 from memcollab.experiments.grid_estimate import GridEstimate, estimate_grid
@@ -174,8 +175,10 @@ class GridRun:
         show_progress: bool = True,
         executor: Executor | None = None,
         steps: StepTimes | None = None,
+        throughput: Throughput | None = None,
     ) -> None:
-        """`steps`: the step times of an invocation this run continues (a second pass of one `run_grid`)."""
+        """`steps`: the step times of an invocation this run continues (a second pass of one `run_grid`);
+        `throughput`: the figures the estimates use, read once when the invocation starts (None: no estimate)."""
         self.plan, self.cfg = plan, plan.cfg
         self.executor: Executor = executor or LocalExecutor()  # where solves run; its owner closes it
         self.run_dir = Path(self.cfg.run_dir)
@@ -188,6 +191,7 @@ class GridRun:
         self.collected: dict[tuple, list[Trajectory]] = {}
         # read now, before this invocation rewrites it
         self.steps = steps or StepTimes(self.run_dir / "summary.json")
+        self.throughput = throughput
         self.tables_only = False  # `run(tables_only=True)`: read back, write tables, leave summary.json alone
         self.finished_before: frozenset[str] = frozenset()  # cells earlier invocations finished (progress.json)
         self.extra: dict[str, dict[str, Any]] = {}
@@ -237,7 +241,7 @@ class GridRun:
     def estimate(self) -> GridEstimate:
         """Machine time of the whole grid and of what earlier invocations did not finish."""
         agents = {name: agent.config for name, agent in self.agents.items()}
-        return estimate_grid(self.plan, agents, self.run_dir)
+        return estimate_grid(self.plan, agents, self.run_dir, self.throughput)
 
     def context(self, taxonomy: str) -> MethodContext:
         if self.results is None:
@@ -639,11 +643,12 @@ def run_grid(
         from memcollab.memory.postgres import check_server
 
         check_server(cfg.store_url, ConfigError)
+    throughput = load_throughput()  # once: an edit of the file while the grid runs cannot stop it
     steps: StepTimes | None = None
     while True:  # twice at most: a pass that chooses the best of the rest plans again to run the winner
         plan = plan_grid(cfg, injected=set(agents or {}), announce=announce)
         handles = read_back_agents(plan, agents) if tables_only else agents
-        with GridRun(plan, handles, announce, show_progress, executor, steps) as grid:
+        with GridRun(plan, handles, announce, show_progress, executor, steps, throughput) as grid:
             result = grid.run(tables_only=tables_only)
         if not result.chose:
             return result

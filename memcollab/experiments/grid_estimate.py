@@ -217,14 +217,14 @@ class GridEstimate:
     turns: dict[str, float] = field(default_factory=dict)  # measured turns per code task, by benchmark
 
 
-def estimate_grid(plan: GridPlan, agents: Mapping[str, Any], run_dir: Path) -> GridEstimate:
-    """Whole and left estimates of `plan` from the state of `run_dir` (one throughput read for both)."""
-    figures = load_throughput()
+def estimate_grid(plan: GridPlan, agents: Mapping[str, Any], run_dir: Path, figures: Throughput | None) -> GridEstimate:
+    """Whole and left estimates of `plan` from the state of `run_dir` and the throughput `figures` (None: no
+    throughput file, no estimate); a grid reads its figures once, so an edit of the file cannot stop it part way."""
     finished = finished_work(plan, run_dir)
     turns = measured_turns(run_dir)
     return GridEstimate(
-        whole=estimate_grid_seconds(plan, agents, figures, turns=turns),
-        left=estimate_grid_seconds(plan, agents, figures, finished=finished, turns=turns),
+        whole=None if figures is None else estimate_grid_seconds(plan, agents, figures, turns=turns),
+        left=None if figures is None else estimate_grid_seconds(plan, agents, figures, finished, turns),
         finished=finished,
         turns=turns,
     )
