@@ -902,14 +902,19 @@ def test_notebook_runs_on_the_committed_smoke_run(tmp_path):
 
 @needs_data
 def test_the_best_of_the_rest_is_chosen_on_its_slice_then_reported_held_out(tmp_path):
-    """naive helps the weak agent on task 1, examples nowhere: naive wins though listed second, then runs on 1-5,
-    and best_of.csv compares it with no memory on tasks 3-5, which the choice never saw."""
+    """naive helps the weak agent on task 1, examples nowhere: naive wins though listed second as soon as both have
+    run (before the transfer's cell), then runs on 1-5, and best_of.csv compares it with no memory on tasks 3-5,
+    which the choice never saw."""
     cells = {"target": "weak", "eval_ids": "1-3", "methods": ["none", "examples", "naive"]}
     cfg = small_grid(tmp_path, cells)
     cfg.best_of = BestOf(target="weak", methods=["examples", "naive"], chosen_on="1-2", eval_ids="1-5")
     cfg.transfer = TransferSpec(sources=["other"], targets=["weak"], eval_ids="1-2")  # a naive cell from other too
-    result = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    said: list[str] = []
+    result = run_grid(cfg, agents=scripted_agents(cfg), announce=said.append, show_progress=False)
     assert json.loads((tmp_path / "best_of.json").read_text())["gsm8k"]["method"] == "naive"
+    chose = next(i for i, line in enumerate(said) if line.startswith("best of the rest on gsm8k: naive"))
+    finished = [line for line in said[:chose] if line.startswith("grid: ")]
+    assert finished[-1].startswith("grid: 3 of 4 cells finished"), "chosen at once: the transfer cell runs after"
     tasks = pd.read_json(tmp_path / "tasks.jsonl", lines=True)
     naive = tasks[tasks["cell"] == "gsm8k.weak.naive.strong.s0"]
     assert sorted(naive["task_id"]) == [f"gsm8k/test/{i}" for i in range(1, 6)], "the winner ran on eval_ids"

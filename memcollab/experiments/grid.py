@@ -462,7 +462,7 @@ class GridRun:
         finished = [c for c in order if c.id in times.finished.cells]
         if tables_only:
             self.announce(f"tables only: the {len(finished)} of {len(plan.cells)} cells finished in {self.run_dir}")
-            return self._report(self._run_cells(finished, estimate), estimate, finished)
+            return self._report(*self._run_cells(finished, estimate), estimate)
         if estimate is not None and left is not None:
             self.announce(
                 f"estimated machine time: about {estimate / 60:.0f} min for {len(plan.cells)} cells and "
@@ -475,7 +475,7 @@ class GridRun:
             log_programs(self.tracker, plan, shared)
             # finished cells first (read back, no LM call): a stopped invocation's tables still cover them
             rest = [c for c in order if c.id not in times.finished.cells]
-            result = self._report(self._run_cells(finished + rest, estimate), estimate, plan.cells)
+            result = self._report(*self._run_cells(finished + rest, estimate, until_chosen=True), estimate)
             result.parent_run_id = parent.run_id
             result.chose = new_choices(result.best_of, plan.best_of, plan.chosen)
             if result.chose:  # before logging: the parent run's best_of.json names the choice
@@ -497,9 +497,13 @@ class GridRun:
             )
         return result
 
-    def _run_cells(self, cells: list[Cell], estimate: float | None) -> pd.DataFrame:
+    def _run_cells(
+        self, cells: list[Cell], estimate: float | None, until_chosen: bool = False
+    ) -> tuple[pd.DataFrame, list[Cell]]:
         """Solve `cells` in order (each builds its memory the first time); the tables and summary.json after every
-        cell, so a grid stopped after hours still leaves its finished cells' tables and this invocation's time."""
+        cell, so a grid stopped after hours still leaves its finished cells' tables and this invocation's time.
+        `until_chosen`: stop after the cell whose result lets the best of the rest be chosen, so the next pass
+        runs the winner before the cells left. Returns the rows and the cells done, in the plan's order."""
         rows: list[dict[str, Any]] = []
         done: list[Cell] = []
         categories: dict[str, dict[str, str]] = {}
@@ -509,14 +513,17 @@ class GridRun:
                     categories[cell.benchmark] = self.categories(self.plan.benchmarks[cell.benchmark])
                 rows += self.evaluate(cell, categories[cell.benchmark])
                 done.append(cell)
-                self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)
+                best = self._write_tables(pd.DataFrame(rows, columns=list(ROW_COLUMNS)), done)[-1]
                 self._write_summary(estimate)
                 if not self.tables_only:
                     self._announce_left()
+                if until_chosen and new_choices(best, self.plan.best_of, self.plan.chosen):
+                    break
         except BaseException:
             self._write_summary(estimate)  # Ctrl-C or a failure: this invocation's time still counts
             raise
-        return pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+        ids = {c.id for c in done}
+        return pd.DataFrame(rows, columns=list(ROW_COLUMNS)), [c for c in self.plan.cells if c.id in ids]
 
     def _announce_left(self) -> None:
         """After a cell: how many of the grid's cells are finished (this and earlier invocations) and the estimate
@@ -525,7 +532,7 @@ class GridRun:
         left = "" if times.left is None else f"; about {times.left / 3600:.1f} h left (estimate)"
         self.announce(f"grid: {len(times.finished.cells)} of {len(self.plan.cells)} cells finished{left}")
 
-    def _report(self, rows: pd.DataFrame, estimate: float | None, cells: list[Cell]) -> GridResult:
+    def _report(self, rows: pd.DataFrame, cells: list[Cell], estimate: float | None) -> GridResult:
         table, categories, transfer, ablation, best = self._write_tables(rows, cells)
         timings = self._write_summary(estimate)
         return GridResult(self.run_dir, table, categories, transfer, ablation, estimate, timings, best_of=best)
