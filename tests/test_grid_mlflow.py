@@ -98,3 +98,46 @@ def test_grid_logs_parent_and_nested_cell_runs(tmp_path, mlflow_server):
     files = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"tasks.json", "memory", "figures", "gsm8k.weak.memcollab.weak_strong.s0.jsonl"} <= files
     assert [a.path for a in client.list_artifacts(child.info.run_id, "memory")] == ["memory/memory.jsonl"]
+
+
+def test_a_pass_that_chooses_the_best_of_the_rest_logs_what_it_ran(tmp_path, mlflow_server):
+    """The first pass stops once both candidates have run (before the transfer's cell): its parent run holds their
+    child runs and best_of.json; the second pass, in the same invocation, logs every cell."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from memcollab.experiments.grid_config import BestOf, TransferSpec
+
+    cfg = GridConfig(
+        name="mlflow-best-of",
+        benchmarks=["gsm8k"],
+        build_ids="1-6",
+        workers=1,
+        run_dir=tmp_path / "run",
+        cells=[{"target": "weak", "eval_ids": "1-3", "methods": ["none", "examples", "naive"]}],
+        best_of=BestOf(target="weak", methods=["examples", "naive"], chosen_on="1-2", eval_ids="1-5"),
+        transfer=TransferSpec(sources=["other"], targets=["weak"], eval_ids="1-2"),
+        tracking_uri=mlflow_server.url,
+        bootstrap_samples=200,
+    )
+    result = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("memcollab-grid-mlflow-best-of")
+    runs = client.search_runs([experiment.experiment_id])
+    assert all(r.info.status == "FINISHED" for r in runs)
+    parents = sorted((r for r in runs if r.data.tags.get("kind") == "grid"), key=lambda r: r.info.start_time)
+    assert len(parents) == 2 and parents[-1].info.run_id == result.parent_run_id
+
+    def children(parent) -> list[str]:
+        return sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+
+    assert children(parents[0]) == [
+        "gsm8k.weak.examples.weak_strong.s0",
+        "gsm8k.weak.naive.strong.s0",
+        "gsm8k.weak.none.none.s0",
+    ], "the cells the choosing pass ran, not the transfer cell after them"
+    assert children(parents[1]) == sorted(children(parents[0]) + ["gsm8k.weak.naive.other.s0"])
+    local = client.download_artifacts(parents[0].info.run_id, "best_of.json", str(tmp_path / "downloaded"))
+    assert json.loads(Path(local).read_text())["gsm8k"]["method"] == "naive"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from memcollab.experiments.best_of import CHOICE_FILE
 from memcollab.experiments.grid_plan import GridPlan
 from memcollab.experiments.report import TABLES
 from memcollab.experiments.transfer import tracker_matrix
@@ -160,6 +161,8 @@ def log_grid(
         return
     lines = table.set_index("cell")
     for cell in plan.cells:
+        if cell.id not in lines.index:
+            continue  # a pass that stopped to choose the best of the rest: the next pass runs and logs the cell
         line = lines.loc[cell.id]
         memory_id = plan.cell_memory[cell.id]
         params = {
@@ -185,6 +188,8 @@ def log_grid(
         parent.log_transfer_matrix(tracker_matrix(transfer), "transfer")
     for name in (*(f"{name}.csv" for name in TABLES), "table.md", "grid.json", "summary.json", "tasks.jsonl"):
         parent.log_artifact(run_dir / name)
+    if (run_dir / CHOICE_FILE).is_file():
+        parent.log_artifact(run_dir / CHOICE_FILE)
     for name in ("transfer.png", "k_ablation.png"):
         parent.log_artifact(run_dir / name, "figures")
     none = table[table["kind"] == "none"]
