@@ -34,20 +34,25 @@ def mlflow_server(tmp_path_factory):
     assert server.process.poll() is not None
 
 
+def tracked_grid(name: str, tmp_path: Path, server, cells: list[dict], **fields) -> GridConfig:
+    """A GSM8K grid of a few tasks (built from train 1-6 unless `fields` say otherwise), tracked on `server`."""
+    base = {"build_ids": "1-6", "workers": 1, "bootstrap_samples": 200}
+    return GridConfig(
+        name=name,
+        benchmarks=["gsm8k"],
+        run_dir=tmp_path / "run",
+        cells=cells,
+        tracking_uri=server.url,
+        **{**base, **fields},
+    )
+
+
 def test_grid_logs_parent_and_nested_cell_runs(tmp_path, mlflow_server):
     import mlflow.dspy
     from mlflow import MlflowClient
 
-    cfg = GridConfig(
-        name="mlflow-smoke",
-        benchmarks=["gsm8k"],
-        build_ids="1-3",
-        workers=2,
-        run_dir=tmp_path / "run",
-        cells=[{"target": "weak", "eval_ids": "1-3", "methods": ["none", "memcollab"]}],
-        tracking_uri=mlflow_server.url,
-        bootstrap_samples=200,
-    )
+    cells = [{"target": "weak", "eval_ids": "1-3", "methods": ["none", "memcollab"]}]
+    cfg = tracked_grid("mlflow-smoke", tmp_path, mlflow_server, cells, build_ids="1-3", workers=2)
     agents = scripted_agents(cfg)
     for _ in range(2):  # two invocations: two parent runs in one experiment, the second from the result store
         result = run_grid(cfg, agents=agents, announce=lambda _: None, show_progress=False)
@@ -109,17 +114,14 @@ def test_a_pass_that_chooses_the_best_of_the_rest_logs_what_it_ran(tmp_path, mlf
 
     from memcollab.experiments.grid_config import BestOf, TransferSpec
 
-    cfg = GridConfig(
-        name="mlflow-best-of",
-        benchmarks=["gsm8k"],
-        build_ids="1-6",
-        workers=1,
-        run_dir=tmp_path / "run",
-        cells=[{"target": "weak", "eval_ids": "1-3", "methods": ["none", "examples", "naive"]}],
+    cells = [{"target": "weak", "eval_ids": "1-3", "methods": ["none", "examples", "naive"]}]
+    cfg = tracked_grid(
+        "mlflow-best-of",
+        tmp_path,
+        mlflow_server,
+        cells,
         best_of=BestOf(target="weak", methods=["examples", "naive"], chosen_on="1-2", eval_ids="1-5"),
         transfer=TransferSpec(sources=["other"], targets=["weak"], eval_ids="1-2"),
-        tracking_uri=mlflow_server.url,
-        bootstrap_samples=200,
     )
     result = run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
 
