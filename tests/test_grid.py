@@ -691,7 +691,7 @@ def test_a_stopped_grid_keeps_the_tables_of_its_finished_cells(tmp_path, monkeyp
     times = estimate_grid(plan, agents, tmp_path / "run", load_throughput())
     done = times.finished
     assert done.cells == set(finished) and done.memories, "the finished cells, and the memories they read"
-    assert times.whole == estimate_grid_seconds(plan, agents), "the whole grid, whatever is finished"
+    assert times.whole == estimate_grid_seconds(plan, agents, load_throughput()), "the whole grid, whatever is finished"
     assert times.whole is not None and times.left is not None, "every scripted agent has a rate"
     assert 0 < times.left < times.whole, "the time left: what is not finished"
 
@@ -778,18 +778,19 @@ def test_estimate_counts_the_grids_calls(tmp_path):
     big_cfg.cells[0].eval_ids = {"gsm8k": "1-40", "humaneval": "0-2"}
     big = plan_grid(big_cfg, injected={"weak", "strong", "other"})
     agents = {name: agent.config for name, agent in scripted_agents(big_cfg).items()}
-    low, high = estimate_grid_seconds(small, agents), estimate_grid_seconds(big, agents)
+    figures = load_throughput()
+    low, high = estimate_grid_seconds(small, agents, figures), estimate_grid_seconds(big, agents, figures)
     assert low is not None and 0 < low < high
-    one_turn = estimate_grid_seconds(big, agents, turns={"humaneval": 1.0})
+    one_turn = estimate_grid_seconds(big, agents, figures, turns={"humaneval": 1.0})
     assert one_turn is not None and one_turn < high, "a code task that took one turn costs less than max_turns"
-    assert estimate_grid_seconds(big, agents, turns={"gsm8k": 3.0}) == high, "a math task is one call whatever"
+    assert estimate_grid_seconds(big, agents, figures, turns={"gsm8k": 3.0}) == high, "a math task is one call whatever"
     pd.DataFrame(
         {"benchmark": ["humaneval", "humaneval", "gsm8k"], "n": [3, 1, 5], "turns": [1.0, 3.0, 1.0], "k": [3, 3, 3]}
     ).to_csv(tmp_path / "table.csv", index=False)
     assert measured_turns(tmp_path) == {"humaneval": 1.5, "gsm8k": 1.0}, "weighted by each cell's tasks"
     assert measured_turns(tmp_path / "nowhere") == {}
     agents["weak"] = {**agents["weak"], "backend": "litellm", "model": "openai/x"}
-    assert estimate_grid_seconds(small, agents) is None, "a remote agent has no measured rate"
+    assert estimate_grid_seconds(small, agents, figures) is None, "a remote agent has no measured rate"
 
 
 @needs_data

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from memcollab.benchmarks import get_benchmark
-from memcollab.experiments.estimate import CallKind, GuidanceItem, Throughput, load_throughput
+from memcollab.experiments.estimate import CallKind, GuidanceItem, Throughput
 from memcollab.experiments.grid_plan import GridPlan
 from memcollab.programs.methods.base import MethodSpec
 
@@ -179,18 +179,15 @@ def guidance_tokens(
 def estimate_grid_seconds(
     plan: GridPlan,
     agents: Mapping[str, Any],
-    throughput: Throughput | None = None,
+    figures: Throughput,
     finished: Finished | None = None,
     turns: Mapping[str, float] | None = None,
 ) -> float | None:
-    """Upper-bound machine time in seconds (of what `finished` leaves); None if the throughput file or an
+    """Upper-bound machine time in seconds (of what `finished` leaves) at the measured `figures`; None if an
     agent's rate is missing.
 
     `agents`: name -> agent config (a mapping with `model` and `backend`, e.g. `Agent.config`).
     """
-    figures = throughput or load_throughput()
-    if figures is None:
-        return None
     total = 0.0
     for (name, kind), count in grid_calls(plan, figures.contrast_pair_rate, finished, turns).items():
         config = agents.get(name)
