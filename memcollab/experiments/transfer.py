@@ -77,7 +77,8 @@ def tracker_matrix(table: pd.DataFrame, value: str = "accuracy") -> dict[str, di
 
 
 def plot_transfer(table: pd.DataFrame, path: Path) -> Path | None:
-    """Heatmaps per benchmark: accuracy (colour) annotated with the change vs no memory; None if empty."""
+    """Heatmaps per benchmark: the change vs no memory in points (colour, red = the memory hurts), annotated with
+    the accuracy; None if empty. Colour is the change because accuracy mostly shows which target it is."""
     if table.empty:
         return None
     import matplotlib
@@ -86,33 +87,35 @@ def plot_transfer(table: pd.DataFrame, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     benchmarks = list(dict.fromkeys(table["benchmark"]))
+    limit = max(5.0, float(table["diff"].abs().max()) * 100)  # symmetric, so 0 is the map's neutral middle
     fig, axes = plt.subplots(
         1, len(benchmarks), figsize=(4.5 * len(benchmarks) + 1, 0.6 * table["source"].nunique() + 2), squeeze=False
     )
     try:
         for ax, benchmark in zip(axes[0], benchmarks):
             acc = matrix(table, "accuracy", benchmark)
-            diff = matrix(table, "diff", benchmark)
-            image = ax.imshow(acc.to_numpy(dtype=float), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+            points = matrix(table, "diff", benchmark) * 100
+            image = ax.imshow(points.to_numpy(dtype=float), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
             ax.set_xticks(range(acc.shape[1]), labels=list(acc.columns))
             ax.set_yticks(range(acc.shape[0]), labels=list(acc.index))
             for i in range(acc.shape[0]):
                 for j in range(acc.shape[1]):
-                    a, d = acc.iat[i, j], diff.iat[i, j]
+                    a, d = acc.iat[i, j], points.iat[i, j]
                     if pd.notna(a):
+                        strong = abs(d) > 0.6 * limit  # white on the map's dark ends
                         ax.text(
                             j,
                             i,
-                            f"{a:.0%}\n({d:+.0%})",
+                            f"{d:+.0f} pts\n({a:.0%})",
                             ha="center",
                             va="center",
                             fontsize=8,
-                            color="black" if a > 0.6 else "white",
+                            color="white" if strong else "black",
                         )
             ax.set_xlabel("target agent")
             ax.set_ylabel("memory source")
-            ax.set_title(f"{benchmark}: accuracy (change vs no memory)")
-            fig.colorbar(image, ax=ax, fraction=0.046)
+            ax.set_title(f"{benchmark}: change vs no memory (accuracy)")
+            fig.colorbar(image, ax=ax, fraction=0.046, label="points vs no memory")
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
