@@ -772,6 +772,27 @@ def test_a_throughput_file_edited_while_the_grid_runs_does_not_stop_it(tmp_path,
 
 
 @needs_data
+def test_a_code_grid_on_a_machine_with_no_sandbox_boundary_stops_before_anything(tmp_path, monkeypatch):
+    """No bubblewrap and no usable uid (simulated): a grid with a code benchmark refuses in one line before its run
+    directory exists, instead of grading model code behind the in-process guard alone; a math grid is not asked."""
+    from memcollab.experiments.preflight import check_sandbox
+    from memcollab.grading import sandbox
+
+    monkeypatch.setattr(sandbox, "_modes", {})
+    monkeypatch.setattr(sandbox, "_refused", {})
+    monkeypatch.setattr(sandbox, "_unavailable", lambda mode: None if mode == "guard" else f"no {mode} here")
+    monkeypatch.delenv("MEMCOLLAB_SANDBOX", raising=False)
+    cfg = smoke_config(tmp_path / "run")
+    assert "humaneval" in cfg.benchmarks
+    with pytest.raises(sandbox.SandboxError, match="^no sandbox boundary .*MEMCOLLAB_SANDBOX=guard"):
+        run_grid(cfg, agents=scripted_agents(cfg), announce=lambda _: None, show_progress=False)
+    assert not (tmp_path / "run").exists(), "refused before the run directory is made"
+    assert check_sandbox(["gsm8k"]) == "-", "no model code runs on a math benchmark"
+    monkeypatch.setenv("MEMCOLLAB_SANDBOX", "guard")  # asked for by name; the parent MLflow run records it
+    assert check_sandbox(["gsm8k", "humaneval"]) == "guard"
+
+
+@needs_data
 def test_estimate_counts_the_grids_calls(tmp_path):
     small = plan_grid(smoke_config(tmp_path / "a"), injected={"weak", "strong", "other"})
     big_cfg = smoke_config(tmp_path / "b")

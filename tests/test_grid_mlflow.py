@@ -73,6 +73,7 @@ def test_grid_logs_parent_and_nested_cell_runs(tmp_path, mlflow_server):
     assert params["agents.weak.sha256"] == CATALOG["qwen2.5-coder-0.5b"].sha256
     assert params["agents.strong.temperature"] == "0.0" and params["config.name"] == "mlflow-smoke"
     assert params["tasks.gsm8k.build_n"] == "3" and params["tasks.gsm8k.eval_n"] == "3"
+    assert params["sandbox"] == "-", "a math grid runs no model code"
     assert params["programs.solver"] == "mlflow.dspy", params["programs.solver"]
     # registered once: the second invocation ran the same solver, so it points at the same model version
     assert {r.data.params["programs.solver.model"] for r in parents} == {"memcollab-grid-mlflow-smoke.solver/1"}

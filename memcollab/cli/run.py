@@ -474,7 +474,7 @@ def compile_command(
     no-memory conditions of a run always share the same solver program.
     """
     from memcollab.errors import ConfigError
-    from memcollab.experiments.preflight import Plan, check_agents, check_run_dir
+    from memcollab.experiments.preflight import Plan, check_agents, check_run_dir, check_sandbox
     from memcollab.experiments.runner import Experiment
     from memcollab.programs.compile import OPTIMIZERS
 
@@ -498,6 +498,7 @@ def compile_command(
     )
     out = out or run_dir / f"{program}_{optimizer}.json"
     check_run_dir(cfg.run_dir)
+    check_sandbox([benchmark])  # the solver's metric grades code on a code benchmark
     plan = Plan(cfg, agents=check_agents([agent], cfg, announce=err.print))  # before the run dir exists
     with Experiment(cfg, plan) as exp:
         params = {

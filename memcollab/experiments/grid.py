@@ -47,6 +47,7 @@ from memcollab.experiments.grid_estimate import GridEstimate, estimate_grid
 from memcollab.experiments.grid_plan import BenchmarkPlan, GridPlan, MemoryPlan, plan_grid
 from memcollab.experiments.grid_tracking import GridTracker, invocation_params, log_grid, log_programs
 from memcollab.experiments.memory_audit import audit_rules, memory_table
+from memcollab.experiments.preflight import check_sandbox
 from memcollab.experiments.report import (
     ROW_COLUMNS,
     TABLES,
@@ -650,6 +651,8 @@ def run_grid(
         from memcollab.memory.postgres import check_server
 
         check_server(cfg.store_url, ConfigError)
+    if not tables_only:
+        check_sandbox(cfg.benchmarks)
     throughput = load_throughput()  # once: an edit of the file while the grid runs cannot stop it
     steps: StepTimes | None = None
     while True:  # twice at most: a pass that chooses the best of the rest plans again to run the winner

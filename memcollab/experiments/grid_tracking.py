@@ -17,6 +17,7 @@ import pandas as pd
 
 from memcollab.experiments.best_of import CHOICE_FILE
 from memcollab.experiments.grid_plan import GridPlan
+from memcollab.experiments.preflight import check_sandbox
 from memcollab.experiments.report import TABLES
 from memcollab.experiments.transfer import tracker_matrix
 from memcollab.programs.pipeline import Agent
@@ -105,6 +106,7 @@ def invocation_params(plan: GridPlan, agents: Mapping[str, Agent], solver_progra
         "n_cells": len(plan.cells),
         "n_memories": len(plan.memories),
         "solver_program": solver_program,
+        "sandbox": check_sandbox(plan.benchmarks),  # where model code ran: bwrap, uid or (asked for) guard
     }
 
 

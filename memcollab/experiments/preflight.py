@@ -8,7 +8,7 @@ directory, no store and no cache, and no LM has been called.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 from memcollab.benchmarks import get_benchmark, load_source, taxonomy_for
 from memcollab.errors import ConfigError, OverlapError
 from memcollab.experiments.config import RunConfig
+from memcollab.grading.sandbox import isolation_mode
 from memcollab.records import Task, stable_hash
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -159,12 +160,21 @@ def _memory_provenance(path: Path | str) -> set[str]:
         return set()
 
 
+def check_sandbox(benchmarks: Iterable[str]) -> str:
+    """The sandbox mode model code will run in ("-" where no benchmark is a code one). A machine with no sandbox
+    boundary stops here, in one line, before an LM is called, instead of at the first grading."""
+    if any(get_benchmark(name).kind == "code" for name in benchmarks):
+        return isolation_mode()
+    return "-"
+
+
 def preflight(
     cfg: RunConfig, *, build: bool = True, evaluate: bool = True, announce: Callable[[str], None] | None = None
 ) -> Plan:
     """Check everything the chosen steps will read, cheapest first; write nothing, call no LM."""
     _check_files(cfg)
     taxonomy_for(cfg.benchmark)  # the taxonomy file parses
+    check_sandbox([cfg.benchmark])
     plan = Plan(cfg)
     if build:
         plan.tasks["build"] = load_role(cfg, "build")

@@ -1,7 +1,8 @@
 """Run untrusted Python programs behind the strongest boundary this machine offers, one at a time or as a pool.
 
 Modes (:mod:`memcollab.grading.isolation`): bubblewrap, else an unprivileged
-uid, else the in-process guard only (announced once by a SandboxWarning). As
+uid; with neither, "auto" refuses (a one-line SandboxError) rather than run model
+code behind the in-process guard alone, which only MEMCOLLAB_SANDBOX=guard asks for. As
 root, bubblewrap runs are forked from a warm sandbox per worker
 (:mod:`memcollab.grading.zygote`) with a fresh uid per program; otherwise each
 program is its own ``python -I -B [-S]`` process. The child side of both is
@@ -28,7 +29,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -52,7 +52,6 @@ __all__ = [
     "SandboxError",
     "SandboxLimits",
     "SandboxPool",
-    "SandboxWarning",
     "isolation_mode",
     "run_program",
 ]
@@ -66,16 +65,13 @@ class SandboxError(MemCollabError):
     """The sandbox itself could not run a program (not the program's fault): bubblewrap or the uid drop failed."""
 
 
-class SandboxWarning(RuntimeWarning):
-    """Model code runs behind the in-process guard only: hardening, not a boundary."""
-
-
 class SandboxLimits(BaseModel):
     """Resource limits of one sandboxed run (wall and CPU in seconds, memory and disk in MB, output in bytes per stream).
 
-    `isolation`: "auto" picks the strongest available mode (bwrap > uid > guard; the
-    environment variable MEMCOLLAB_SANDBOX overrides "auto"); naming a mode
-    requires it and raises :class:`SandboxError` when it is unavailable.
+    `isolation`: "auto" picks the strongest available boundary (bwrap > uid) and
+    raises :class:`SandboxError` when there is none; the environment variable
+    MEMCOLLAB_SANDBOX overrides "auto" (`guard` accepts the in-process guard alone);
+    naming a mode requires it and raises :class:`SandboxError` when it is unavailable.
     `warm`: as root, bubblewrap runs fork from a warm sandbox per worker (a fresh
     uid per program); False starts fresh namespaces for every program, at
     tens of ms more per program.
@@ -116,19 +112,7 @@ class ExecResult(BaseModel):
 
 _modes: dict[str, Mode] = {}
 _modes_lock = threading.Lock()
-_warned = False
-
-
-def _warn_once(reason: str) -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn(
-            f"sandbox: {reason}; model code runs behind the in-process guard only, which is hardening, not a "
-            "security boundary (install bubblewrap: apt-get install -y bubblewrap)",
-            SandboxWarning,
-            stacklevel=4,
-        )
+_refused: dict[str, str] = {}  # "auto" with no boundary: the one-line reason, so a pool does not probe again
 
 
 def _probe(mode: Mode) -> str | None:
@@ -154,7 +138,11 @@ def _unavailable(mode: Mode) -> str | None:
 
 
 def isolation_mode(requested: Requested = "auto") -> Mode:
-    """The mode runs use for `requested` (probed once per process); "auto" warns once when only the guard is left."""
+    """The mode runs use for `requested` (probed once per process).
+
+    "auto" never falls back to the guard alone: the guard stops naive fork, exec and sockets but not a program
+    reading the machine's files (as root, every file), so it raises a one-line SandboxError instead.
+    """
     if requested == "auto":
         requested = os.environ.get("MEMCOLLAB_SANDBOX", "auto") or "auto"  # type: ignore[assignment]
         if requested not in ("auto", "bwrap", "uid", "guard"):
@@ -163,6 +151,8 @@ def isolation_mode(requested: Requested = "auto") -> Mode:
         if requested in _modes:
             return _modes[requested]
         if requested == "auto":
+            if "auto" in _refused:
+                raise SandboxError(_refused["auto"])
             reasons = []
             for mode in ("bwrap", "uid"):
                 reason = _unavailable(mode)  # type: ignore[arg-type]
@@ -170,9 +160,12 @@ def isolation_mode(requested: Requested = "auto") -> Mode:
                     _modes[requested] = mode  # type: ignore[assignment]
                     return mode  # type: ignore[return-value]
                 reasons.append(reason)
-            _warn_once("; ".join(reasons))
-            _modes[requested] = "guard"
-            return "guard"
+            _refused["auto"] = (
+                f"no sandbox boundary for model code on this machine ({'; '.join(reasons)}): install bubblewrap "
+                "(apt-get install -y bubblewrap), or set MEMCOLLAB_SANDBOX=guard to run it behind the in-process "
+                "guard alone, which is hardening, not a security boundary"
+            )
+            raise SandboxError(_refused["auto"])
         reason = _unavailable(requested)  # type: ignore[arg-type]
         if reason is not None:
             raise SandboxError(f"sandbox isolation {requested!r} is unavailable: {reason}")
