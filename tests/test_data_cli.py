@@ -127,3 +127,42 @@ def test_check_fails_with_the_failing_ids(data_dir: Path) -> None:
     assert "humaneval/test: 1/2 reference solutions graded correct" in result.stdout
     assert "failed humaneval/HumanEval/1: assertion_failure" in result.stdout
     assert "wall time:" in result.stdout
+
+
+def _trajectory(task, outputs: list[tuple[str, bool, str]]) -> dict:
+    """A stored trajectory payload whose turns are (output, stored correctness, extracted)."""
+    from memcollab.records import Trajectory, Turn, Verdict
+
+    turns = [Turn(output=o, verdict=Verdict(correct=c, extracted=x)) for o, c, x in outputs]
+    return Trajectory(task_id=task.id, benchmark=task.benchmark, agent="weak", turns=turns).model_dump(mode="json")
+
+
+def test_regrade_finds_the_one_turn_whose_stored_verdict_is_wrong(data_dir: Path, tmp_path: Path) -> None:
+    """Five stored turns (code run in the real sandbox, math boxed as the solver graded it), one of them stored
+    wrong: `data regrade` names that one and exits 1; once it is stored right, 0."""
+    from memcollab.benchmarks import load_tasks
+    from memcollab.memory.results import ResultStore
+
+    first, second = load_tasks("humaneval", data_dir=data_dir)
+    gsm8k = load_tasks("gsm8k", "test", data_dir=data_dir)[0]
+    right, wrong = "def inc(x):\n    return x + 1\n", "def inc(x):\n    return x + 2\n"
+    store = tmp_path / "results.sqlite"
+    with ResultStore(store) as results:
+        results.put(
+            "a", "trajectory", first.id, "weak", _trajectory(first, [(wrong, False, wrong), (right, True, right)])
+        )
+        # a math turn stores the extracted answer, graded boxed: "n - 2" is wrong, though its last number is right
+        results.put("b", "trajectory", gsm8k.id, "weak", _trajectory(gsm8k, [("2", True, "2")]))
+        results.put("c", "trajectory", gsm8k.id, "strong", _trajectory(gsm8k, [("n - 2", False, "n - 2")]))
+        results.put("d", "trajectory", second.id, "weak", _trajectory(second, [(right, False, right)]))
+        results.put("e", "reflect", second.id, "weak", {"not": "a trajectory"})
+    result = _cli("data", "regrade", str(store), "--no-progress", data_dir=data_dir)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("5 turns of 4 trajectories regraded (gsm8k 2, humaneval 3; sandbox: "), lines[0]
+    assert lines[0].endswith(": 4 agree with the stored verdict, 1 do not"), lines[0]
+    assert lines[1] == f"  {second.id} turn 1: stored wrong (no error type), now correct (key d)"
+    with ResultStore(store) as results:
+        results.put("d", "trajectory", second.id, "weak", _trajectory(second, [(right, True, right)]))
+    assert _cli("data", "regrade", str(store), "--no-progress", data_dir=data_dir).returncode == 0
+    _assert_one_line_error(_cli("data", "regrade", str(tmp_path / "none.sqlite")), "no result store at")

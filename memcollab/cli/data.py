@@ -49,6 +49,32 @@ def check(
         raise typer.Exit(code=1)
 
 
+@data_app.command("regrade")
+def regrade(
+    store: str = typer.Argument(
+        ...,
+        help="A result store: a run directory's results.sqlite (e.g. results/grid/code/results.sqlite) or a "
+        "postgresql:// URL.",
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Parallel graders (default: CPU count)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
+) -> None:
+    """Grade every stored turn again (code in the sandbox) and compare with the stored verdicts; exit 1 if any
+    differ. Run it after a grader or sandbox change, or on a store graded on an unknown machine."""
+    from memcollab.cli.consoles import make_console
+    from memcollab.experiments.regrade import regrade_store
+
+    console = make_console(highlight=False, soft_wrap=True)
+    start = time.monotonic()
+    report = regrade_store(store, data_dir=data_dir, workers=workers, show_progress=not no_progress)
+    for line in report.lines():
+        console.print(line, markup=False)
+    console.print(f"wall time: {time.monotonic() - start:.1f} s", markup=False)
+    if report.disagreements:
+        raise typer.Exit(code=1)
+
+
 def _clip(text: str, full: bool, limit: int = 600) -> str:
     text = text.rstrip()
     return (

@@ -116,6 +116,17 @@ class ResultStore:
         with self._db("store a result"):
             self._exec(_PUT, row)
 
+    def payloads(self, kind: str) -> list[tuple[str, dict]]:
+        """Every (key, payload) of one kind, in key order: what a check over the whole store reads."""
+        with self._db("read results"):
+            rows = self._rows("SELECT key, payload FROM records WHERE kind = :kind ORDER BY key", {"kind": kind})
+        try:
+            return [(str(key), json.loads(payload)) for key, payload in rows]
+        except (TypeError, ValueError):
+            raise ResultStoreError(
+                f"results file {self._where} is damaged: a {kind} result is not JSON; {_HINT}"
+            ) from None
+
     def count(self, kind: str | None = None) -> int:
         with self._db("count results"):
             if kind is None:
