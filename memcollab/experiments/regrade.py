@@ -15,6 +15,7 @@ from memcollab.benchmarks import get_benchmark, load_tasks
 from memcollab.errors import DataError
 from memcollab.grading.grade import grade_many
 from memcollab.grading.sandbox import SandboxLimits, isolation_mode
+from memcollab.memory.backends import parse_target
 from memcollab.memory.results import ResultStore
 from memcollab.records import Task, Trajectory, Turn, Verdict
 
@@ -94,7 +95,8 @@ def regrade_store(
     default) and compare correctness with the stored verdicts."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if "://" not in str(store) and not Path(store).is_file():  # a path, not a database URL: never create one
+    target = parse_target(store, DataError)
+    if target.kind == "sqlite" and not Path(target.location).is_file():  # a check never creates an empty store
         raise DataError(f"no result store at {store}")
     with ResultStore(store) as results:
         stored = [(key, Trajectory.model_validate(payload)) for key, payload in results.payloads("trajectory")]
