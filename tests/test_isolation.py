@@ -444,20 +444,25 @@ def test_without_a_boundary_auto_refuses_and_only_guard_asks_for_the_guard(monke
     monkeypatch.setattr(sandbox, "_modes", {})
     monkeypatch.setattr(sandbox, "_refused", {})
     monkeypatch.delenv("MEMCOLLAB_SANDBOX", raising=False)
+    missing = "bubblewrap (bwrap) is not installed"
     if sandbox._unavailable("uid") is None:  # a root harness whose interpreter an unprivileged uid can run
         assert isolation_mode("auto") == "uid"
+        missing = "no bwrap here"
         monkeypatch.setattr(sandbox, "_unavailable", lambda mode: None if mode == "guard" else f"no {mode} here")
         sandbox._modes.clear()
     with pytest.raises(sandbox.SandboxError) as refused:
         run_program("print('never runs')")
     said = str(refused.value)
     assert said.startswith("no sandbox boundary for model code on this machine (") and "\n" not in said
+    assert missing in said and "not a security boundary" in said, "why, and what the guard alone is"
     assert "apt-get install -y bubblewrap" in said and "MEMCOLLAB_SANDBOX=guard" in said
     with pytest.raises(sandbox.SandboxError, match="^no sandbox boundary"):
         isolation_mode("auto")  # remembered: a pool of workers does not probe again
     with pytest.raises(sandbox.SandboxError, match="^sandbox isolation 'bwrap' is unavailable: "):
         isolation_mode("bwrap")
-    monkeypatch.setenv("MEMCOLLAB_SANDBOX", "guard")  # asked for by name: graded behind the guard
+    result = run_program("print('still graded')", SandboxLimits(isolation="guard"))  # asked for by name
+    assert (result.status, result.isolation) == ("ok", "guard")
+    monkeypatch.setenv("MEMCOLLAB_SANDBOX", "guard")  # or by the environment, for "auto"
     result = run_program("print('still graded')")
     assert (result.status, result.isolation) == ("ok", "guard")
 
