@@ -265,7 +265,7 @@ def test_shipped_grids_have_the_slices_the_issue_asks_for():
     ):
         assert cells[("weak", method, source)] == 400
     assert cells[("weak", "self", "weak")] == 200 and cells[("weak", "cheatsheet", "weak+strong")] == 100
-    assert cells[("weak", "naive", "other")] == 50, "the transfer row of SmolLM2's memory"
+    assert cells[("weak", "naive", "other")] == 100, "the transfer row of SmolLM2's memory (test 1-100)"
     assert cells[("weak", "placebo-code", "-")] == 200, (
         "the placebo control on the tasks of the weak target's self cell"
     )
@@ -451,6 +451,30 @@ def test_a_rerun_resumes_without_any_lm_call(tmp_path):
     pd.testing.assert_frame_equal(first.table[columns], again.table[columns])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["invocations"] == 2
+
+
+@needs_data
+def test_a_cell_whose_tasks_grew_since_it_finished_is_pending_and_solves_only_the_new_tasks(tmp_path):
+    """Widening a finished cell's eval_ids (a transfer row from 50 tasks to 100) leaves it unfinished: the estimate
+    counts only its new tasks, and the rerun asks the LM about those alone."""
+    narrow = small_grid(tmp_path, {"target": "weak", "eval_ids": "1-3", "methods": ["none", "naive"]})
+    run_grid(narrow, agents=scripted_agents(narrow), announce=lambda _: None, show_progress=False)
+    wide = small_grid(tmp_path, {"target": "weak", "eval_ids": "1-5", "methods": ["none", "naive"]})
+    plan = plan_grid(wide, injected={"weak", "strong", "other"})
+    agents = scripted_agents(wide)
+    configs = {name: agent.config for name, agent in agents.items()}
+    times = estimate_grid(plan, configs, tmp_path, load_throughput())
+    cells = {c.id for c in plan.cells}
+    assert len(cells) == 2 and times.finished.cells == frozenset(), "both cells have tasks 4 and 5 to answer"
+    assert {cell: len(ids) for cell, ids in times.finished.answered.items()} == dict.fromkeys(cells, 3)
+    assert all(times.finished.tasks_left(c.id, plan.benchmarks["gsm8k"].cell_tasks[c.id]) == 2 for c in plan.cells)
+    fresh = estimate_grid_seconds(plan, configs, load_throughput(), Finished(memories=times.finished.memories))
+    assert times.left is not None and fresh is not None and 0 < times.left < fresh, "3 of 5 tasks are answered"
+
+    result = run_grid(wide, agents=agents, announce=lambda _: None, show_progress=False)
+    assert len(agents["weak"].lm.history) == 4, "tasks 4 and 5 of each cell, nothing answered before"
+    assert set(result.table["n"]) == {5}
+    assert estimate_grid(plan, configs, tmp_path, load_throughput()).finished.cells == cells, "finished again"
 
 
 #: Rules of another domain (code) for the placebo control on math tasks.

@@ -47,16 +47,36 @@ def measured_turns(run_dir: Path) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Finished:
-    """What earlier invocations of a grid finished: cell ids and memory ids whose LM calls are in the store."""
+    """What earlier invocations of a grid finished: cell ids and memory ids whose LM calls are in the store, and
+    for a cell that finished on fewer tasks than the config now gives it (its `eval_ids` widened since), the
+    tasks it answered then."""
 
     cells: frozenset[str] = frozenset()
     memories: frozenset[str] = frozenset()
+    answered: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def tasks_left(self, cell_id: str, tasks: list[str]) -> int:
+        """How many of a cell's `tasks` still need solving (none if the cell is finished)."""
+        if cell_id in self.cells:
+            return 0
+        return len(set(tasks) - self.answered.get(cell_id, frozenset()))
+
+
+def _answered(cell_file: Path) -> frozenset[str]:
+    """The task ids of a finished cell's rows (`cells/<id>.jsonl`); empty when the file is missing or unreadable."""
+    try:
+        with cell_file.open() as lines:
+            return frozenset(str(json.loads(line)["task_id"]) for line in lines if line.strip())
+    except (OSError, ValueError, KeyError, TypeError):
+        return frozenset()
 
 
 def finished_work(plan: GridPlan, run_dir: Path) -> Finished:
     """The finished cells (`progress.json`) and built memories (`build.json`) of `run_dir`, for `plan`'s ids.
 
-    A progress file from before it named its finished cells counts as such only if it describes this many cells.
+    A cell counts as finished only if its rows (`cells/<id>.jsonl`) cover every task the plan gives it now: a cell
+    whose `eval_ids` grew since it ran is pending, with the tasks it answered then (`Finished.answered`). A
+    progress file from before it named its finished cells counts as such only if it describes this many cells.
     """
     try:
         progress = json.loads((run_dir / "progress.json").read_text())
@@ -69,8 +89,16 @@ def finished_work(plan: GridPlan, run_dir: Path) -> Finished:
         cells = ids - set(progress["pending"])
     else:
         cells = set()
+    complete, answered = set(), {}
+    for cell in plan.cells:
+        if cell.id in cells:
+            have = _answered(run_dir / "cells" / f"{cell.id}.jsonl")
+            if set(plan.benchmarks[cell.benchmark].cell_tasks[cell.id]) <= have:
+                complete.add(cell.id)
+            else:
+                answered[cell.id] = have
     memories = {m for m in plan.memories if (run_dir / "memories" / m / "build.json").is_file()}
-    return Finished(frozenset(cells), frozenset(memories))
+    return Finished(frozenset(complete), frozenset(memories), answered)
 
 
 def grid_calls(
@@ -139,7 +167,7 @@ def grid_calls(
         turns = _turns(bench.name, cfg.max_turns, measured)
         for cell in pending:
             if cell.benchmark == bench.name:
-                calls[(cell.target, "solve")] += len(bench.cell_tasks[cell.id]) * turns
+                calls[(cell.target, "solve")] += done.tasks_left(cell.id, bench.cell_tasks[cell.id]) * turns
     return dict(calls)
 
 
@@ -169,7 +197,7 @@ def guidance_tokens(
         if cell.id in done.cells or shown is None:
             continue
         item, count = shown
-        calls = len(plan.benchmarks[cell.benchmark].cell_tasks[cell.id]) * _turns(
+        calls = done.tasks_left(cell.id, plan.benchmarks[cell.benchmark].cell_tasks[cell.id]) * _turns(
             cell.benchmark, plan.cfg.max_turns, measured
         )
         tokens[cell.target] += calls * count * per_item.get(item, 0.0)
