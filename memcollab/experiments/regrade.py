@@ -8,6 +8,7 @@ unknown (a store does not record the sandbox mode of each turn).
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from memcollab.grading.grade import grade_many
 from memcollab.grading.sandbox import SandboxLimits, isolation_mode
 from memcollab.memory.backends import parse_target
 from memcollab.memory.results import ResultStore
+from memcollab.parallel import make_progress
 from memcollab.records import Task, Trajectory, Turn, Verdict
 
 
@@ -93,8 +95,6 @@ def regrade_store(
 ) -> RegradeReport:
     """Grade each stored trajectory's turns again (the code turns in the sandbox, with the solver's limits by
     default) and compare correctness with the stored verdicts."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     target = parse_target(store, DataError)
     if target.kind == "sqlite" and not Path(target.location).is_file():  # a check never creates an empty store
         raise DataError(f"no result store at {store}")
@@ -112,15 +112,13 @@ def regrade_store(
     if any(task.kind == "code" for _, task, *_ in work):
         report.sandbox = isolation_mode()  # no boundary: one line here, before any program runs
     report.turns = len(work)
-    with Progress(
-        TextColumn("regrading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress
-    ) as progress:
-        bar = progress.add_task("regrading", total=len(work))
+    with make_progress() if show_progress else nullcontext(None) as progress:
+        bar = progress.add_task("regrading", total=len(work)) if progress is not None else 0
         verdicts = grade_many(
             [(task, output) for _, task, _, _, output in work],
             workers=workers,
             limits=limits,
-            on_result=lambda _i, _v: progress.advance(bar),
+            on_result=None if progress is None else lambda _i, _v: progress.advance(bar),
         )
     for (key, task, turn, before, _), now in zip(work, verdicts):
         report.by_benchmark[task.benchmark] += 1
